@@ -1,0 +1,184 @@
+"""ViT building blocks with the official VideoMAE V2 parameter names.
+
+Every module here keeps the state-dict key names of OpenGVLab/VideoMAEv2
+(`patch_embed.proj`, `blocks.i.attn.qkv`, `q_bias`, `v_bias`, `mlp.fc1`, ...)
+so the released checkpoints load with `strict=True`.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+
+def sinusoid_table(n_position: int, dim: int, device=None, dtype=torch.float32) -> torch.Tensor:
+    """The official 1-D sine-cosine table over the flattened token index, shape (1, n, dim).
+
+    angle[pos, j] = pos / 10000 ** (2 * (j // 2) / dim); even channels take sin and odd channels
+    cos, interleaved (not two concatenated halves). Built vectorised in float64 and then cast, so
+    it equals the official numpy construction (which is float64 until its final cast).
+    """
+    pos = torch.arange(n_position, dtype=torch.float64, device=device)[:, None]
+    j = torch.arange(dim, device=device)
+    inv = torch.pow(torch.tensor(10000.0, dtype=torch.float64, device=device),
+                    2 * torch.div(j, 2, rounding_mode="floor").to(torch.float64) / dim)
+    angle = pos / inv
+    table = torch.where(j % 2 == 0, torch.sin(angle), torch.cos(angle))
+    return table.to(dtype).unsqueeze(0)
+
+
+class DropPath(nn.Module):
+    """Stochastic depth per sample (identity when p == 0 or in eval mode)."""
+
+    def __init__(self, p: float = 0.0):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x):
+        if self.p == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.p
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        return x * mask / keep
+
+    def extra_repr(self):
+        return f"p={self.p}"
+
+
+class PatchEmbed(nn.Module):
+    """Cube embedding: Conv3d with kernel = stride = (tubelet, p, p). Tokens in (t, h, w) raster."""
+
+    def __init__(self, img_size=224, patch_size=16, in_chans=3, embed_dim=768, num_frames=16,
+                 tubelet_size=2):
+        super().__init__()
+        if img_size % patch_size:
+            raise ValueError(f"input size {img_size} is not divisible by the patch size {patch_size}")
+        if num_frames % tubelet_size:
+            raise ValueError(f"{num_frames} frames are not divisible by the tubelet size {tubelet_size}")
+        self.img_size = img_size
+        self.patch_size = patch_size
+        self.tubelet_size = tubelet_size
+        self.num_frames = num_frames
+        self.grid = (num_frames // tubelet_size, img_size // patch_size, img_size // patch_size)
+        self.num_patches = self.grid[0] * self.grid[1] * self.grid[2]
+        self.proj = nn.Conv3d(in_chans, embed_dim, kernel_size=(tubelet_size, patch_size, patch_size),
+                              stride=(tubelet_size, patch_size, patch_size))
+
+    def check_input(self, x: torch.Tensor):
+        expected = (3, self.num_frames, self.img_size, self.img_size)
+        if x.ndim != 5 or tuple(x.shape[1:]) != expected:
+            raise ValueError(f"expected video of shape (B, {', '.join(map(str, expected))}), "
+                             f"got {tuple(x.shape)}")
+
+    def forward(self, x):
+        self.check_input(x)
+        return self.proj(x).flatten(2).transpose(1, 2)
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim, hidden, drop=0.0):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+        self.drop = nn.Dropout(drop)
+
+    def forward(self, x):
+        return self.drop(self.fc2(self.act(self.fc1(x))))
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with BEiT-style q/v biases (K has no bias)."""
+
+    def __init__(self, dim, num_heads, qkv_bias=True, attn_drop=0.0, proj_drop=0.0):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"width {dim} is not divisible by {num_heads} heads")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
+        if qkv_bias:
+            self.q_bias = nn.Parameter(torch.zeros(dim))
+            self.v_bias = nn.Parameter(torch.zeros(dim))
+        else:
+            self.q_bias = self.v_bias = None
+        self.attn_drop = attn_drop
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, x):
+        B, N, C = x.shape
+        bias = None
+        if self.q_bias is not None:
+            bias = torch.cat((self.q_bias, torch.zeros_like(self.v_bias), self.v_bias))
+        qkv = F.linear(x, self.qkv.weight, bias)
+        q, k, v = qkv.view(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        # Same function as the official explicit softmax(q*scale @ k^T) @ v, scale head_dim**-0.5.
+        out = F.scaled_dot_product_attention(
+            q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
+        out = out.transpose(1, 2).reshape(B, N, C)
+        return self.proj_drop(self.proj(out))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block (no layer scale: every official model uses init_values=0)."""
+
+    def __init__(self, dim, num_heads, mlp_ratio=4.0, qkv_bias=True, drop=0.0, attn_drop=0.0,
+                 drop_path=0.0, norm_eps=1e-6):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
+        self.attn = Attention(dim, num_heads, qkv_bias, attn_drop, drop)
+        self.drop_path = DropPath(drop_path)
+        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
+
+    def forward(self, x):
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+def make_blocks(depth, dim, num_heads, mlp_ratio, qkv_bias, drop_path_rate, norm_eps,
+                drop=0.0, attn_drop=0.0) -> nn.ModuleList:
+    rates = [r.item() for r in torch.linspace(0, drop_path_rate, depth, device="cpu")] if depth else []
+    return nn.ModuleList(Block(dim, num_heads, mlp_ratio, qkv_bias, drop, attn_drop, rates[i], norm_eps)
+                         for i in range(depth))
+
+
+def run_blocks(blocks: nn.ModuleList, x: torch.Tensor, activation_checkpointing: bool) -> torch.Tensor:
+    for blk in blocks:
+        if activation_checkpointing and torch.is_grad_enabled():
+            x = checkpoint(blk, x, use_reentrant=False)
+        else:
+            x = blk(x)
+    return x
+
+
+def xavier_init_(module: nn.Module):
+    """Official pre-training init: xavier-uniform Linear weights, zero biases, LayerNorm 1/0."""
+    if isinstance(module, nn.Linear):
+        nn.init.xavier_uniform_(module.weight)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+def trunc_normal_init_(module: nn.Module, std: float = 0.02):
+    """Official classifier init: truncated normal Linear weights (bounds +-2 absolute), LN 1/0."""
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=std, a=-2.0, b=2.0)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+__all__ = ["sinusoid_table", "DropPath", "PatchEmbed", "Mlp", "Attention", "Block", "make_blocks",
+           "run_blocks", "xavier_init_", "trunc_normal_init_", "count_parameters"]
