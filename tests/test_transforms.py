@@ -1,0 +1,94 @@
+"""Multi-scale crop boxes, and crop + resize + ImageNet normalisation."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vmae2_fast.data.transforms import (IMAGENET_MEAN, IMAGENET_STD, crop_resize_normalize,
+                                        multiscale_crop_box)
+
+
+def expected_pairs(w, h, out, scales=(1, .875, .75, .66)):
+    sides = [int(min(w, h) * s) for s in scales]
+    sides = [out if abs(s - out) < 3 else s for s in sides]
+    return {(sides[i], sides[j]) for i in range(4) for j in range(4) if abs(i - j) <= 1}
+
+
+def expected_offsets(w, h, cw, ch):
+    ws, hs = (w - cw) // 4, (h - ch) // 4
+    # corners, centre, edge centres, quarter points (the official 13 positions)
+    grid = [(0, 0), (4, 0), (0, 4), (4, 4), (2, 2), (0, 2), (4, 2), (2, 4), (2, 0),
+            (1, 1), (3, 1), (1, 3), (3, 3)]
+    return {(i * ws, j * hs) for i, j in grid}
+
+
+def test_boxes_come_from_allowed_pairs_and_fixed_offsets():
+    w, h, out = 340, 256, 224
+    rng = np.random.default_rng(0)
+    pairs = expected_pairs(w, h, out)
+    assert len(pairs) == 10
+    seen_pairs, seen_offsets = set(), {}
+    for _ in range(4000):
+        x0, y0, cw, ch = multiscale_crop_box(w, h, out, rng)
+        assert (cw, ch) in pairs
+        assert (x0, y0) in expected_offsets(w, h, cw, ch)
+        assert 0 <= x0 and x0 + cw <= w and 0 <= y0 and y0 + ch <= h
+        seen_pairs.add((cw, ch))
+        seen_offsets.setdefault((cw, ch), set()).add((x0, y0))
+    assert seen_pairs == pairs  # every pair is drawn
+    # every one of the 13 positions is drawn (for a size with distinct positions)
+    assert seen_offsets[(168, 192)] == expected_offsets(w, h, 168, 192)
+    assert len(expected_offsets(w, h, 168, 192)) == 13
+
+
+def test_sides_within_3px_snap_to_output_size():
+    rng = np.random.default_rng(0)
+    # base 254: int(254 * .875) = 222 is within 3 px of 224 -> snapped
+    sides = {b[2] for b in (multiscale_crop_box(300, 254, 224, rng) for _ in range(500))}
+    assert 224 in sides and 222 not in sides
+    # base 253: int(253 * .875) = 221 is 3 px away -> kept (the official test is "< 3")
+    sides = {b[2] for b in (multiscale_crop_box(300, 253, 224, rng) for _ in range(500))}
+    assert 221 in sides and 224 not in sides
+
+
+def test_normalisation_and_layout_match_hand_computation():
+    rng = np.random.default_rng(1)
+    frames = rng.integers(0, 256, size=(3, 20, 24, 3), dtype=np.uint8)
+    box = (5, 2, 16, 16)  # crop size == output size: no resampling
+    out = crop_resize_normalize(frames, box, 16)
+    assert out.dtype == torch.float32 and out.shape == (3, 3, 16, 16)
+    crop = frames[:, 2:18, 5:21, :].astype(np.float64) / 255.0
+    want = (crop - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)   # (T, H, W, C)
+    np.testing.assert_allclose(out.numpy(), want.transpose(3, 0, 1, 2), atol=1e-5)
+    # numpy and torch inputs give the same result
+    assert torch.equal(out, crop_resize_normalize(torch.from_numpy(frames), box, 16))
+
+
+def test_downscale_matches_pil_bilinear():
+    rng = np.random.default_rng(2)
+    # smooth-ish content plus noise, like real frames
+    yy, xx = np.mgrid[0:100, 0:130]
+    base = 127 + 80 * np.sin(xx / 9.0)[..., None] * np.cos(yy / 7.0)[..., None]
+    frames = np.clip(base[None] + rng.normal(0, 20, size=(2, 100, 130, 3)), 0, 255)
+    frames = frames.astype(np.uint8)
+    box, size = (7, 11, 90, 70), 48
+    out = crop_resize_normalize(frames, box, size).numpy()
+    # Back to grey levels for the comparison.
+    levels = out * (255 * np.array(IMAGENET_STD))[:, None, None, None] \
+        + (255 * np.array(IMAGENET_MEAN))[:, None, None, None]
+    for t in range(2):
+        pil = Image.fromarray(frames[t]).crop((7, 11, 97, 81)).resize((size, size),
+                                                                        Image.BILINEAR)
+        diff = np.abs(levels[:, t].transpose(1, 2, 0) - np.asarray(pil, dtype=np.float64))
+        # Tolerance: at most 1 grey level anywhere, and on at most 5 % of the values
+        # (torch's uint8 antialiased bilinear and PIL round slightly differently).
+        assert diff.max() <= 1.0 + 1e-3
+        assert (diff > 0.5).mean() < 0.05
+
+
+def test_bad_inputs():
+    frames = np.zeros((2, 10, 10, 3), np.uint8)
+    with pytest.raises(ValueError, match="does not fit"):
+        crop_resize_normalize(frames, (5, 5, 8, 8), 8)
+    with pytest.raises(ValueError, match="uint8"):
+        crop_resize_normalize(frames.astype(np.float32), (0, 0, 8, 8), 8)

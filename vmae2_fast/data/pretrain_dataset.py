@@ -1,0 +1,111 @@
+"""Stage-1 pre-training dataset on the CPU (PyAV decode + torch transforms).
+
+One item = one video decoded once with one temporal window, then ``num_sample`` independent
+multi-scale crops of it (the official repeated augmentation, ``--num_sample``). Masks are not made
+here: the trainer draws them on the device as index tensors.
+
+Randomness: every draw comes from ``np.random.default_rng([seed, epoch, index, attempt])``. An item
+is therefore a pure function of (seed, epoch, index): a resumed run sees the same clips, and
+DataLoader workers need no reseeding (the official code reseeds numpy per worker instead).
+
+Unreadable videos: the official code prints and retries recursively without bound. Here a failure
+is logged with the file and reason, another index is drawn from the same generator, at most
+``max_retries`` times in a loop, and the item reports how many videos it skipped.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import List, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .lists import PretrainItem
+from .sampling import pretrain_frame_indices
+from .transforms import crop_resize_normalize, multiscale_crop_box
+from .video_io import VideoDecodeError, count_frames, decode_frames
+
+__all__ = ["PretrainVideoDataset", "pretrain_collate"]
+
+logger = logging.getLogger(__name__)
+
+
+class PretrainVideoDataset(Dataset):
+    """Returns ``(clips, n_skipped)``: float32 ``(num_sample, 3, num_frames, S, S)`` and an int."""
+
+    def __init__(self, items: Sequence[PretrainItem], num_frames: int = 16, sampling_rate: int = 4,
+                 input_size: int = 224, num_sample: int = 1, seed: int = 0, max_retries: int = 10):
+        if len(items) == 0:
+            raise ValueError("PretrainVideoDataset needs at least one item")
+        if num_sample < 1:
+            raise ValueError(f"num_sample must be >= 1, got {num_sample}")
+        if max_retries < 0:
+            raise ValueError(f"max_retries must be >= 0, got {max_retries}")
+        if seed < 0:
+            raise ValueError(f"seed must be >= 0 (it seeds numpy's SeedSequence), got {seed}")
+        self.items: List[PretrainItem] = list(items)
+        self.num_frames = int(num_frames)
+        self.sampling_rate = int(sampling_rate)
+        self.input_size = int(input_size)
+        self.num_sample = int(num_sample)
+        self.seed = int(seed)
+        self.max_retries = int(max_retries)
+        self.epoch = 0
+        # Frame counts found by decoding (lists with total_frames = -1; WebM stores no count).
+        # Each DataLoader worker keeps its own memo, so a video is counted once per worker.
+        self._counted: dict = {}
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch's random stream (call before iterating, like DistributedSampler)."""
+        self.epoch = int(epoch)
+
+    def _load(self, item: PretrainItem, rng: np.random.Generator) -> torch.Tensor:
+        n_frames = item.total
+        if n_frames <= 0:
+            n_frames = self._counted.get(item.path)
+            if n_frames is None:
+                n_frames = self._counted[item.path] = count_frames(item.path)
+        indices = pretrain_frame_indices(n_frames, self.num_frames, self.sampling_rate, rng)
+        frames = decode_frames(item.path, indices)  # (T, H, W, 3) uint8, decoded once
+        h, w = frames.shape[1:3]
+        x = torch.from_numpy(frames)
+        views = [crop_resize_normalize(x, multiscale_crop_box(w, h, self.input_size, rng),
+                                       self.input_size)
+                 for _ in range(self.num_sample)]
+        return torch.stack(views)
+
+    def __getitem__(self, index: int) -> Tuple[torch.Tensor, int]:
+        index = int(index)
+        current = index
+        n_skipped = 0
+        for attempt in range(self.max_retries + 1):
+            rng = np.random.default_rng([self.seed, self.epoch, index, attempt])
+            item = self.items[current]
+            try:
+                return self._load(item, rng), n_skipped
+            except VideoDecodeError as exc:
+                if os.path.isdir(item.path):
+                    # Skipping would silently drop a whole raw-frame dataset: fail loudly instead.
+                    raise NotImplementedError(
+                        f"{item.path} is a directory of frames; raw-frame datasets are not "
+                        f"supported yet, list video files instead") from exc
+                n_skipped += 1
+                last_error = f"{item.path} ({exc})"
+                logger.warning("skipping unreadable video %s", last_error)
+                current = int(rng.integers(len(self.items)))
+        raise RuntimeError(
+            f"too many unreadable videos: item {index} and {self.max_retries} random replacements "
+            f"all failed to load (last: {last_error}); check the list file and --data-root")
+
+
+def pretrain_collate(batch: Sequence[Tuple[torch.Tensor, int]]
+                     ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Flatten the views: ``(B*K, 3, T, S, S)`` in sample-major order, plus the skipped count."""
+    clips = torch.cat([c for c, _ in batch], dim=0)
+    n_skipped = torch.tensor(sum(int(n) for _, n in batch), dtype=torch.int64)
+    return clips, n_skipped
