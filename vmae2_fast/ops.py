@@ -43,9 +43,12 @@ def decoder_input(z, proj_weight, pos_table, vis_idx, dec_idx, mask_token):
     return _BACKENDS[_active].decoder_input(z, proj_weight, pos_table, vis_idx, dec_idx, mask_token)
 
 
-def masked_mse(pred, video, vis_idx, dec_idx, patch_size, tubelet_size, normalize=True):
+def masked_mse(pred, video, vis_idx, dec_idx, patch_size, tubelet_size, normalize=True,
+               denominator=None):
     return _BACKENDS[_active].masked_mse(pred, video, vis_idx, dec_idx, patch_size, tubelet_size,
-                                         normalize=normalize)
+                                         normalize=normalize, denominator=denominator)
 
 
+# Not fused ops, shared by every backend.
 normalized_targets = reference.normalized_targets
+loss_token_count = reference.loss_token_count

@@ -89,16 +89,27 @@ def normalized_targets(video, idx, patch_size: int, tubelet_size: int, normalize
 
 
 def masked_mse(pred, video, vis_idx, dec_idx, patch_size: int, tubelet_size: int,
-               normalize: bool = True, eps: float = 1e-6, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+               normalize: bool = True, denominator=None, eps: float = 1e-6, mean=IMAGENET_MEAN,
+               std=IMAGENET_STD):
     """The official masked MSE: mean squared error per decoded token, weighted 1 where the encoder
     did not see the token and 0 where it did, divided by the number of weighted tokens in the
     batch (the official per-device denominator).
 
-    Where no decoded token is encoder-masked the official code divides by zero; the denominator
-    is clamped to 1 here so that degenerate batch gives 0 instead of NaN.
+    `denominator` (a tensor) replaces the local count: data-parallel training passes the global
+    count divided by the world size, so that the averaged gradient is that of one token-weighted
+    mean over the global batch, whatever the number of GPUs. Where no decoded token is
+    encoder-masked the official code divides by zero; the count is clamped to 1 here so that such a
+    degenerate batch gives 0 instead of NaN.
     """
     target = normalized_targets(video, dec_idx, patch_size, tubelet_size, normalize, mean, std, eps)
     per_token = (pred.to(target.dtype) - target).pow(2).mean(dim=-1)
     n = (video.shape[2] // tubelet_size) * (video.shape[3] // patch_size) * (video.shape[4] // patch_size)
     weight = encoder_masked_flags(vis_idx, dec_idx, n).to(per_token.dtype)
-    return (per_token * weight).sum() / weight.sum().clamp_min(1)
+    if denominator is None:
+        denominator = weight.sum()
+    return (per_token * weight).sum() / denominator.clamp_min(1)
+
+
+def loss_token_count(vis_idx, dec_idx, num_tokens: int):
+    """Number of tokens that enter the masked MSE (decoded and encoder-masked), as a 0-d tensor."""
+    return encoder_masked_flags(vis_idx, dec_idx, num_tokens).sum()

@@ -97,9 +97,9 @@ class PretrainVisionTransformer(nn.Module):
                                 self.mask_token)
         return self.decoder(seq, dec_idx.shape[1], ckpt)
 
-    def loss(self, pred, video, vis_idx, dec_idx):
+    def loss(self, pred, video, vis_idx, dec_idx, denominator=None):
         return ops.masked_mse(pred, video, vis_idx, dec_idx, self.patch_size, self.tubelet_size,
-                              normalize=self.normalize_target)
+                              normalize=self.normalize_target, denominator=denominator)
 
     def forward_loss(self, video, encoder_mask, decoder_mask=None):
         """(loss, pred) for masks given as index tensors or official boolean maps (True = masked).

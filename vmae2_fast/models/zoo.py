@@ -25,6 +25,8 @@ MODEL_SPECS: dict[str, ModelSpec] = {
     "vit_h": ModelSpec(16, 1280, 32, 16, 4.0, 512, 8),
     # Giant: patch 14, MLP 6144 = int(1408 * 48/11); its decoder MLP is int(512 * 48/11) = 2234.
     "vit_g": ModelSpec(14, 1408, 40, 16, 48 / 11, 512, 8),
+    # Not a paper model: a 2-block ViT for smoke tests and CI runs of the full loop in seconds.
+    "vit_micro": ModelSpec(16, 64, 2, 2, 4.0, 32, 2),
 }
 
 # The official registered names, accepted as aliases.

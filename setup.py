@@ -1,0 +1,39 @@
+"""vmae2_fast: a fast, official-parity training engine for VideoMAE V2.
+
+Install with the tested torch pinned (an unpinned torch pulls multi-GB CUDA builds on CPU
+machines):  pip install torch==2.13.0 -e ".[test]"
+"""
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+packages = find_packages(include=["vmae2_fast", "vmae2_fast.*"])
+package_dir = {}
+# kernels/ installs as vmae2_fast.kernels (a top-level `kernels` would clash with Hugging Face's).
+if (HERE / "kernels" / "__init__.py").exists():
+    packages.append("vmae2_fast.kernels")
+    package_dir["vmae2_fast.kernels"] = "kernels"
+
+setup(
+    name="vmae2_fast",
+    version="0.1.0",
+    description="Fast, official-parity VideoMAE V2 training: pre-training, post-pre-training, fine-tuning",
+    long_description=(HERE / "README.md").read_text(encoding="utf-8") if (HERE / "README.md").exists() else "",
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=packages,
+    package_dir=package_dir,
+    install_requires=[
+        "torch>=2.6",
+        "numpy>=1.24",
+        "av>=12",
+        "pillow>=9",
+        "tqdm>=4.60",
+    ],
+    extras_require={
+        "test": ["pytest>=7"],
+        "tensorboard": ["tensorboard"],
+    },
+    entry_points={"console_scripts": ["vmae2-pretrain=vmae2_fast.pretrain:main"]},
+)

@@ -1,0 +1,280 @@
+"""The one training loop every stage shares: a stage is a model, a loss and a data source.
+
+What the loop owns: precision (autocast, optional fp16 scaler), gradient accumulation, clipping,
+the per-iteration lr / weight-decay schedule, skipping non-finite updates on the device, atomic
+checkpoints and exact resume, logging. The step itself makes no host syncs: losses, gradient
+norms and skip counters stay on the device and are read only every `log_every` steps.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Protocol
+
+import torch
+import torch.nn as nn
+
+from .checkpoint import (capture_rng_state, latest_checkpoint, load_checkpoint, prune_checkpoints,
+                         restore_rng_state, save_checkpoint)
+from .distributed import DistInfo, all_gather_objects, all_reduce_sum, barrier
+from .metrics import JsonlLogger, TensorBoardLogger
+from .optim import set_lr_and_wd
+
+log = logging.getLogger("vmae2_fast")
+
+LAST = "checkpoint-last.pth"
+
+
+class Stage(Protocol):
+    model: nn.Module                       # the raw model (what checkpoints hold)
+
+    def compute_loss(self, model: nn.Module, batch) -> tuple[torch.Tensor, int]:
+        """(loss, number of clips in the batch); `model` may be the DDP/compiled wrapper."""
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+    def on_epoch_end(self, epoch: int, trainer: "Trainer") -> dict: ...
+
+
+@dataclass
+class LoopSettings:
+    epochs: int
+    steps_per_epoch: int                   # optimiser steps per epoch
+    accum_steps: int = 1
+    clip_grad: float | None = None
+    precision: str = "fp32"                # resolved: bf16 | fp16 | fp32
+    max_nonfinite: int = 20
+    log_every: int = 20
+    save_every: int = 1
+    save_every_steps: int = 0
+    keep_last: int = 0
+    output_dir: str = "runs/out"
+    progress: bool = True
+    tensorboard: bool = False
+    max_steps: int = 0
+
+
+def resolve_precision(requested: str, device: torch.device) -> str:
+    if requested == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    if requested == "fp16" and device.type != "cuda":
+        raise ValueError("--precision fp16 needs a CUDA device (use fp32 or bf16 on the CPU)")
+    return requested
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+class Trainer:
+    def __init__(self, stage: Stage, wrapped_model: nn.Module, optimizer: torch.optim.Optimizer,
+                 make_loader: Callable[[int, int], Iterable], lr_schedule, wd_schedule,
+                 settings: LoopSettings, device: torch.device, dist_info: DistInfo, run_config: dict):
+        self.stage, self.model, self.optimizer = stage, wrapped_model, optimizer
+        self.make_loader = make_loader          # (epoch, micro_steps_to_skip) -> batches
+        self.lr_schedule, self.wd_schedule = lr_schedule, wd_schedule
+        self.s, self.device, self.dist = settings, device, dist_info
+        self.run_config = run_config
+        self.out = Path(settings.output_dir)
+        self.global_step = 0                    # optimiser steps done
+        self.epoch, self.epoch_step = 0, 0      # epoch in progress, optimiser steps done in it
+        self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(settings.precision)
+        self.scaler = torch.amp.GradScaler("cuda") if settings.precision == "fp16" else None
+        self.params = [p for p in stage.model.parameters() if p.requires_grad]
+        # device-side counters, read only when logging
+        self.nonfinite_run = torch.zeros((), dtype=torch.int64, device=device)
+        self.skipped_total = torch.zeros((), dtype=torch.int64, device=device)
+        self.skipped_videos = 0
+        self.metrics = JsonlLogger(self.out / "metrics.jsonl") if dist_info.is_main else None
+        self.tb = TensorBoardLogger(self.out / "tensorboard") if settings.tensorboard and dist_info.is_main else None
+
+    # ---------------------------------------------------------------- checkpoints
+    def checkpoint_state(self) -> dict:
+        rng = all_gather_objects(capture_rng_state(), self.dist)
+        return {
+            "model": self.stage.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler else None,
+            "epoch": self.epoch, "epoch_step": self.epoch_step, "global_step": self.global_step,
+            "stage": self.stage.state_dict(), "rng_per_rank": rng, "config": self.run_config,
+        }
+
+    def save(self, numbered: bool) -> None:
+        state = self.checkpoint_state()          # collective: every rank takes part
+        if self.dist.is_main:
+            save_checkpoint(self.out / LAST, state)
+            if numbered:
+                save_checkpoint(self.out / f"checkpoint-{self.epoch}.pth", state)
+                if self.s.keep_last:
+                    prune_checkpoints(self.out, self.s.keep_last)
+        barrier(self.dist)
+
+    def resume(self, how: str) -> bool:
+        """`auto`: the newest checkpoint in the output dir if any; a path: that file; `none`."""
+        if how in ("none", "", None):
+            return False
+        if how == "auto":
+            path = self.out / LAST if (self.out / LAST).exists() else latest_checkpoint(self.out)
+            if path is None:
+                return False
+        else:
+            path = Path(how)
+        state = load_checkpoint(path, map_location="cpu")
+        self.stage.model.load_state_dict(state["model"], strict=True)
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scaler and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.epoch, self.epoch_step = state["epoch"], state["epoch_step"]
+        self.global_step = state["global_step"]
+        if self.epoch_step >= self.s.steps_per_epoch:   # saved at the end of an epoch
+            self.epoch, self.epoch_step = self.epoch + 1, 0
+        self.stage.load_state_dict(state["stage"])
+        rngs = state["rng_per_rank"]
+        restore_rng_state(rngs[self.dist.rank] if self.dist.rank < len(rngs) else rngs[0])
+        log.info("resumed from %s: epoch %d, step %d of the epoch, global step %d", path, self.epoch,
+                 self.epoch_step, self.global_step)
+        return True
+
+    # ---------------------------------------------------------------- one optimiser step
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def train_step(self, batches) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Forward/backward over `accum_steps` micro-batches and one (possibly skipped) update."""
+        s = self.s
+        set_lr_and_wd(self.optimizer, float(self.lr_schedule[self.global_step]),
+                      float(self.wd_schedule[self.global_step]))
+        loss_sum = torch.zeros((), device=self.device)
+        clips = 0
+        for i, batch in enumerate(batches):
+            sync = i == len(batches) - 1
+            no_sync = getattr(self.model, "no_sync", None)
+            ctx = no_sync() if (no_sync is not None and not sync) else contextlib.nullcontext()
+            with ctx:
+                with self._autocast():
+                    loss, n = self.stage.compute_loss(self.model, batch)
+                scaled = loss / len(batches)
+                (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+            loss_sum += loss.detach().float()
+            clips += n
+        loss_mean = loss_sum / len(batches)
+        if self.scaler:
+            self.scaler.unscale_(self.optimizer)
+        grads = [p.grad for p in self.params if p.grad is not None]
+        if s.clip_grad:
+            gnorm = torch.nn.utils.clip_grad_norm_(self.params, s.clip_grad, foreach=True)
+        else:
+            gnorm = torch.nn.utils.get_total_norm(grads, foreach=True) if grads else torch.zeros((), device=self.device)
+        finite = torch.isfinite(loss_mean)
+        if self.scaler:            # the scaler skips overflowing fp16 steps on its own
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            finite = finite & torch.isfinite(gnorm)
+            # AdamW (fused) skips the update on the device when found_inf is 1: no host sync.
+            self.optimizer.found_inf = (~finite).float()
+            self.optimizer.step()
+            del self.optimizer.found_inf
+        self.optimizer.zero_grad(set_to_none=True)
+        self.nonfinite_run = torch.where(finite, torch.zeros_like(self.nonfinite_run), self.nonfinite_run + 1)
+        self.skipped_total += (~finite).long()
+        return loss_mean, gnorm.detach().float(), clips
+
+    # ---------------------------------------------------------------- the loop
+    def fit(self) -> dict:
+        s = self.s
+        total_steps = s.epochs * s.steps_per_epoch
+        last_record: dict = {}
+        while self.epoch < s.epochs:
+            loader = iter(self.make_loader(self.epoch, self.epoch_step * s.accum_steps))
+            bar = None
+            if s.progress and self.dist.is_main:
+                from tqdm import tqdm
+                bar = tqdm(total=s.steps_per_epoch, initial=self.epoch_step, desc=f"epoch {self.epoch}",
+                           dynamic_ncols=True, leave=False)
+            win_loss = torch.zeros((), device=self.device)
+            win_norm = torch.zeros((), device=self.device)
+            win_steps, win_clips, win_data, t0 = 0, 0, 0.0, time.perf_counter()
+            while self.epoch_step < s.steps_per_epoch:
+                td = time.perf_counter()
+                batches = [next(loader) for _ in range(s.accum_steps)]
+                win_data += time.perf_counter() - td
+                for b in batches:
+                    self.skipped_videos += int(b[-1]) if isinstance(b, (tuple, list)) else 0
+                loss, gnorm, clips = self.train_step(batches)
+                win_loss += loss
+                win_norm += gnorm
+                win_steps += 1
+                win_clips += clips
+                self.global_step += 1
+                self.epoch_step += 1
+                if bar:
+                    bar.update(1)
+                last_step = self.global_step == total_steps or self.global_step == s.max_steps
+                if self.global_step % s.log_every == 0 or self.epoch_step == s.steps_per_epoch or last_step:
+                    last_record = self._log(win_loss, win_norm, win_steps, win_clips, win_data,
+                                            time.perf_counter() - t0, bar)
+                    win_loss.zero_()
+                    win_norm.zero_()
+                    win_steps, win_clips, win_data, t0 = 0, 0, 0.0, time.perf_counter()
+                if s.save_every_steps and self.global_step % s.save_every_steps == 0:
+                    self.save(numbered=False)
+                if s.max_steps and self.global_step >= s.max_steps:
+                    if bar:
+                        bar.close()
+                    self.save(numbered=False)
+                    log.info("stopped after --max-steps %d optimiser steps", s.max_steps)
+                    return last_record
+            if bar:
+                bar.close()
+            extra = self.stage.on_epoch_end(self.epoch, self) or {}
+            if extra and self.metrics:
+                self.metrics.log({"epoch": self.epoch, "global_step": self.global_step, **extra})
+            numbered = (self.epoch + 1) % s.save_every == 0 or self.epoch + 1 == s.epochs
+            self.save(numbered=numbered)
+            self.epoch, self.epoch_step = self.epoch + 1, 0
+        return last_record
+
+    def _log(self, win_loss, win_norm, steps, clips, data_time, wall, bar) -> dict:
+        stats = torch.stack([win_loss, win_norm, self.skipped_total.float(), self.nonfinite_run.float()])
+        if self.dist.enabled:
+            stats[:2] = all_reduce_sum(stats[:2].clone(), self.dist) / self.dist.world_size
+        loss, norm, skipped, run = (stats / torch.tensor([steps, steps, 1, 1], device=stats.device)).tolist()
+        if run >= self.s.max_nonfinite:
+            raise NonFiniteLossError(
+                f"{int(run)} non-finite losses in a row at step {self.global_step}; the last good "
+                f"checkpoint is in {self.out}. Lower the lr, enable --clip-grad, or use bf16/fp32.")
+        rec = {"epoch": self.epoch, "step": self.epoch_step, "global_step": self.global_step,
+               "loss": loss, "grad_norm": norm, "lr": self.optimizer.param_groups[0]["lr"]
+               / self.optimizer.param_groups[0].get("lr_scale", 1.0),
+               "skipped_updates": int(skipped), "skipped_videos": self.skipped_videos,
+               "clips_per_s": clips * self.dist.world_size / max(wall, 1e-9),
+               "data_wait_frac": data_time / max(wall, 1e-9)}
+        if self.device.type == "cuda":
+            rec["max_mem_gib"] = torch.cuda.max_memory_allocated(self.device) / 2 ** 30
+        if self.dist.is_main:
+            if bar:
+                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{rec['lr']:.2e}", refresh=False)
+            if self.metrics:
+                self.metrics.log(rec)
+            if self.tb:
+                self.tb.scalars({f"train/{k}": v for k, v in rec.items() if isinstance(v, float)},
+                                self.global_step)
+            msg = (f"epoch {self.epoch} step {self.epoch_step}/{self.s.steps_per_epoch} loss {loss:.4f} "
+                   f"lr {rec['lr']:.3e} grad_norm {norm:.3f} {rec['clips_per_s']:.1f} clips/s")
+            if skipped:
+                msg += f" skipped_updates {int(skipped)}"
+            if self.skipped_videos:
+                msg += f" skipped_videos {self.skipped_videos}"
+            log.info(msg)
+        if not math.isfinite(loss):
+            log.warning("non-finite loss at step %d: the update was skipped", self.global_step)
+        return rec
