@@ -126,3 +126,14 @@ def test_masking_on_cuda_without_host_sync():
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert vis.is_cuda and dec.is_cuda and vis.shape == (32, 208) and dec.shape == (32, 1024)
+
+
+def test_host_side_baseline_masks_use_the_official_maps():
+    """The NumPy re-statement used by the benchmark's baseline draws the same map family."""
+    import numpy as np
+
+    from vmae2_fast.baseline import numpy_masks
+    enc, dec = numpy_masks(32, (8, 14, 14), 0.9, 0.5, np.random.default_rng(0))
+    maps = torch.tensor(MASKS["running_cell_0p5"]["8x14x14"], dtype=torch.bool)
+    assert all(any(torch.equal(row, m) for m in maps) for row in dec)
+    assert torch.all((~enc).sum(1) == MASKS["tube_visible_tokens"]["8x14x14@0.9"])

@@ -1,9 +1,16 @@
 """An independent, deliberately naive re-statement of the official VideoMAE V2 computation.
 
-Written from the official code's description (boolean indexing, Conv3d on every token, explicit
-softmax attention, targets for the whole video then selected): the truth our optimised model
-is compared against at shapes the fixtures do not cover. Test-only; float64.
+Written from the description of the official code (boolean-mask indexing, Conv3d on every token,
+explicit softmax attention, host-side position tables copied to the device every step, targets
+for the whole video then selected, masks made with NumPy on the host). It never touches
+`reference.py` or `models/`, so it serves two purposes:
+
+- the tests' independent truth at shapes the golden fixtures do not cover;
+- the baseline of `bench/throughput.py`: it runs on the parameters of one of our models
+  (`dict(model.named_parameters())`), so both are timed on the same weights and data.
 """
+from __future__ import annotations
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -13,12 +20,40 @@ STD = torch.tensor([0.229, 0.224, 0.225], dtype=torch.float64)
 
 
 def numpy_sinusoid(n, d):
+    """The official table: built with Python loops in float64, returned as float32 (1, n, d)."""
     def angles(pos):
         return [pos / np.power(10000, 2 * (j // 2) / d) for j in range(d)]
     table = np.array([angles(p) for p in range(n)])
     table[:, 0::2] = np.sin(table[:, 0::2])
     table[:, 1::2] = np.cos(table[:, 1::2])
     return torch.tensor(table, dtype=torch.float32).unsqueeze(0)
+
+
+def numpy_masks(batch, grid, mask_ratio, decoder_mask_ratio, rng: np.random.Generator):
+    """Official-style masks made on the host: (B, N) bool maps, True = masked."""
+    t, h, w = grid
+    hw = h * w
+    n_mask = int(mask_ratio * hw)
+    enc = []
+    for _ in range(batch):
+        row = np.hstack([np.zeros(hw - n_mask), np.ones(n_mask)])
+        rng.shuffle(row)
+        enc.append(np.tile(row, (t, 1)).flatten())
+    enc = np.stack(enc).astype(bool)
+    if decoder_mask_ratio <= 0:
+        return torch.from_numpy(enc), torch.from_numpy(~enc)
+    k = int(4 * decoder_mask_ratio)
+    queue = np.array([1] * k + [0] * (4 - k))
+    maps = []
+    for start in range(4):
+        frames = []
+        for slot in range(t):
+            cell = queue[(np.arange(4) + start + slot + 1) % 4].reshape(2, 2)
+            frames.append(np.tile(cell, (h // 2, w // 2)).flatten())
+        maps.append(np.concatenate(frames))
+    maps = np.stack(maps).astype(bool)
+    dec = maps[rng.integers(0, 4, size=batch)]
+    return torch.from_numpy(enc), torch.from_numpy(dec)
 
 
 def block(sd, prefix, x, heads, eps):
@@ -39,21 +74,29 @@ def block(sd, prefix, x, heads, eps):
     return x + F.linear(h, sd[f"{prefix}mlp.fc2.weight"], sd[f"{prefix}mlp.fc2.bias"])
 
 
-def pretrain_forward_loss(sd, cfg, video, mask, decode_mask):
-    """Official forward + engine loss; masks are (B, N) bool, True = masked."""
+def pretrain_forward_loss(sd, cfg, video, mask, decode_mask, tables=None):
+    """Official forward + engine loss; masks are (B, N) bool, True = masked.
+
+    `tables` may hold the host-side position tables (key (N, C)) so a benchmark builds them
+    once, as the official model does at construction; they are still copied every call.
+    """
     p, t, eps = cfg["patch_size"], cfg["tubelet_size"], cfg.get("layer_norm_eps", 1e-6)
+    tables = {} if tables is None else tables
     B = video.shape[0]
+    mask, decode_mask = mask.to(video.device), decode_mask.to(video.device)
     w = sd["encoder.patch_embed.proj.weight"]
     tok = F.conv3d(video, w, sd["encoder.patch_embed.proj.bias"], stride=(t, p, p)).flatten(2).transpose(1, 2)
     N, Ce = tok.shape[1], tok.shape[2]
-    tok = tok + numpy_sinusoid(N, Ce).type_as(tok)
+    enc_table = tables.setdefault((N, Ce), numpy_sinusoid(N, Ce))
+    tok = tok + enc_table.type_as(tok).to(tok.device).clone().detach()
     x = tok[~mask].reshape(B, -1, Ce)
     for i in range(cfg["encoder_depth"]):
         x = block(sd, f"encoder.blocks.{i}.", x, cfg["encoder_num_heads"], eps)
     x = F.layer_norm(x, (Ce,), sd["encoder.norm.weight"], sd["encoder.norm.bias"], eps)
     z = F.linear(x, sd["encoder_to_decoder.weight"])
     Cd = z.shape[-1]
-    pe = numpy_sinusoid(N, Cd).expand(B, -1, -1).type_as(z)
+    dec_table = tables.setdefault((N, Cd), numpy_sinusoid(N, Cd))
+    pe = dec_table.expand(B, -1, -1).type_as(z).to(z.device).clone().detach()
     pe_v = pe[~mask].reshape(B, -1, Cd)
     pe_m = pe[~decode_mask].reshape(B, -1, Cd)
     seq = torch.cat([z + pe_v, sd["mask_token"] + pe_m], dim=1)
@@ -62,9 +105,11 @@ def pretrain_forward_loss(sd, cfg, video, mask, decode_mask):
     h = seq[:, -pe_m.shape[1]:]
     h = F.layer_norm(h, (Cd,), sd["decoder.norm.weight"], sd["decoder.norm.bias"], eps)
     out = F.linear(h, sd["decoder.head.weight"], sd["decoder.head.bias"])
-    # engine: targets for the whole video, then select
+    # engine: targets for the whole video (in float32 at least), then select
     with torch.no_grad():
-        un = video * STD.view(1, 3, 1, 1, 1).type_as(video) + MEAN.view(1, 3, 1, 1, 1).type_as(video)
+        dtype = torch.promote_types(video.dtype, torch.float32)
+        un = video.to(dtype) * STD.view(1, 3, 1, 1, 1).to(video.device, dtype) \
+            + MEAN.view(1, 3, 1, 1, 1).to(video.device, dtype)
         _, C, T, H, W = un.shape
         sq = un.reshape(B, C, T // t, t, H // p, p, W // p, p).permute(0, 2, 4, 6, 3, 5, 7, 1)
         sq = sq.reshape(B, N, t * p * p, C)
