@@ -14,6 +14,11 @@ package_dir = {}
 if (HERE / "kernels" / "__init__.py").exists():
     packages.append("vmae2_fast.kernels")
     package_dir["vmae2_fast.kernels"] = "kernels"
+# csrc/ ships as vmae2_fast.csrc data: the C++ CPU ops are compiled from it on first use
+# (vmae2_fast/cpp_ops.py), so installing needs no torch at build time.
+if (HERE / "csrc" / "fused_ops.cpp").exists():
+    packages.append("vmae2_fast.csrc")
+    package_dir["vmae2_fast.csrc"] = "csrc"
 
 setup(
     name="vmae2_fast",
@@ -24,15 +29,17 @@ setup(
     python_requires=">=3.10",
     packages=packages,
     package_dir=package_dir,
+    package_data={"vmae2_fast.csrc": ["*.cpp"]},
     install_requires=[
         "torch>=2.6",
         "numpy>=1.24",
         "av>=12",
         "pillow>=9",
         "tqdm>=4.60",
+        "ninja",                      # torch.utils.cpp_extension builds the C++ CPU ops with it
     ],
     extras_require={
-        "test": ["pytest>=7"],
+        "test": ["pytest>=7", "triton>=3.2; platform_system == 'Linux'"],
         "tensorboard": ["tensorboard"],
     },
     entry_points={"console_scripts": ["vmae2-pretrain=vmae2_fast.pretrain:main"]},

@@ -59,6 +59,7 @@ class PretrainConfig:
     seed: int = 0
     device: str = "auto"
     compile: bool = False
+    kernels: str = "auto"              # fused ops: auto (Triton on CUDA, C++ on CPU) | triton | cpp | reference
     max_steps: int = 0                 # stop after this many optimiser steps (0: run all epochs)
     preset: str = "table10"
 
@@ -79,6 +80,8 @@ class PretrainConfig:
             raise ValueError(f"--precision must be auto, bf16, fp16 or fp32, got {self.precision!r}")
         if self.clip_grad is not None and self.clip_grad <= 0:
             raise ValueError("--clip-grad must be positive (omit it to disable clipping)")
+        if self.kernels not in ("auto", "triton", "cpp", "reference"):
+            raise ValueError(f"--kernels must be auto, triton, cpp or reference, got {self.kernels!r}")
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)

@@ -167,6 +167,7 @@ def _run(cfg: PretrainConfig, device: torch.device, dist: DistInfo) -> dict:
     torch.manual_seed(cfg.seed + dist.rank)
     np.random.seed(cfg.seed + dist.rank)
     precision = resolve_precision(cfg.precision, device)
+    ops.use_backend(cfg.kernels)  # fused ops: logs which face runs, once
 
     # Everything that can fail on bad input is checked before any compute is spent.
     model = build_pretrain_model(

@@ -1,0 +1,150 @@
+"""Visible patch embedding: gather the visible cubes straight from the video (im2col on the fly),
+multiply by the Conv3d weight, add bias and the position table, in one kernel.
+
+The backward recomputes the gather to form the weight gradient, so neither the full token grid nor
+the gathered cubes are kept between forward and backward.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import (acc_dtype, mma_dtype, check_device, check_video, compute_dtype, cube_row_base,
+                      table_grad, tl_dtype)
+
+BM, BN, BK = 64, 64, 32
+
+
+@triton.jit
+def _k_offsets(rk, K, s_c, s_t, s_h, s_w, TUB: tl.constexpr, P: tl.constexpr):
+    """Video offset of reduction index k = (c, dt, row, col), the Conv3d weight order."""
+    rk64 = rk.to(tl.int64)
+    c = rk64 // (TUB * P * P)
+    rem = rk64 % (TUB * P * P)
+    return c * s_c + (rem // (P * P)) * s_t + ((rem // P) % P) * s_h + (rem % P) * s_w
+
+
+@triton.jit
+def _embed_fwd(video, w, bias, pos, idx, out, M, NV, CE, K, GH, GW,
+               s_b, s_c, s_t, s_h, s_w, s_ib, s_ij,
+               TUB: tl.constexpr, P: tl.constexpr, HAS_BIAS: tl.constexpr,
+               DOT: tl.constexpr, MMA: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
+               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mm = rm < M
+    mn = rn < CE
+    b = rm // NV
+    tok = tl.load(idx + b.to(tl.int64) * s_ib + (rm % NV) * s_ij, mask=mm, other=0)
+    base = cube_row_base(tok, b, GH, GW, TUB, P, s_b, s_t, s_h, s_w)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
+    for k0 in range(0, K, BLOCK_K):
+        rk = k0 + tl.arange(0, BLOCK_K)
+        mk = rk < K
+        koff = _k_offsets(rk, K, s_c, s_t, s_h, s_w, TUB, P)
+        a = tl.load(video + base[:, None] + koff[None, :], mask=mm[:, None] & mk[None, :], other=0.0)
+        wt = tl.load(w + rn[None, :].to(tl.int64) * K + rk[:, None], mask=mk[:, None] & mn[None, :],
+                     other=0.0)
+        acc += tl.dot(a.to(DOT).to(MMA), wt.to(DOT).to(MMA), input_precision=PREC, out_dtype=ACC)
+    if HAS_BIAS:
+        acc += tl.load(bias + rn, mask=mn, other=0.0).to(ACC)[None, :]
+    p = tl.load(pos + tok.to(tl.int64)[:, None] * CE + rn[None, :], mask=mm[:, None] & mn[None, :],
+                other=0.0)
+    acc += p.to(ACC)
+    o = out + rm.to(tl.int64)[:, None] * CE + rn[None, :]
+    tl.store(o, acc.to(out.dtype.element_ty), mask=mm[:, None] & mn[None, :])
+
+
+@triton.jit
+def _embed_bwd_w(video, g, idx, gw, M, NV, CE, K, GH, GW,
+                 s_b, s_c, s_t, s_h, s_w, s_ib, s_ij,
+                 TUB: tl.constexpr, P: tl.constexpr, DOT: tl.constexpr, MMA: tl.constexpr, ACC: tl.constexpr,
+                 PREC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                 BLOCK_K: tl.constexpr):
+    """grad_w[n, k] = sum_m g[m, n] * cube[m, k], the cubes re-gathered from the video."""
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rk = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+    mn = rn < CE
+    mk = rk < K
+    koff = _k_offsets(rk, K, s_c, s_t, s_h, s_w, TUB, P)
+    acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=ACC)
+    for m0 in range(0, M, BLOCK_M):
+        rm = m0 + tl.arange(0, BLOCK_M)
+        mm = rm < M
+        b = rm // NV
+        tok = tl.load(idx + b.to(tl.int64) * s_ib + (rm % NV) * s_ij, mask=mm, other=0)
+        base = cube_row_base(tok, b, GH, GW, TUB, P, s_b, s_t, s_h, s_w)
+        a = tl.load(video + base[:, None] + koff[None, :], mask=mm[:, None] & mk[None, :], other=0.0)
+        gt = tl.load(g + rn[:, None] + rm.to(tl.int64)[None, :] * CE, mask=mn[:, None] & mm[None, :],
+                     other=0.0)
+        acc += tl.dot(gt.to(DOT).to(MMA), a.to(DOT).to(MMA), input_precision=PREC, out_dtype=ACC)
+    tl.store(gw + rn.to(tl.int64)[:, None] * K + rk[None, :], acc, mask=mn[:, None] & mk[None, :])
+
+
+def _launch_args(video, vis_idx, weight):
+    ce, _, tub, p, _ = weight.shape
+    b, _, _, h, w = video.shape
+    return dict(GH=h // p, GW=w // p, s_b=video.stride(0), s_c=video.stride(1),
+                s_t=video.stride(2), s_h=video.stride(3), s_w=video.stride(4),
+                s_ib=vis_idx.stride(0), s_ij=vis_idx.stride(1), TUB=tub, P=p)
+
+
+class _VisiblePatchEmbed(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, video, weight, bias, pos_table, vis_idx, tubelet_size):
+        check_device(video, weight, pos_table, vis_idx)
+        if weight.ndim != 5 or weight.shape[2] != tubelet_size:
+            raise ValueError(f"weight must be the Conv3d weight (C_e, C, {tubelet_size}, p, p), "
+                             f"got {tuple(weight.shape)}")
+        check_video(video, weight.shape[-1], tubelet_size)
+        out_dtype = compute_dtype(video.device, video.dtype, weight.dtype)
+        acc = acc_dtype(out_dtype)
+        dot = out_dtype if out_dtype in (torch.bfloat16, torch.float16) else acc
+        ce = weight.shape[0]
+        k = weight[0].numel()
+        bsz, nv = vis_idx.shape
+        m = bsz * nv
+        w2 = weight.reshape(ce, k).contiguous()
+        pos = pos_table.reshape(-1, ce).contiguous()
+        out = torch.empty(m, ce, dtype=out_dtype, device=video.device)
+        grid = (triton.cdiv(m, BM), triton.cdiv(ce, BN))
+        _embed_fwd[grid](video, w2, bias if bias is not None else w2, pos, vis_idx, out, m, nv, ce, k,
+                         HAS_BIAS=bias is not None, DOT=tl_dtype(dot), MMA=mma_dtype(dot), ACC=tl_dtype(acc), PREC="ieee",
+                         BLOCK_M=BM, BLOCK_N=BN, BLOCK_K=BK, **_launch_args(video, vis_idx, weight))
+        ctx.save_for_backward(video, weight, vis_idx, pos_table)
+        ctx.has_bias = bias is not None
+        ctx.bias_dtype = bias.dtype if bias is not None else None
+        ctx.dot = dot
+        return out.view(bsz, nv, ce)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        video, weight, vis_idx, pos_table = ctx.saved_tensors
+        ce = weight.shape[0]
+        k = weight[0].numel()
+        bsz, nv = vis_idx.shape
+        g = grad_out.reshape(bsz * nv, ce).contiguous()
+        grad_w = grad_b = grad_pos = None
+        if ctx.needs_input_grad[1]:
+            acc = acc_dtype(ctx.dot)
+            gw = torch.empty(ce, k, dtype=acc, device=video.device)
+            grid = (triton.cdiv(ce, BN), triton.cdiv(k, BK))
+            _embed_bwd_w[grid](video, g, vis_idx, gw, bsz * nv, nv, ce, k, DOT=tl_dtype(ctx.dot), MMA=mma_dtype(ctx.dot),
+                               ACC=tl_dtype(acc), PREC="ieee", BLOCK_M=BM, BLOCK_N=BN, BLOCK_K=BK,
+                               **_launch_args(video, vis_idx, weight))
+            grad_w = gw.view_as(weight).to(weight.dtype)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = g.sum(0, dtype=acc_dtype(g.dtype)).to(ctx.bias_dtype)
+        if ctx.needs_input_grad[3]:
+            grad_pos = table_grad(g.view(bsz, nv, ce), vis_idx, pos_table)
+        return None, grad_w, grad_b, grad_pos, None, None
+
+
+def visible_patch_embed(video, weight, bias, pos_table, vis_idx, tubelet_size: int):
+    """Tokens (B, N_vis, C_e) of the visible cubes: conv3d(video) + pos, gathered at vis_idx."""
+    return _VisiblePatchEmbed.apply(video, weight, bias, pos_table, vis_idx, tubelet_size)
