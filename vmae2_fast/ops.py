@@ -1,7 +1,13 @@
 """Front door of the fused ops: the model and the loss call these, never a backend directly.
 
-Only the reference backend (`reference.py`) exists so far; the Triton (CUDA) and C++ (CPU)
-faces plug in here with the same signatures, and `use_backend` picks among them.
+Three faces with one signature each: `reference` (plain PyTorch, the spec), `triton`
+(`vmae2_fast.kernels`, for CUDA tensors, or CPU tensors under `TRITON_INTERPRET=1`) and `cpp`
+(`csrc/`, OpenMP, CPU tensors; compiled on first use). `use_backend` picks one:
+
+- 'auto' (default): per call, Triton for CUDA tensors and C++ for CPU tensors; where that face is
+  unavailable the reference runs and the reason is logged once (never a silent fallback);
+- 'triton' / 'cpp': that face only; an error where it cannot run;
+- 'reference': the plain-PyTorch definitions.
 """
 from __future__ import annotations
 
@@ -11,23 +17,58 @@ from . import reference
 
 log = logging.getLogger(__name__)
 
-_BACKENDS = {"reference": reference}
-_active = "reference"
+BACKENDS = ("auto", "triton", "cpp", "reference")
+_active = "auto"
+_logged: set = set()
+_triton_error: str | None = None
+
+
+def _triton():
+    """The Triton face (imported on first use), or None with the reason kept."""
+    global _triton_error
+    try:
+        from . import kernels
+    except Exception as exc:
+        _triton_error = f"vmae2_fast.kernels cannot be imported ({type(exc).__name__}: {exc})"
+        return None
+    if not kernels.HAS_TRITON:
+        _triton_error = f"triton is not installed ({kernels.IMPORT_ERROR})"
+        return None
+    return kernels
+
+
+def _cpp():
+    from . import cpp_ops
+    return cpp_ops
+
+
+def _log_once(key, msg, *args, level=logging.INFO):
+    if key not in _logged:
+        _logged.add(key)
+        log.log(level, msg, *args)
 
 
 def available_backends() -> list[str]:
-    return sorted(_BACKENDS)
+    """Backends that can run here ('reference' always; 'cpp' if it builds; 'triton' if importable)."""
+    out = ["reference"]
+    if _cpp().available():
+        out.append("cpp")
+    if _triton() is not None:
+        out.append("triton")
+    return out
 
 
 def use_backend(name: str) -> None:
-    """Select the implementation of the fused ops ('auto' means the fastest available)."""
+    """Select the implementation of the fused ops: 'auto', 'triton', 'cpp' or 'reference'."""
     global _active
-    if name == "auto":
-        name = "reference"
-    if name not in _BACKENDS:
-        raise ValueError(f"unknown kernel backend {name!r}; available: {', '.join(available_backends())}")
+    if name not in BACKENDS:
+        raise ValueError(f"unknown kernel backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    if name == "triton" and _triton() is None:
+        raise RuntimeError(f"--kernels triton: {_triton_error}")
+    if name == "cpp":
+        _cpp().load()  # raises with the reason (no compiler, build error) where it cannot build
     if name != _active:
-        log.info("fused ops: using the %s backend", name)
+        _logged.clear()
     _active = name
 
 
@@ -35,18 +76,53 @@ def active_backend() -> str:
     return _active
 
 
+def _impl(device):
+    """The module that runs an op on tensors of `device`, per the selected backend."""
+    if _active == "reference":
+        _log_once("reference", "fused ops: reference backend (plain PyTorch), as requested")
+        return reference
+    if _active == "cpp":
+        if device.type != "cpu":
+            raise RuntimeError(f"--kernels cpp runs on CPU tensors only, got {device}")
+        _log_once("cpp", "fused ops: C++ CPU backend, as requested")
+        return _cpp()
+    if _active == "triton":
+        _log_once("triton", "fused ops: Triton backend, as requested")
+        return _triton()
+    # auto
+    if device.type == "cuda":
+        k = _triton()
+        if k is not None:
+            _log_once("auto-cuda", "fused ops: Triton kernels for CUDA tensors (auto)")
+            return k
+        _log_once("auto-cuda-ref", "fused ops: reference for CUDA tensors, because %s", _triton_error,
+                  level=logging.WARNING)
+        return reference
+    if device.type == "cpu":
+        cpp = _cpp()
+        if cpp.available():
+            _log_once("auto-cpu", "fused ops: C++ CPU ops for CPU tensors (auto)")
+            return cpp
+        _log_once("auto-cpu-ref", "fused ops: reference for CPU tensors, because %s", cpp._error,
+                  level=logging.WARNING)
+        return reference
+    _log_once(f"auto-{device.type}", "fused ops: reference for %s tensors (no fused face)", device.type)
+    return reference
+
+
 def visible_patch_embed(video, weight, bias, pos_table, vis_idx, tubelet_size):
-    return _BACKENDS[_active].visible_patch_embed(video, weight, bias, pos_table, vis_idx, tubelet_size)
+    return _impl(video.device).visible_patch_embed(video, weight, bias, pos_table, vis_idx, tubelet_size)
 
 
 def decoder_input(z, proj_weight, pos_table, vis_idx, dec_idx, mask_token):
-    return _BACKENDS[_active].decoder_input(z, proj_weight, pos_table, vis_idx, dec_idx, mask_token)
+    return _impl(z.device).decoder_input(z, proj_weight, pos_table, vis_idx, dec_idx, mask_token)
 
 
 def masked_mse(pred, video, vis_idx, dec_idx, patch_size, tubelet_size, normalize=True,
-               denominator=None):
-    return _BACKENDS[_active].masked_mse(pred, video, vis_idx, dec_idx, patch_size, tubelet_size,
-                                         normalize=normalize, denominator=denominator)
+               denominator=None, eps=1e-6, mean=reference.IMAGENET_MEAN, std=reference.IMAGENET_STD):
+    return _impl(pred.device).masked_mse(pred, video, vis_idx, dec_idx, patch_size, tubelet_size,
+                                         normalize=normalize, denominator=denominator, eps=eps,
+                                         mean=mean, std=std)
 
 
 # Not fused ops, shared by every backend.
