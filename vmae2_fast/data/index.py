@@ -1,0 +1,254 @@
+"""The video index: every listed video probed once, so that training never has to.
+
+    python -m vmae2_fast.data.index LIST --data-root DIR [--workers 16] [--full-decode]
+
+writes ``LIST.index.json`` beside the list. For each video it records the frame count, fps, codec,
+width x height, file size and mtime; files that cannot be used are excluded with the reason
+(missing, not a video, corrupt, truncated, no decodable frame). The DALI pipeline needs the frame
+counts (the official lists say ``-1``) to draw the official frame indices before decoding.
+
+Probing demuxes every packet (cheap: no decoding) to count frames and decodes the first frame to
+prove the stream is decodable. A file whose packets cover less than 90% of the duration its header
+states is reported as truncated. ``--full-decode`` decodes every frame instead (exact, slow).
+
+Staleness: training refuses an index whose list content (SHA-256), data root, or any listed file's
+size or mtime has changed since it was built, and says how to rebuild it.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+from .manifest import KINDS, VideoEntry, read_manifest
+
+__all__ = ["IndexedVideo", "VideoIndex", "StaleIndexError", "probe_video", "build_index",
+           "load_index", "index_path", "DALI_CPU_CODECS", "DALI_GPU_CODECS"]
+
+VERSION = 1
+DALI_CPU_CODECS = frozenset({"vp8", "vp9", "mjpeg"})
+DALI_GPU_CODECS = frozenset({"vp8", "vp9", "mjpeg", "h264", "hevc", "av1", "mpeg4"})
+_IMAGE_EXT = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+class StaleIndexError(ValueError):
+    """The index no longer describes the list or the files; the message says how to rebuild."""
+
+
+@dataclass
+class IndexedVideo:
+    path: str
+    rel: str
+    frames: int
+    fps: float
+    codec: str
+    width: int
+    height: int
+    label: Optional[int] = None
+    start: int = 0
+
+
+@dataclass
+class VideoIndex:
+    list_file: str
+    data_root: str
+    videos: List[IndexedVideo]
+    excluded: List[Dict] = field(default_factory=list)   # {"rel", "reason"}
+
+
+def index_path(list_file: str) -> str:
+    return os.fspath(list_file) + ".index.json"
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _stat(path: str):
+    try:
+        st = os.stat(path)
+        return int(st.st_size), int(st.st_mtime_ns)
+    except OSError:
+        return -1, -1
+
+
+def probe_video(path: str, full_decode: bool = False) -> dict:
+    """Describe one file: ``frames, fps, codec, width, height, size, mtime_ns, readable, reason``."""
+    size, mtime = _stat(path)
+    rec = dict(frames=0, fps=0.0, codec="", width=0, height=0, size=size, mtime_ns=mtime,
+               readable=False, reason="")
+    if size < 0:
+        rec["reason"] = "missing"
+        return rec
+    if os.path.isdir(path):
+        n = sum(1 for f in os.listdir(path) if f.lower().endswith(_IMAGE_EXT))
+        rec.update(frames=n, codec="rawframes", readable=n > 0,
+                   reason="" if n else "folder without image files")
+        return rec
+    import av
+    try:
+        with av.open(path) as c:
+            if not c.streams.video:
+                rec["reason"] = "no video stream"
+                return rec
+            s = c.streams.video[0]
+            rate = s.average_rate or s.guessed_rate or 0
+            rec.update(codec=s.codec_context.name, width=s.codec_context.width,
+                       height=s.codec_context.height, fps=float(rate))
+            expected = (c.duration or 0) / 1e6 * float(rate)   # frames the header promises
+            if full_decode:
+                n = sum(1 for _ in c.decode(s))
+            else:
+                n = sum(1 for p in c.demux(s) if p.size > 0)
+                c.seek(0)
+                if next(iter(c.decode(s)), None) is None:
+                    rec["reason"] = "no decodable frame"
+                    return rec
+    except (av.FFmpegError, OSError, ValueError, StopIteration) as exc:
+        rec["reason"] = f"corrupt: {exc}"
+        return rec
+    rec["frames"] = int(n)
+    if n <= 0:
+        rec["reason"] = "no frames"
+    elif expected > 10 and n < 0.9 * expected - 1:
+        rec["reason"] = f"truncated: {n} frames of the {expected:.0f} its header states"
+    else:
+        rec["readable"] = True
+    return rec
+
+
+def build_index(list_file: str, data_root: str = "", kind: str = "auto", workers: int = 8,
+                full_decode: bool = False, output: Optional[str] = None,
+                progress: bool = True) -> VideoIndex:
+    """Probe every video of ``list_file`` in parallel and write the index file."""
+    entries = read_manifest(list_file, data_root, kind)
+    from tqdm import tqdm
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        recs = list(tqdm(pool.map(lambda e: probe_video(e.path, full_decode), entries),
+                         total=len(entries), desc="probing videos", disable=not progress,
+                         unit="video", dynamic_ncols=True))
+    cols = ["rel", "frames", "fps", "codec", "width", "height", "size", "mtime_ns", "readable",
+            "reason", "label", "start"]
+    rows = [[e.rel, r["frames"], r["fps"], r["codec"], r["width"], r["height"], r["size"],
+             r["mtime_ns"], r["readable"], r["reason"], e.label, e.start]
+            for e, r in zip(entries, recs)]
+    doc = {"version": VERSION, "list_sha256": _sha256(list_file),
+           "data_root": os.path.abspath(data_root) if data_root else "",
+           "full_decode": bool(full_decode), "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+           "columns": cols, "rows": rows}
+    out = output or index_path(list_file)
+    tmp = out + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(doc, f, separators=(",", ":"))
+    os.replace(tmp, out)
+    return _to_index(list_file, data_root, entries, doc)
+
+
+def _to_index(list_file, data_root, entries: List[VideoEntry], doc) -> VideoIndex:
+    c = {name: i for i, name in enumerate(doc["columns"])}
+    videos, excluded = [], []
+    for e, row in zip(entries, doc["rows"]):
+        if not row[c["readable"]]:
+            excluded.append({"rel": e.rel, "reason": row[c["reason"]]})
+            continue
+        frames = row[c["frames"]]
+        videos.append(IndexedVideo(e.path, e.rel, frames, row[c["fps"]], row[c["codec"]],
+                                   row[c["width"]], row[c["height"]], e.label, e.start))
+    return VideoIndex(list_file, data_root, videos, excluded)
+
+
+def rebuild_hint(list_file: str, data_root: str) -> str:
+    root = f" --data-root {data_root}" if data_root else ""
+    return f"python -m vmae2_fast.data.index {list_file}{root}"
+
+
+def load_index(list_file: str, data_root: str = "", kind: str = "auto", check_files: bool = True,
+               path: Optional[str] = None) -> VideoIndex:
+    """Load the index of ``list_file``; raise :class:`StaleIndexError` if it is out of date."""
+    path = path or index_path(list_file)
+    hint = rebuild_hint(list_file, data_root)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no index for {list_file} (expected {path}); build it with: {hint}")
+    with open(path, "r", encoding="utf-8") as f:
+        doc = json.load(f)
+    why = None
+    root = os.path.abspath(data_root) if data_root else ""
+    if doc.get("version") != VERSION:
+        why = f"it has format version {doc.get('version')}, this code reads {VERSION}"
+    elif doc["list_sha256"] != _sha256(list_file):
+        why = "the list has changed since the index was built"
+    elif doc["data_root"] != root:
+        why = f"it was built for --data-root {doc['data_root'] or '(none)'}, not {root or '(none)'}"
+    entries = read_manifest(list_file, data_root, kind) if why is None else []
+    if why is None and len(entries) != len(doc["rows"]):
+        why = "the list and the index have different lengths"
+    if why is None and check_files:
+        c = {name: i for i, name in enumerate(doc["columns"])}
+        with ThreadPoolExecutor(16) as pool:
+            stats = list(pool.map(lambda e: _stat(e.path), entries))
+        changed = [e.rel for e, st, row in zip(entries, stats, doc["rows"])
+                   if st != (row[c["size"]], row[c["mtime_ns"]])]
+        if changed:
+            shown = ", ".join(changed[:3]) + (f" and {len(changed) - 3} more" if len(changed) > 3 else "")
+            why = f"{len(changed)} listed file(s) changed (size or mtime) since it was built: {shown}"
+    if why:
+        raise StaleIndexError(f"the index {path} is stale: {why}. Rebuild it with: {hint}")
+    return _to_index(list_file, data_root, entries, doc)
+
+
+def summarize(index: VideoIndex) -> str:
+    n_ex = len(index.excluded)
+    codecs = Counter(v.codec for v in index.videos)
+    lines = [f"{len(index.videos)} usable videos, {n_ex} excluded; codecs: "
+             + ", ".join(f"{k} {n}" for k, n in codecs.most_common())]
+    not_cpu = sum(n for k, n in codecs.items() if k not in DALI_CPU_CODECS and k != "rawframes")
+    if not_cpu:
+        lines.append(f"{not_cpu} videos use codecs DALI decodes only on the GPU "
+                     f"(on the CPU it handles {', '.join(sorted(DALI_CPU_CODECS))})")
+    if n_ex:
+        reasons = Counter(x["reason"].split(":")[0] for x in index.excluded)
+        lines.append("excluded: " + ", ".join(f"{k} {n}" for k, n in reasons.most_common()))
+        for x in index.excluded[:20]:
+            lines.append(f"  {x['rel']}: {x['reason']}")
+        if n_ex > 20:
+            lines.append(f"  ... and {n_ex - 20} more (all are in the index file, readable=false)")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m vmae2_fast.data.index",
+                                description="Probe every video of a list once and write LIST.index.json")
+    p.add_argument("list_file")
+    p.add_argument("--data-root", default="")
+    p.add_argument("--kind", default="auto", choices=KINDS)
+    p.add_argument("--workers", type=int, default=min(32, (os.cpu_count() or 2) * 2))
+    p.add_argument("--full-decode", action="store_true",
+                   help="decode every frame (exact count and decodability; much slower)")
+    p.add_argument("--output", default=None, help="index file (default: LIST.index.json)")
+    p.add_argument("--no-progress", action="store_true")
+    a = p.parse_args(argv)
+    try:
+        t = time.time()
+        idx = build_index(a.list_file, a.data_root, a.kind, a.workers, a.full_decode, a.output,
+                          progress=not a.no_progress)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(summarize(idx))
+    print(f"index written to {a.output or index_path(a.list_file)} in {time.time() - t:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
