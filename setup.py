@@ -39,7 +39,10 @@ setup(
         "ninja",                      # torch.utils.cpp_extension builds the C++ CPU ops with it
     ],
     extras_require={
-        "test": ["pytest>=7", "triton>=3.2; platform_system == 'Linux'"],
+        # DALI (GPU video decoding; its CPU backend runs the data-pipeline tests): a ~200 MB
+        # wheel plus ~400 MB of nvimgcodec/nvjpeg libraries, no torch of its own.
+        "test": ["pytest>=7", "triton>=3.2; platform_system == 'Linux'", "transformers>=4.46,<6", "nvidia-dali-cuda130>=2.0"],
+        "dali": ["nvidia-dali-cuda130>=2.0"],
         "tensorboard": ["tensorboard"],
     },
     entry_points={"console_scripts": ["vmae2-pretrain=vmae2_fast.pretrain:main"]},

@@ -31,6 +31,7 @@ class PretrainConfig:
     sampling_rate: int = 4
     num_sample: int = 4                # repeated augmentation: views per decoded clip
     num_workers: int = 8
+    decoder: str = "auto"              # auto (DALI on a GPU, PyAV otherwise) | dali | pyav
     # optimisation
     batch_size: int = 32               # videos per process per micro-batch
     accum_steps: int = 1
@@ -78,6 +79,8 @@ class PretrainConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
         if self.precision not in ("auto", "bf16", "fp16", "fp32"):
             raise ValueError(f"--precision must be auto, bf16, fp16 or fp32, got {self.precision!r}")
+        if self.decoder not in ("auto", "dali", "pyav"):
+            raise ValueError(f"--decoder must be auto, dali or pyav, got {self.decoder!r}")
         if self.clip_grad is not None and self.clip_grad <= 0:
             raise ValueError("--clip-grad must be positive (omit it to disable clipping)")
         if self.kernels not in ("auto", "triton", "cpp", "reference"):

@@ -103,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
         "batch_size": "videos per process per micro-batch (each gives --num-sample views)",
         "resume": "auto (newest checkpoint in --output-dir) | PATH | none",
         "max_steps": "stop after N optimiser steps (smoke tests)",
+        "decoder": "auto (DALI on a GPU, PyAV otherwise) | dali | pyav; DALI needs the list's index "
+                   "(python -m vmae2_fast.data.index LIST --data-root DIR)",
     })
     return p
 
@@ -142,12 +144,23 @@ def build_dataset(cfg: PretrainConfig, dist: DistInfo):
         data, root = synth.pretrain_list, synth.root
         log.info("no --data given: using the embedded synthetic dataset in %s", root)
     items = read_pretrain_list(data, root)
+    from .data.select import apply_index, index_items
+    # A list's index (if any, required for DALI) gives frame counts and drops unusable files;
+    # a stale one is refused with the command that rebuilds it.
+    index = apply_index(items, data, root, required=cfg.decoder == "dali", build=cfg.data is None)
+    if index is not None:
+        if index.excluded:
+            log.warning("%d videos of %s are excluded by its index (unreadable, truncated, ...)",
+                        len(index.excluded), data)
+        items = index_items(index)
     first = items[0].path
     if not os.path.exists(first):
         raise FileNotFoundError(f"the first video of {data}, {first}, does not exist; is --data-root "
                                 f"({root or 'not set'}) right?")
-    return PretrainVideoDataset(items, num_frames=cfg.num_frames, sampling_rate=cfg.sampling_rate,
-                                input_size=cfg.input_size, num_sample=cfg.num_sample, seed=cfg.seed)
+    dataset = PretrainVideoDataset(items, num_frames=cfg.num_frames, sampling_rate=cfg.sampling_rate,
+                                   input_size=cfg.input_size, num_sample=cfg.num_sample, seed=cfg.seed)
+    dataset.index = index
+    return dataset
 
 
 def run(cfg: PretrainConfig) -> dict:
@@ -175,9 +188,13 @@ def _run(cfg: PretrainConfig, device: torch.device, dist: DistInfo) -> dict:
         decoder_depth=cfg.decoder_depth, drop_path_rate=cfg.drop_path, mask_ratio=cfg.mask_ratio,
         decoder_mask_ratio=cfg.decoder_mask_ratio, normalize_target=cfg.normalize_target,
         activation_checkpointing=cfg.activation_checkpointing).to(device)
-    dataset = build_dataset(cfg, dist)
+    from .data.select import choose_decoder, pretrain_dali_loader
+    decoder = choose_decoder(cfg.decoder, device, log_choice=dist.is_main)
+    dataset = build_dataset(replace(cfg, decoder=decoder), dist)
     sampler = GlobalBatchSampler(len(dataset), cfg.batch_size, dist.world_size, dist.rank, cfg.seed)
-    steps_per_epoch = sampler.steps_per_epoch // cfg.accum_steps
+    dali_loader = (pretrain_dali_loader(dataset.index.videos, cfg, dist, device)
+                   if decoder == "dali" else None)
+    steps_per_epoch = (dali_loader or sampler).steps_per_epoch // cfg.accum_steps
     if steps_per_epoch == 0:
         raise ValueError(f"{sampler.steps_per_epoch} micro-batches per epoch is fewer than "
                          f"--accum-steps {cfg.accum_steps}")
@@ -197,6 +214,8 @@ def _run(cfg: PretrainConfig, device: torch.device, dist: DistInfo) -> dict:
     loader_ds = EpochIndexed(dataset)
 
     def make_loader(epoch, skip):
+        if dali_loader is not None:       # (video, n_skipped) batches, same order rules
+            return dali_loader(epoch, skip)
         sampler.set_epoch(epoch, skip)
         return torch.utils.data.DataLoader(
             loader_ds, batch_sampler=sampler, num_workers=cfg.num_workers, collate_fn=pretrain_collate,

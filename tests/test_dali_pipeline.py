@@ -1,0 +1,161 @@
+"""The DALI loader on the CPU backend (VP9): same frames, boxes and pixels as the PyAV path."""
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from vmae2_fast.data import PretrainItem, PretrainVideoDataset
+from vmae2_fast.data.dali_pipeline import DaliVideoLoader, dali_status
+from vmae2_fast.data.index import IndexedVideo, build_index
+from vmae2_fast.data.sampling import pretrain_frame_indices
+from vmae2_fast.data.transforms import multiscale_crop_box
+from vmae2_fast.data.video_io import decode_frames
+
+_ok, _why = dali_status()
+pytestmark = [pytest.mark.skipif(not _ok, reason=f"DALI tests need nvidia-dali: {_why}"),
+              pytest.mark.filterwarnings("ignore::DeprecationWarning")]  # DALI's RandAugment aliases
+
+T, R, S = 4, 2, 32
+
+
+@pytest.fixture(scope="module")
+def videos(tiny_synthetic):
+    return build_index(tiny_synthetic.pretrain_list, tiny_synthetic.root, progress=False,
+                       output=str(tiny_synthetic.root) + "/../dali_test.index.json").videos
+
+
+def loader(videos, **kw):
+    args = dict(batch_size=4, num_frames=T, sampling_rate=R, input_size=S, num_views=2, seed=7)
+    args.update(kw)
+    return DaliVideoLoader(videos, **args)
+
+
+def test_indices_and_boxes_are_the_official_sampler(videos):
+    dl = loader(videos)
+    for i in range(len(videos)):
+        s = dl._sample(3, i, 0)
+        rng = np.random.default_rng([7, 3, i, 0])
+        v = videos[i]
+        assert np.array_equal(s.frames, pretrain_frame_indices(v.frames, T, R, rng))
+        assert s.boxes == [multiscale_crop_box(v.width, v.height, S, rng) for _ in range(2)]
+
+
+def test_output_equals_cpu_path(videos):
+    """Shapes, dtype, normalisation and crop geometry: the PyAV dataset with the same seed gives
+    the same clips up to the decoders' colour conversion (PyAV: nearest chroma, DALI: bilinear)."""
+    dl = loader(videos)
+    ds = PretrainVideoDataset([PretrainItem(v.path, 0, v.frames) for v in videos], num_frames=T,
+                              sampling_rate=R, input_size=S, num_sample=2, seed=7)
+    ds.set_epoch(1)
+    dl.sampler.set_epoch(1)
+    order = [[i for _, i in b] for b in dl.sampler]
+    batches = list(dl(1))
+    assert len(batches) == len(order) == len(videos) // 4
+    for (video, n_skipped), idxs in zip(batches, order):
+        assert video.shape == (8, 3, T, S, S) and video.dtype == torch.float32
+        assert int(n_skipped) == 0
+        ref = torch.cat([ds[i][0] for i in idxs])
+        diff = (video - ref).abs()
+        assert diff.mean() < 0.06, diff.mean()          # ~1-2 grey levels on average
+        assert abs(video.mean() - ref.mean()) < 0.02
+
+
+def _bt601_bilinear(path, indices):
+    import av
+    import torch.nn.functional as F
+    with av.open(path) as c:
+        frames = [f for i, f in zip(range(max(indices) + 1), c.decode(video=0))]
+    out = []
+    for i in indices:
+        f = frames[i]
+        planes = [np.frombuffer(p, np.uint8).reshape(-1, p.line_size).astype(np.float64)
+                  for p in f.planes]
+        y = planes[0][:f.height, :f.width]
+        uv = [torch.tensor(p[:(f.height + 1) // 2, :(f.width + 1) // 2])[None, None] for p in planes[1:]]
+        u, v = (F.interpolate(p, size=(f.height, f.width), mode="bilinear")[0, 0].numpy() for p in uv)
+        y, u, v = (y - 16) * 255 / 219, (u - 128) * 255 / 224, (v - 128) * 255 / 224
+        rgb = np.stack([y + 1.402 * v, y - 0.344136 * u - 0.714136 * v, y + 1.772 * u], -1)
+        out.append(np.clip(np.round(rgb), 0, 255))
+    return np.stack(out)
+
+
+def test_decoded_frames_equal_pyav(videos):
+    import nvidia.dali.fn as fn
+    import nvidia.dali.types as types
+    from nvidia.dali import pipeline_def
+
+    @pipeline_def(batch_size=1, num_threads=1, device_id=None)
+    def pipe():
+        enc = fn.external_source(name="enc", dtype=types.UINT8, ndim=1)
+        return fn.decoders.video(enc, device="cpu", frames=[0, 5, 2, 23, 23])
+    p = pipe()
+    p.build()
+    path = videos[0].path
+    p.feed_input("enc", [np.fromfile(path, np.uint8)])
+    got = np.array(p.run()[0][0]).astype(np.float64)
+    idx = [0, 5, 2, 23, 23]
+    pyav = decode_frames(path, idx).astype(np.float64)
+    assert got.shape == pyav.shape
+    assert np.abs(got - pyav).mean() < 4          # swscale's default chroma upsampling differs
+    # the same YUV planes with BT.601 limited range and bilinear chroma: equal to within rounding
+    assert np.abs(got - _bt601_bilinear(path, idx)).max() <= 2
+
+
+def test_corrupt_and_truncated_files_are_skipped_and_counted(videos, tmp_path):
+    good = videos[:6]
+    data = open(good[0].path, "rb").read()
+    (tmp_path / "trunc.webm").write_bytes(data[: len(data) // 3])
+    (tmp_path / "garbage.webm").write_bytes(b"\x1aE\xdf\xa3" + b"\0" * 500)
+    bad = [IndexedVideo(str(tmp_path / n), n, 24, 12.0, "vp9", 48, 48)
+           for n in ("trunc.webm", "garbage.webm")]
+    dl = loader(good + bad, batch_size=2, num_views=1, sampling_rate=7)
+    skipped = 0
+    for epoch in range(2):
+        for video, n in dl(epoch):
+            assert video.shape == (2, 3, T, S, S) and torch.isfinite(video).all()
+            skipped += int(n)
+    assert dl.bad == {b.path for b in bad}
+    assert skipped >= 2 and skipped == dl.skipped_total
+
+
+def test_sharding_covers_every_video_once_and_resume_skips(videos):
+    n = len(videos)
+    for world in (1, 2, 3):
+        ranks = [loader(videos, batch_size=2, world_size=world, rank=r) for r in range(world)]
+        seen = [i for dl in ranks for b in dl._batches(5, 0) for i in b]
+        per_epoch = (n // (2 * world)) * 2 * world
+        assert len(seen) == len(set(seen)) == per_epoch
+    a = [list(b) for b in loader(videos, batch_size=2)._batches(5, 0)]
+    b = [list(b) for b in loader(videos, batch_size=2)._batches(5, 2)]
+    assert a[2:] == b and a != [list(x) for x in loader(videos, batch_size=2)._batches(6, 0)]
+
+
+def test_finetune_and_test_views(videos):
+    labelled = [IndexedVideo(v.path, v.rel, v.frames, v.fps, v.codec, v.width, v.height, label=k % 6)
+                for k, v in enumerate(videos[:4])]
+    ft = loader(labelled, mode="finetune", batch_size=2, rand_augment=(4, 7), erase_prob=0.5)
+    video, labels, n = next(iter(ft(0)))
+    assert video.shape == (4, 3, T, S, S) and labels.tolist()[::2] == labels.tolist()[1::2]
+    te = loader(labelled, mode="test", batch_size=3, num_views=3, test_segments=2)
+    out = list(te(0))
+    assert [o[0].shape[0] for o in out] == [3 * 6, 1 * 6]          # last batch is partial
+    assert torch.cat([o[1] for o in out]).tolist() == [v.label for v in labelled]
+    # one decode, S x C views: temporal windows differ, the C crops of one window overlap
+    v = out[0][0].view(3, 2, 3, 3, T, S, S)
+    assert not torch.equal(v[0, 0, 0], v[0, 1, 0])
+
+
+def test_cli_pretrain_with_dali(tiny_synthetic, tmp_path):
+    from vmae2_fast.pretrain import main
+    lst = tmp_path / "pretrain.csv"
+    shutil.copy(tiny_synthetic.pretrain_list, lst)
+    argv = ["--model", "vit_micro", "--preset", "cpu_demo", "--data", str(lst), "--data-root",
+            str(tiny_synthetic.root), "--output-dir", str(tmp_path / "run"), "--input-size", "32",
+            "--num-frames", "4", "--sampling-rate", "2", "--num-sample", "2", "--batch-size", "4",
+            "--epochs", "1", "--warmup-epochs", "1", "--num-workers", "0", "--decoder", "dali",
+            "--no-progress"]
+    assert main(argv) == 2                        # no index yet: refused, with the command
+    build_index(str(lst), tiny_synthetic.root, progress=False)
+    assert main(argv) == 0
+    assert (tmp_path / "run" / "checkpoint-last.pth").exists()

@@ -1,0 +1,82 @@
+"""Manifests in every format, the video index, and its staleness check."""
+import os
+import time
+
+import pytest
+
+from vmae2_fast.data.index import StaleIndexError, build_index, index_path, load_index, main
+from vmae2_fast.data.manifest import read_manifest
+from vmae2_fast.data.video_io import count_frames
+
+
+def write(tmp_path, name, text):
+    p = tmp_path / name
+    p.write_text(text)
+    return str(p)
+
+
+def test_manifest_formats(tmp_path):
+    pre = read_manifest(write(tmp_path, "p.txt", "a.webm 0 -1\nb.webm 2 30 0\n"), "/d")
+    assert [(e.path, e.start, e.total, e.label) for e in pre] == [("/d/a.webm", 0, -1, None),
+                                                                  ("/d/b.webm", 2, 30, None)]
+    cls = read_manifest(write(tmp_path, "c.txt", "a.webm 3\n\nb.webm 0\n"))
+    assert [(e.rel, e.label) for e in cls] == [("a.webm", 3), ("b.webm", 0)]
+    raw = read_manifest(write(tmp_path, "r.txt", "frames/a 64 5\n"), kind="rawframes")
+    assert (raw[0].total, raw[0].label) == (64, 5)
+    csv = read_manifest(write(tmp_path, "h.csv", "video,label,frames\nx.mp4,4,100\ny.mp4,1,\n"), "/r")
+    assert [(e.path, e.label, e.total) for e in csv] == [("/r/x.mp4", 4, 100), ("/r/y.mp4", 1, -1)]
+    with pytest.raises(ValueError, match="p.txt:2"):
+        read_manifest(write(tmp_path, "p.txt", "a.webm 0 -1\nb.webm x\n"), kind="pretrain")
+    with pytest.raises(ValueError, match="no path column"):
+        read_manifest(write(tmp_path, "bad.csv", "name,label\nx,1\n"), kind="csv")
+
+
+def test_index_probes_excludes_and_goes_stale(tiny_synthetic, tmp_path, capsys):
+    vids = sorted(os.listdir(os.path.join(tiny_synthetic.root, "videos")))[:3]
+    src = os.path.join(tiny_synthetic.root, "videos")
+    for v in vids:
+        (tmp_path / v).write_bytes(open(os.path.join(src, v), "rb").read())
+    data = (tmp_path / vids[0]).read_bytes()
+    (tmp_path / "trunc.webm").write_bytes(data[: len(data) // 3])
+    (tmp_path / "junk.webm").write_bytes(b"not a video at all" * 50)
+    lst = write(tmp_path, "list.txt", "".join(f"{v} 0 -1\n" for v in vids + ["trunc.webm",
+                                                                            "junk.webm", "gone.webm"]))
+    assert main([lst, "--data-root", str(tmp_path), "--workers", "2", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "3 usable videos, 3 excluded" in out and "truncated" in out and "missing" in out
+    assert os.path.isfile(index_path(lst))
+    idx = load_index(lst, str(tmp_path))
+    assert [v.rel for v in idx.videos] == vids
+    for v in idx.videos:       # packet counts agree with a full decode, header facts recorded
+        assert v.frames == count_frames(v.path) == 24
+        assert (v.codec, v.width, v.height, v.fps) == ("vp9", 48, 48, 12.0)
+    reasons = {x["rel"]: x["reason"] for x in idx.excluded}
+    assert reasons["gone.webm"] == "missing" and reasons["junk.webm"].startswith("corrupt")
+    assert reasons["trunc.webm"].startswith("truncated")
+
+    # a changed file, a changed list and another data root all make the index stale
+    time.sleep(0.01)
+    (tmp_path / vids[1]).write_bytes(data)
+    with pytest.raises(StaleIndexError, match=f"changed.*{vids[1]}.*python -m vmae2_fast.data.index"):
+        load_index(lst, str(tmp_path))
+    build_index(lst, str(tmp_path), progress=False)
+    load_index(lst, str(tmp_path))
+    with pytest.raises(StaleIndexError, match="data-root"):
+        load_index(lst, "/elsewhere")
+    with open(lst, "a") as f:
+        f.write(f"{vids[0]} 0 -1\n")
+    with pytest.raises(StaleIndexError, match="list has changed"):
+        load_index(lst, str(tmp_path))
+
+
+def test_pyav_training_refuses_a_stale_index(tiny_synthetic, tmp_path):
+    import shutil
+    from vmae2_fast.pretrain import main as pretrain
+    lst = tmp_path / "p.csv"
+    shutil.copy(tiny_synthetic.pretrain_list, lst)
+    build_index(str(lst), tiny_synthetic.root, progress=False)
+    with open(lst, "a") as f:
+        f.write("videos/extra.webm 0 -1\n")
+    rc = pretrain(["--model", "vit_micro", "--data", str(lst), "--data-root", tiny_synthetic.root,
+                   "--decoder", "pyav", "--output-dir", str(tmp_path / "run"), "--epochs", "1"])
+    assert rc == 2

@@ -1,0 +1,330 @@
+"""Video loading with NVIDIA DALI: our sampling, DALI's decoder, augmentation on the device.
+
+DALI's own video reader does not follow VideoMAE's epoch (one random clip per video) and only
+shuffles in a buffer, so here DALI only *decodes and transforms*: the host decides, per sample,
+which file, which frames and which crop boxes, and feeds them through ``external_source``:
+
+    encoded bytes ─ decoders.video(frames=idx, device="mixed"|"cpu")      one decode per video
+                  ─ [RandAugment, same op for every frame of a clip]       fine-tuning only
+                  ─ K x resize(roi=box_k) ─ crop_mirror_normalize(CFHW)    K views of one decode
+                  ─ stack                                                  (B, K, 3, T, S, S)
+
+* Order: :class:`~vmae2_fast.train.sampler.GlobalBatchSampler` (one permutation per (seed, epoch),
+  rank r takes its slice of every global batch, resume skips consumed batches).
+* Randomness: sample ``index`` of ``epoch`` draws from ``default_rng([seed, epoch, index,
+  attempt])`` in the same order as :class:`PretrainVideoDataset`, so both decoders see the same
+  frames and boxes for the same seed.
+* Bad files: DALI invalidates the pipeline on a decode error. The loader then rebuilds it, decodes
+  the failed batch's samples one by one to find the culprits, remembers them, replaces each by a
+  random other video (as the CPU path does) and counts them in ``n_skipped``.
+* Prefetch: ``prefetch`` batches are scheduled ahead, so decoding overlaps the training step.
+"""
+from __future__ import annotations
+
+import collections
+import logging
+from dataclasses import dataclass
+from typing import List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from ..train.sampler import GlobalBatchSampler
+from .clip_sampling import (finetune_frame_indices, random_erasing_box, random_resized_crop_box,
+                            sparse_frame_indices, test_crop_boxes, test_frame_indices)
+from .index import DALI_CPU_CODECS, DALI_GPU_CODECS, IndexedVideo
+from .sampling import pretrain_frame_indices
+from .transforms import IMAGENET_MEAN, IMAGENET_STD, multiscale_crop_box
+
+__all__ = ["dali_status", "DaliVideoLoader", "MODES"]
+
+log = logging.getLogger("vmae2_fast")
+MODES = ("pretrain", "finetune", "test")
+
+
+def dali_status():
+    """``(True, version)`` if DALI imports, else ``(False, reason)``."""
+    try:
+        import nvidia.dali as dali
+        import nvidia.dali.fn  # noqa: F401
+    except Exception as exc:  # ImportError, or a broken install raising at import
+        return False, f"nvidia-dali is not importable ({type(exc).__name__}: {exc})"
+    return True, dali.__version__
+
+
+@dataclass
+class _Sample:
+    index: int
+    video: IndexedVideo
+    frames: np.ndarray
+    boxes: list            # K boxes (x0, y0, cw, ch) in source pixels
+    mirror: list           # K flags
+    erase: list            # K (y0, x0, h, w) or None
+    rng: np.random.Generator
+    skips: int = 0         # bad files passed over to reach this sample
+
+
+def _build_pipeline(batch_size, device, device_id, num_threads, size, views, fp16, rand_aug, seed):
+    import nvidia.dali.fn as fn
+    import nvidia.dali.types as types
+    from nvidia.dali import pipeline_def
+
+    @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=device_id,
+                  seed=seed, exec_dynamic=True, enable_conditionals=rand_aug is not None,
+                  prefetch_queue_depth=1)
+    def pipe():
+        enc = fn.external_source(name="enc", dtype=types.UINT8, ndim=1, no_copy=True)
+        idx = fn.external_source(name="frames", dtype=types.INT32, ndim=1)
+        video = fn.decoders.video(enc, device="mixed" if device == "gpu" else "cpu", frames=idx,
+                                  pad_mode="none")
+        outs = []
+        for k in range(views):
+            v = video
+            if rand_aug is not None:
+                from nvidia.dali.auto_aug import rand_augment
+                v = rand_augment.rand_augment(v, n=rand_aug[0], m=rand_aug[1],
+                                              num_magnitude_bins=11, fill_value=128)
+            lo = fn.external_source(name=f"roi_start{k}", dtype=types.FLOAT, ndim=1)
+            hi = fn.external_source(name=f"roi_end{k}", dtype=types.FLOAT, ndim=1)
+            mirror = fn.external_source(name=f"mirror{k}", dtype=types.INT32, ndim=0)
+            v = fn.resize(v, size=[size, size], roi_start=lo, roi_end=hi, roi_relative=False,
+                          interp_type=types.INTERP_LINEAR, antialias=True)
+            outs.append(fn.crop_mirror_normalize(
+                v, dtype=types.FLOAT16 if fp16 else types.FLOAT, output_layout="CFHW",
+                mean=[m * 255 for m in IMAGENET_MEAN], std=[s * 255 for s in IMAGENET_STD],
+                mirror=mirror))
+        return fn.stack(*outs, axis=0) if views > 1 else outs[0]
+    import warnings
+    with warnings.catch_warnings():   # DALI's own RandAugment uses its deprecated aliases
+        warnings.simplefilter("ignore", DeprecationWarning)
+        p = pipe()
+        p.build()
+    return p
+
+
+class DaliVideoLoader:
+    """Batches of ``(video, n_skipped)`` (pretrain), ``(video, labels, n_skipped)`` (finetune,
+    test). ``video`` is ``(B * K, 3, T, S, S)`` (views sample-major; test: ``K = S_t * C``) on the
+    loader's device, in ``dtype``. Call ``loader(epoch, skip_micro_steps)`` for one epoch."""
+
+    def __init__(self, videos: Sequence[IndexedVideo], *, batch_size: int, mode: str = "pretrain",
+                 num_frames: int = 16, sampling_rate: int = 4, input_size: int = 224,
+                 num_views: int = 1, test_segments: int = 1, seed: int = 0, world_size: int = 1,
+                 rank: int = 0, device: str = "cpu", device_id: Optional[int] = None,
+                 num_threads: int = 2, prefetch: int = 2, dtype: torch.dtype = torch.float32,
+                 flip: bool = True, rand_augment: Optional[tuple] = None, erase_prob: float = 0.0,
+                 sparse: bool = False, max_retries: int = 10):
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if device not in ("cpu", "gpu"):
+            raise ValueError(f"device must be 'cpu' or 'gpu', got {device!r}")
+        ok, why = dali_status()
+        if not ok:
+            raise RuntimeError(why)
+        codecs = DALI_GPU_CODECS if device == "gpu" else DALI_CPU_CODECS
+        self.videos: List[IndexedVideo] = [v for v in videos if v.codec in codecs]
+        self.excluded = len(videos) - len(self.videos)
+        if self.excluded:
+            log.warning("DALI (%s) cannot decode %d of %d videos (codecs other than %s); they are "
+                        "left out", device, self.excluded, len(videos), ", ".join(sorted(codecs)))
+        if not self.videos:
+            raise ValueError(f"no video that DALI can decode on the {device} is left")
+        self.mode, self.batch_size, self.seed = mode, int(batch_size), int(seed)
+        self.T, self.rate, self.size = int(num_frames), int(sampling_rate), int(input_size)
+        self.segments = int(test_segments) if mode == "test" else 1
+        self.views = int(num_views)
+        self.device, self.device_id = device, device_id
+        self.num_threads, self.prefetch, self.dtype = num_threads, max(1, prefetch), dtype
+        self.flip = flip and mode == "finetune"
+        self.rand_aug = rand_augment if mode == "finetune" else None
+        self.erase_prob = erase_prob if mode == "finetune" else 0.0
+        self.sparse, self.max_retries = sparse, max_retries
+        self.world_size, self.rank = world_size, rank
+        if mode == "test":
+            per_rank = -(-len(self.videos) // world_size)
+            self.shard = list(range(rank * per_rank, min(len(self.videos), (rank + 1) * per_rank)))
+            self.steps_per_epoch = -(-len(self.shard) // self.batch_size)
+        else:
+            self.sampler = GlobalBatchSampler(len(self.videos), self.batch_size, world_size, rank, seed)
+            self.steps_per_epoch = self.sampler.steps_per_epoch
+        self.bad: set = set()
+        self.skipped_total = 0
+        self._pipe = None
+
+    # ------------------------------------------------------------------ host-side sampling
+    def _sample(self, epoch: int, index: int, attempt: int) -> _Sample:
+        rng = np.random.default_rng([self.seed, epoch, index, attempt])
+        v = self.videos[index]
+        K, boxes, mirror, erase = self.views, [], [0] * self.views, [None] * self.views
+        if self.mode == "pretrain":
+            frames = pretrain_frame_indices(v.frames, self.T, self.rate, rng)
+            boxes = [multiscale_crop_box(v.width, v.height, self.size, rng) for _ in range(K)]
+        elif self.mode == "finetune":
+            frames = (sparse_frame_indices(v.frames, self.T, rng) if self.sparse else
+                      finetune_frame_indices(v.frames, self.T, self.rate, rng))
+            for k in range(K):
+                boxes.append(random_resized_crop_box(v.width, v.height, rng))
+                mirror[k] = int(self.flip and rng.random() < 0.5)
+                erase[k] = random_erasing_box(self.size, rng, self.erase_prob) if self.erase_prob else None
+        else:
+            frames = (np.stack([sparse_frame_indices(v.frames, self.T, rng, train=False)] * self.segments)
+                      if self.sparse else test_frame_indices(v.frames, self.T, self.rate, self.segments))
+            frames = frames.reshape(-1)
+            boxes = test_crop_boxes(v.width, v.height, self.size, K)
+        return _Sample(index, v, np.asarray(frames, np.int64), boxes, mirror, erase, rng)
+
+    def _batches(self, epoch: int, skip: int):
+        if self.mode == "test":
+            for s in range(skip, self.steps_per_epoch):
+                yield self.shard[s * self.batch_size:(s + 1) * self.batch_size]
+            return
+        self.sampler.set_epoch(epoch, skip)
+        for batch in self.sampler:
+            yield [i for _, i in batch]
+
+    def _resolve(self, epoch: int, index: int) -> _Sample:
+        """The first usable sample for ``index``, skipping files known to be bad (counted in
+        ``skips``), with the CPU path's replacement rule: a random other video."""
+        current, skips = index, 0
+        for attempt in range(self.max_retries + 1):
+            s = self._sample(epoch, current, attempt)
+            if s.video.path not in self.bad:
+                s.index, s.skips = index, skips
+                return s
+            skips += 1
+            current = int(s.rng.integers(len(self.videos)))
+        raise RuntimeError(f"too many unreadable videos: item {index} and {self.max_retries} random "
+                           f"replacements all failed to decode; check the list and the index")
+
+    # ------------------------------------------------------------------ DALI plumbing
+    def _new_pipe(self, batch_size=None):
+        return _build_pipeline(batch_size or self.batch_size, self.device,
+                               self.device_id if self.device == "gpu" else None, self.num_threads,
+                               self.size, self.views, self.dtype == torch.float16, self.rand_aug,
+                               self.seed + 7919 * self.rank)
+
+    def _feed(self, pipe, samples: List[_Sample]):
+        pipe.feed_input("enc", [np.fromfile(s.video.path, dtype=np.uint8) for s in samples])
+        pipe.feed_input("frames", [s.frames.astype(np.int32) for s in samples])
+        for k in range(self.views):
+            # resize's roi follows the (H, W) order of the frames
+            pipe.feed_input(f"roi_start{k}", [np.array([s.boxes[k][1], s.boxes[k][0]], np.float32)
+                                              for s in samples])
+            pipe.feed_input(f"roi_end{k}", [np.array([s.boxes[k][1] + s.boxes[k][3],
+                                                      s.boxes[k][0] + s.boxes[k][2]], np.float32)
+                                            for s in samples])
+            pipe.feed_input(f"mirror{k}", [np.array(s.mirror[k], np.int32) for s in samples])
+        pipe.schedule_run()
+
+    def _decodes(self, s: _Sample) -> bool:
+        """Decode ``s`` alone in a fresh pipeline: does DALI accept this file?"""
+        pipe = self._new_pipe(batch_size=1)
+        try:
+            self._feed(pipe, [s])
+            pipe.outputs()
+            return True
+        except Exception as exc:  # DALI raises RuntimeError/IndexError subclasses
+            log.warning("skipping video DALI cannot decode: %s (%s)", s.video.path,
+                        str(exc).strip().splitlines()[0][:200])
+            return False
+        finally:
+            del pipe
+
+    def _repair(self, epoch: int, samples: List[_Sample]) -> List[_Sample]:
+        """After a failed batch: find the files DALI rejects, remember them, replace them."""
+        out = []
+        for s in samples:
+            while not self._decodes(s):
+                self.bad.add(s.video.path)
+                s = self._resolve(epoch, s.index)
+            out.append(s)
+        return out
+
+    def _to_torch(self, out) -> torch.Tensor:
+        t = out.as_tensor()
+        if self.device == "gpu":
+            from nvidia.dali.plugin.pytorch import feed_ndarray
+            dev = torch.device("cuda", self.device_id or 0)
+            dt = torch.float16 if self.dtype == torch.float16 else torch.float32
+            dst = torch.empty(t.shape(), dtype=dt, device=dev)
+            feed_ndarray(t, dst, cuda_stream=torch.cuda.current_stream(dev))
+            return dst
+        return torch.from_numpy(np.array(t))   # a copy: DALI reuses its buffers
+
+    def _finish(self, video: torch.Tensor, samples: List[_Sample]) -> torch.Tensor:
+        K = self.views
+        if K == 1:
+            video = video.unsqueeze(1)                          # (B, K, 3, T', H, W)
+        b, _, ch, t, h, w = video.shape
+        if self.mode == "test":
+            # (B, C, 3, S*T, H, W) -> (B, S, C, 3, T, H, W): one decode, S x C views
+            video = video.view(b, K, ch, self.segments, self.T, h, w).permute(0, 3, 1, 2, 4, 5, 6)
+            return video.reshape(b * self.segments * K, ch, self.T, h, w).to(self.dtype)
+        video = video.reshape(b * K, ch, t, h, w)
+        if self.erase_prob:
+            for i, s in enumerate(samples):
+                for k, box in enumerate(s.erase):
+                    if box is not None:
+                        y0, x0, eh, ew = box
+                        # per-pixel N(0, 1) noise, one rectangle for every frame (cube erasing)
+                        video[i * K + k, :, :, y0:y0 + eh, x0:x0 + ew].normal_()
+        return video.to(self.dtype)
+
+    def _emit(self, video, samples, skipped):
+        video = self._finish(video, samples)
+        n = torch.tensor(skipped, dtype=torch.int64)
+        if self.mode == "pretrain":
+            return video, n
+        labels = torch.tensor([s.video.label if s.video.label is not None else -1 for s in samples],
+                              dtype=torch.int64)
+        reps = self.views * self.segments if self.mode == "test" else self.views
+        if self.mode == "finetune" and reps > 1:
+            labels = labels.repeat_interleave(reps)
+        return video, labels, n
+
+    def __len__(self) -> int:
+        return self.steps_per_epoch
+
+    def __call__(self, epoch: int = 0, skip_micro_steps: int = 0):
+        return self.epoch(epoch, skip_micro_steps)
+
+    def epoch(self, epoch: int, skip_micro_steps: int = 0):
+        batches = self._batches(epoch, skip_micro_steps)
+        pending = collections.deque()            # sample lists scheduled in the pipeline, in order
+        if self._pipe is None:
+            self._pipe = self._new_pipe()
+
+        def schedule(samples):
+            self._feed(self._pipe, samples)
+            pending.append(samples)
+
+        def fill():
+            while len(pending) < self.prefetch:
+                idxs = next(batches, None)
+                if idxs is None:
+                    return
+                schedule([self._resolve(epoch, i) for i in idxs])
+
+        fill()
+        while pending:
+            try:
+                out = self._pipe.outputs()[0]
+            except Exception:
+                # DALI invalidates the pipeline on a decode error: redo everything in flight,
+                # the failed batch repaired, the others with newly known bad files replaced.
+                self._pipe = None
+                inflight = list(pending)
+                pending.clear()
+                first = self._repair(epoch, inflight[0])
+                self._pipe = self._new_pipe()
+                schedule(first)
+                for samples in inflight[1:]:
+                    schedule([self._resolve(epoch, s.index) if s.video.path in self.bad else s
+                              for s in samples])
+                continue
+            samples = pending.popleft()
+            video = self._to_torch(out)
+            fill()
+            skipped = sum(s.skips for s in samples)
+            self.skipped_total += skipped
+            yield self._emit(video, samples, skipped)
