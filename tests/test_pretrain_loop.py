@@ -136,3 +136,12 @@ def test_ddp_two_processes_match_one(tiny_synthetic, tmp_path):
     assert len(l1) == len(l2) == 3
     assert l1 == pytest.approx(l2, rel=1e-5)
     assert_same_weights(final_weights(one), final_weights(two), atol=1e-5)
+
+
+def test_resume_into_a_different_model_is_refused_clearly(tiny_synthetic, tmp_path, capsys):
+    out = tmp_path / "run"
+    run(make_config(micro_flags(tiny_synthetic, out, no_progress=True, max_steps=1)))
+    argv = micro_flags(tiny_synthetic, out, no_progress=True, model="vit_s")
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "does not fit this model" in err and "vit_micro" in err

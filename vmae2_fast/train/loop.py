@@ -18,7 +18,7 @@ from typing import Callable, Iterable, Protocol
 import torch
 import torch.nn as nn
 
-from .checkpoint import (capture_rng_state, latest_checkpoint, load_checkpoint, prune_checkpoints,
+from .checkpoint import (CheckpointError, capture_rng_state, latest_checkpoint, load_checkpoint, prune_checkpoints,
                          restore_rng_state, save_checkpoint)
 from .distributed import DistInfo, all_gather_objects, all_reduce_sum, barrier
 from .metrics import JsonlLogger, TensorBoardLogger
@@ -126,7 +126,16 @@ class Trainer:
         else:
             path = Path(how)
         state = load_checkpoint(path, map_location="cpu")
-        self.stage.model.load_state_dict(state["model"], strict=True)
+        if "model" not in state or "optimizer" not in state:
+            raise CheckpointError(f"{path} is not a training checkpoint of this engine (no model/optimizer "
+                                  f"state); to initialise from weights use the stage's --finetune option")
+        try:
+            self.stage.model.load_state_dict(state["model"], strict=True)
+        except RuntimeError as e:
+            was = state.get("config", {}).get("model", "another model")
+            raise CheckpointError(
+                f"{path} does not fit this model (it was written by a run of {was}): "
+                f"{str(e).splitlines()[0]} ... Use a fresh --output-dir, or --resume none.") from e
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scaler and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
