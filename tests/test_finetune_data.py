@@ -1,0 +1,69 @@
+"""Fine-tuning data: official linspace sampling, crops, RandAugment on every frame alike, erasing."""
+import numpy as np
+import pytest
+import torch
+
+from vmae2_fast.data.finetune_dataset import (VideoClsDataset, cls_collate, cube_random_erasing,
+                                              finetune_frame_indices, random_resized_crop_box,
+                                              sparse_frame_indices)
+from vmae2_fast.data.lists import read_cls_list
+from vmae2_fast.data.randaugment import VideoRandAugment, parse_policy
+
+
+class FixedEnd:
+    def __init__(self, end):
+        self.end = end
+
+    def integers(self, lo, hi):
+        assert lo <= self.end < hi
+        return self.end
+
+
+def test_official_sampling_examples():
+    idx = finetune_frame_indices(100, 16, 4, FixedEnd(76), train=True)
+    assert idx[:5].tolist() == [12, 16, 20, 24, 29] and idx[-1] == 75
+    assert finetune_frame_indices(30, 16, 4, None, train=False).tolist() == \
+        [0, 5, 10, 15, 20, 25, 29] + [29] * 9
+    val = finetune_frame_indices(100, 16, 4, None, train=False)       # centred: end = (64+100)//2
+    assert val[0] == 82 - 64 and val[-1] == 81
+    assert sparse_frame_indices(32, 16, None, train=False).tolist() == list(range(1, 32, 2))
+
+
+def test_random_resized_crop_box_fits():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        y0, x0, ch, cw = random_resized_crop_box(60, 90, rng)
+        assert 0 <= y0 and y0 + ch <= 60 and 0 <= x0 and x0 + cw <= 90 and ch > 0 and cw > 0
+
+
+def test_randaugment_applies_the_same_ops_to_every_frame():
+    assert parse_policy("rand-m7-n4-mstd0.5-inc1") == {"m": 7.0, "n": 4, "mstd": 0.5}
+    assert parse_policy("none") is None
+    with pytest.raises(ValueError):
+        parse_policy("augmix-m3")
+    ra = VideoRandAugment(7, 4, 0.5, prob=1.0)
+    frame = np.random.default_rng(0).integers(0, 255, (32, 40, 3), dtype=np.uint8)
+    for seed in range(10):
+        out = ra(np.stack([frame] * 3), np.random.default_rng(seed))
+        assert out.shape == (3, 32, 40, 3) and out.dtype == np.uint8
+        assert (out == out[:1]).all()
+
+
+def test_cube_erasing_same_box_every_frame():
+    x = torch.zeros(3, 4, 32, 32)
+    y = cube_random_erasing(x, np.random.default_rng(1), prob=1.0)
+    changed = (y != 0).any(0)
+    assert changed.any() and torch.equal(changed, changed[:1].expand_as(changed))
+
+
+def test_dataset_items(tiny_synthetic):
+    items = read_cls_list(tiny_synthetic.train_list, tiny_synthetic.root)
+    tr = VideoClsDataset(items, True, num_frames=4, sampling_rate=2, input_size=32, num_sample=2)
+    va = VideoClsDataset(items, False, num_frames=4, sampling_rate=2, input_size=32, short_side_size=32)
+    clips, labels, skipped = cls_collate([tr[0], tr[1]])
+    assert clips.shape == (4, 3, 4, 32, 32) and labels.tolist() == [items[0][1]] * 2 + [items[1][1]] * 2
+    assert int(skipped) == 0
+    assert torch.equal(tr[3][0], tr[3][0])                               # pure function of the index
+    assert va[0][0].shape == (1, 3, 4, 32, 32)
+    with pytest.raises(ValueError, match="empty"):
+        VideoClsDataset([], True)

@@ -1,0 +1,222 @@
+"""Fine-tuning / evaluation data on the CPU (PyAV decode + torch transforms): the official
+``VideoClsDataset`` behaviour (reference section 6.3).
+
+Temporal sampling (``clip_len`` frames at rate ``r``, window ``L = clip_len * r``):
+  * training: ``end ~ U[L, n)``, ``linspace(end - L, end, clip_len)`` clipped to ``[start, end-1]``
+    and truncated (so the stride is ~4.27, not 4, at r = 4); a video with ``n <= L`` frames uses
+    ``linspace(0, n, n // r)`` padded with ``n`` and clipped to ``n - 1``;
+  * validation: the same with the centred window ``end = (L + n) // 2``;
+  * ``sparse`` (SSv2-style TSN sampling): ``clip_len`` equal segments, a random frame per segment
+    for training, the segment centre for validation.
+Training augmentation, per repeated-augmentation view: video RandAugment (one plan for every
+frame) -> random resized crop (scale (0.08, 1), ratio (3/4, 4/3), one box for every frame,
+bilinear resize) -> horizontal flip p 0.5 (off for SSv2) -> ImageNet normalisation -> cube random
+erasing (p 0.25, the same box in every frame, N(0, 1) pixels). Validation: resize the short side
+to ``short_side_size``, centre crop. Randomness: ``default_rng([seed, epoch, index, attempt])``.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from .randaugment import VideoRandAugment
+from .transforms import IMAGENET_MEAN, IMAGENET_STD
+from .video_io import VideoDecodeError, count_frames, decode_frames
+
+__all__ = ["finetune_frame_indices", "sparse_frame_indices", "random_resized_crop_box",
+           "resize_short_side", "normalize", "cube_random_erasing", "VideoClsDataset", "cls_collate"]
+
+logger = logging.getLogger(__name__)
+
+
+def finetune_frame_indices(n: int, clip_len: int, rate: int, rng: Optional[np.random.Generator],
+                           train: bool = True) -> np.ndarray:
+    """Official dense ``linspace`` sampling; ``rng`` is unused for validation."""
+    if n < 1:
+        raise ValueError(f"cannot sample from a video with {n} frames")
+    span = clip_len * rate
+    if n <= span:
+        idx = np.linspace(0, n, num=max(n // rate, 1)).astype(np.int64)
+        idx = np.concatenate([idx, np.full(clip_len - len(idx), n, dtype=np.int64)])[:clip_len]
+        return np.clip(idx, 0, n - 1)
+    end = int(rng.integers(span, n)) if train else (span + n) // 2
+    start = end - span
+    idx = np.linspace(start, end, num=clip_len)
+    return np.clip(idx, start, end - 1).astype(np.int64)
+
+
+def sparse_frame_indices(n: int, clip_len: int, rng: Optional[np.random.Generator],
+                         train: bool = True, offset: float = 0.5) -> np.ndarray:
+    """TSN-style: one frame per each of ``clip_len`` equal segments (random, or at ``offset``)."""
+    seg = n / clip_len
+    if train:
+        pos = (np.arange(clip_len) + rng.random(clip_len)) * seg
+    else:
+        pos = (np.arange(clip_len) + offset) * seg
+    return np.clip(pos.astype(np.int64), 0, n - 1)
+
+
+def random_resized_crop_box(h: int, w: int, rng: np.random.Generator,
+                            scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)) -> Tuple[int, int, int, int]:
+    """``(y0, x0, ch, cw)``: 10 tries of a random area/log-ratio box, else a centre crop."""
+    area = h * w
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target = area * rng.uniform(*scale)
+        ar = math.exp(rng.uniform(*log_ratio))
+        cw = int(round(math.sqrt(target * ar)))
+        ch = int(round(math.sqrt(target / ar)))
+        if 0 < cw <= w and 0 < ch <= h:
+            return int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1)), ch, cw
+    in_ratio = w / h
+    if in_ratio < min(ratio):
+        cw, ch = w, int(round(w / min(ratio)))
+    elif in_ratio > max(ratio):
+        ch, cw = h, int(round(h * max(ratio)))
+    else:
+        ch, cw = h, w
+    return (h - ch) // 2, (w - cw) // 2, ch, cw
+
+
+def _to_float_tchw(frames) -> torch.Tensor:
+    return torch.as_tensor(frames).permute(0, 3, 1, 2).float()          # (T, 3, H, W), 0..255
+
+
+def normalize(x_tchw: torch.Tensor) -> torch.Tensor:
+    """(T, 3, H, W) in 0..255 -> (3, T, H, W) ImageNet-normalised."""
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255
+    return ((x_tchw - mean) / std).permute(1, 0, 2, 3).contiguous()
+
+
+def resize_short_side(x_tchw: torch.Tensor, size: int) -> torch.Tensor:
+    h, w = x_tchw.shape[-2:]
+    if min(h, w) == size:
+        return x_tchw
+    nh, nw = (size, max(1, round(w * size / h))) if h <= w else (max(1, round(h * size / w)), size)
+    return F.interpolate(x_tchw, size=(nh, nw), mode="bilinear", align_corners=False)
+
+
+def cube_random_erasing(x: torch.Tensor, rng: np.random.Generator, prob: float = 0.25,
+                        area=(0.02, 1 / 3), log_ratio=(math.log(0.3), math.log(1 / 0.3))) -> torch.Tensor:
+    """One box (same in every frame) of normal noise on a normalised ``(3, T, H, W)`` clip."""
+    if prob <= 0 or rng.random() >= prob:
+        return x
+    _, t, h, w = x.shape
+    for _ in range(10):
+        target = h * w * rng.uniform(*area)
+        ar = math.exp(rng.uniform(*log_ratio))
+        eh, ew = int(round(math.sqrt(target * ar))), int(round(math.sqrt(target / ar)))
+        if eh < h and ew < w:
+            y0, x0 = int(rng.integers(0, h - eh + 1)), int(rng.integers(0, w - ew + 1))
+            noise = torch.from_numpy(rng.standard_normal((3, t, eh, ew)).astype(np.float32))
+            x = x.clone()
+            x[:, :, y0:y0 + eh, x0:x0 + ew] = noise
+            return x
+    return x
+
+
+class VideoClsDataset(Dataset):
+    """Items ``(clips (K, 3, T, S, S), label, n_skipped)``; K = ``num_sample`` when training, 1 else.
+
+    An unreadable training video is replaced by a random other one (logged, counted); in
+    validation it is reported and the item is ``(None, label, 1)`` (dropped by the collate).
+    """
+
+    def __init__(self, items: Sequence[Tuple[str, int]], train: bool, num_frames: int = 16,
+                 sampling_rate: int = 4, input_size: int = 224, short_side_size: int = 224,
+                 num_sample: int = 2, flip: bool = True, aa: str = "rand-m7-n4-mstd0.5-inc1",
+                 reprob: float = 0.25, min_crop_scale: float = 0.08, sparse: bool = False,
+                 seed: int = 0, max_retries: int = 10):
+        if len(items) == 0:
+            raise ValueError("the annotation list is empty: it needs one 'path label' line per video")
+        self.items: List[Tuple[str, int]] = list(items)
+        self.train = train
+        self.num_frames, self.sampling_rate = int(num_frames), int(sampling_rate)
+        self.input_size, self.short_side_size = int(input_size), int(short_side_size)
+        self.num_sample = int(num_sample) if train else 1
+        self.flip, self.reprob, self.sparse = flip, float(reprob), sparse
+        self.min_crop_scale = float(min_crop_scale)
+        self.randaug = VideoRandAugment.from_policy(aa) if train else None
+        self.seed, self.max_retries = int(seed), int(max_retries)
+        self.epoch = 0
+        self._counted: dict = {}
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def _frame_count(self, path: str) -> int:
+        n = self._counted.get(path)
+        if n is None:
+            n = self._counted[path] = count_frames(path)
+        return n
+
+    def _indices(self, path: str, rng) -> np.ndarray:
+        n = self._frame_count(path)
+        if self.sparse:
+            return sparse_frame_indices(n, self.num_frames, rng, self.train)
+        return finetune_frame_indices(n, self.num_frames, self.sampling_rate, rng, self.train)
+
+    def _train_view(self, frames: np.ndarray, rng) -> torch.Tensor:
+        if self.randaug is not None:
+            frames = self.randaug(frames, rng)
+        x = _to_float_tchw(frames)
+        y0, x0, ch, cw = random_resized_crop_box(x.shape[-2], x.shape[-1], rng,
+                                                 scale=(self.min_crop_scale, 1.0))
+        x = F.interpolate(x[:, :, y0:y0 + ch, x0:x0 + cw], size=(self.input_size,) * 2,
+                          mode="bilinear", align_corners=False)
+        if self.flip and rng.random() < 0.5:
+            x = x.flip(-1)
+        return cube_random_erasing(normalize(x), rng, self.reprob)
+
+    def _val_view(self, frames: np.ndarray) -> torch.Tensor:
+        x = resize_short_side(_to_float_tchw(frames), self.short_side_size)
+        h, w = x.shape[-2:]
+        s = self.input_size
+        y0, x0 = max((h - s) // 2, 0), max((w - s) // 2, 0)
+        x = x[:, :, y0:y0 + s, x0:x0 + s]
+        if x.shape[-2:] != (s, s):
+            x = F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False)
+        return normalize(x)
+
+    def __getitem__(self, index: int):
+        index = int(index)
+        current, n_skipped, last_error = index, 0, ""
+        for attempt in range(self.max_retries + 1):
+            rng = np.random.default_rng([self.seed, self.epoch, index, attempt])
+            path, label = self.items[current]
+            try:
+                frames = decode_frames(path, self._indices(path, rng))
+                if not self.train:
+                    return self._val_view(frames)[None], label, n_skipped
+                return torch.stack([self._train_view(frames, rng) for _ in range(self.num_sample)]), \
+                    label, n_skipped
+            except VideoDecodeError as exc:
+                n_skipped += 1
+                last_error = f"{path} ({exc})"
+                logger.warning("skipping unreadable video %s", last_error)
+                if not self.train:
+                    return None, label, n_skipped
+                current = int(rng.integers(len(self.items)))
+        raise RuntimeError(f"too many unreadable videos: item {index} and {self.max_retries} random "
+                           f"replacements failed (last: {last_error}); check the list and --data-root")
+
+
+def cls_collate(batch):
+    """``(clips (sum K, 3, T, S, S), labels (sum K,), n_skipped)``; views stay sample-major."""
+    kept = [(c, y) for c, y, _ in batch if c is not None]
+    skipped = torch.tensor(sum(int(n) for _, _, n in batch), dtype=torch.int64)
+    if not kept:
+        return None, None, skipped
+    clips = torch.cat([c for c, _ in kept])
+    labels = torch.cat([torch.full((c.shape[0],), int(y), dtype=torch.int64) for c, y in kept])
+    return clips, labels, skipped
