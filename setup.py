@@ -41,9 +41,14 @@ setup(
     extras_require={
         # DALI (GPU video decoding; its CPU backend runs the data-pipeline tests): a ~200 MB
         # wheel plus ~400 MB of nvimgcodec/nvjpeg libraries, no torch of its own.
-        "test": ["pytest>=7", "triton>=3.2; platform_system == 'Linux'", "transformers>=4.46,<6", "nvidia-dali-cuda130>=2.0"],
+        "test": ["pytest>=7", "triton>=3.2; platform_system == 'Linux'", "transformers>=4.46,<6", "safetensors>=0.4", "nvidia-dali-cuda130>=2.0"],
         "dali": ["nvidia-dali-cuda130>=2.0"],
         "tensorboard": ["tensorboard"],
     },
-    entry_points={"console_scripts": ["vmae2-pretrain=vmae2_fast.pretrain:main"]},
+    entry_points={"console_scripts": ["vmae2-pretrain=vmae2_fast.pretrain:main",
+                                      "vmae2-post-pretrain=vmae2_fast.post_pretrain:main",
+                                      "vmae2-finetune=vmae2_fast.finetune:main",
+                                      "vmae2-evaluate=vmae2_fast.evaluate:main",
+                                      "vmae2-distill=vmae2_fast.distill:main",
+                                      "vmae2-extract-features=vmae2_fast.extract_features:main"]},
 )
