@@ -7,6 +7,8 @@ Loaders: `pyav` (the CPU path: PyAV decode + torch transforms in DataLoader work
 (DALI's CPU decoder, VP8/VP9/MJPEG only) and, on a CUDA machine, `dali-gpu` (NVDEC). All produce
 the pre-training batch (B x K views, 3, T, S, S) with the same sampling; a clip is one view.
 A folder is listed, indexed (`vmae2_fast.data.index`) and the files each loader can decode used.
+`--dali-instances 1 2` times each DALI loader with 1 and with 2 independent pipelines (rows
+`dali-cpu x2`, ...); the `--workers` CPU threads are split between the instances.
 Writes bench/results/data-<machine>.json and .md.
 """
 from __future__ import annotations
@@ -99,17 +101,21 @@ def run(args) -> dict:
             results[name] = {"skipped": info if not ok else "no CUDA device"}
             continue
         usable = [v for v in videos if dev == "gpu" or v.codec in DALI_CPU_CODECS]
-        dl = DaliVideoLoader(usable, batch_size=B, num_views=K, seed=0, device=dev,
-                             device_id=0 if dev == "gpu" else None, num_threads=args.workers,
-                             **common)
-        results[name] = time_loader(dl, B * K, args.epochs)
-        results[name]["videos"] = len(usable)
+        for n in args.dali_instances:
+            threads = max(1, args.workers // n)
+            dl = DaliVideoLoader(usable, batch_size=B, num_views=K, seed=0, device=dev,
+                                 device_id=0 if dev == "gpu" else None, num_threads=threads,
+                                 decoder_instances=n, **common)
+            key = name if n == 1 else f"{name} x{n}"
+            results[key] = time_loader(dl, B * K, args.epochs)
+            results[key].update(videos=len(usable), instances=n, threads_per_instance=threads)
     return {"machine": machine_name(), "cpu_cores": os.cpu_count(), "torch": torch.__version__,
             "dali": info if ok else None, "videos": args.videos or "synthetic",
             "codecs": sorted({v.codec for v in videos}),
             "resolution": sorted({f"{v.width}x{v.height}" for v in videos})[:5],
             "settings": {"batch_size": B, "views": K, "frames": args.frames, "rate": args.rate,
-                         "size": args.size, "workers_or_threads": args.workers, "epochs": args.epochs},
+                         "size": args.size, "workers_or_threads": args.workers, "epochs": args.epochs,
+                         "dali_instances": args.dali_instances},
             "results": results}
 
 
@@ -126,12 +132,15 @@ def write(report: dict, out_dir: Path) -> Path:
           f"{s['rate']}) at {s['size']}x{s['size']}; {s['workers_or_threads']} workers / DALI threads; "
           f"{s['epochs']} timed epochs after one warm-up batch. torch {report['torch']}, DALI "
           f"{report['dali']}.", "",
-          "| loader | videos | clips/s | start-up (s) |", "|---|---|---|---|"]
+          "| loader | videos | DALI pipelines x threads | clips/s | start-up (s) |",
+          "|---|---|---|---|---|"]
     for name, r in report["results"].items():
         if "skipped" in r:
-            md.append(f"| {name} | - | not run: {r['skipped']} | - |")
+            md.append(f"| {name} | - | - | not run: {r['skipped']} | - |")
         else:
-            md.append(f"| {name} | {r['videos']} | {r['clips_per_s']:.1f} | {r['startup_s']:.2f} |")
+            pipes = f"{r['instances']} x {r['threads_per_instance']}" if "instances" in r else "-"
+            md.append(f"| {name} | {r['videos']} | {pipes} | {r['clips_per_s']:.1f} | "
+                      f"{r['startup_s']:.2f} |")
     path.with_suffix(".md").write_text("\n".join(md) + "\n")
     return path
 
@@ -149,7 +158,10 @@ def main(argv=None):
     p.add_argument("--frames", type=int, default=16)
     p.add_argument("--rate", type=int, default=2)
     p.add_argument("--size", type=int, default=112)
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 2)
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 2,
+                   help="PyAV DataLoader workers; DALI CPU threads, split between --dali-instances")
+    p.add_argument("--dali-instances", type=int, nargs="+", default=[1],
+                   help="time each DALI loader with each of these numbers of pipelines")
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--work-dir", default=os.path.join(os.path.expanduser("~"), ".cache", "vmae2_fast", "bench"))
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))

@@ -32,6 +32,7 @@ class PretrainConfig:
     num_sample: int = 4                # repeated augmentation: views per decoded clip
     num_workers: int = 8
     decoder: str = "auto"              # auto (DALI on a GPU, PyAV otherwise) | dali | pyav
+    dali_instances: int = 1            # independent DALI pipelines per process (several NVDECs)
     # optimisation
     batch_size: int = 32               # videos per process per micro-batch
     accum_steps: int = 1
@@ -74,7 +75,8 @@ class PretrainConfig:
         if self.num_frames % self.tubelet_size:
             raise ValueError(f"--num-frames {self.num_frames} is not divisible by --tubelet-size "
                              f"{self.tubelet_size}")
-        for name in ("batch_size", "accum_steps", "epochs", "num_sample", "sampling_rate"):
+        for name in ("batch_size", "accum_steps", "epochs", "num_sample", "sampling_rate",
+                     "dali_instances"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
         if self.precision not in ("auto", "bf16", "fp16", "fp32"):

@@ -105,6 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
         "max_steps": "stop after N optimiser steps (smoke tests)",
         "decoder": "auto (DALI on a GPU, PyAV otherwise) | dali | pyav; DALI needs the list's index "
                    "(python -m vmae2_fast.data.index LIST --data-root DIR)",
+        "dali_instances": "independent DALI pipelines per process, fed batches in turn (same "
+                          "batches, same order); raise on GPUs with several NVDEC engines",
     })
     return p
 

@@ -17,7 +17,16 @@ which file, which frames and which crop boxes, and feeds them through ``external
 * Bad files: DALI invalidates the pipeline on a decode error. The loader then rebuilds it, decodes
   the failed batch's samples one by one to find the culprits, remembers them, replaces each by a
   random other video (as the CPU path does) and counts them in ``n_skipped``.
-* Prefetch: ``prefetch`` batches are scheduled ahead, so decoding overlaps the training step.
+* Prefetch: ``prefetch`` batches per pipeline are scheduled ahead, so decoding overlaps the
+  training step.
+* Several instances (``decoder_instances=N``): N independent pipelines, each with its own thread
+  pool and (on the GPU) its own CUDA stream and video decoder, so several NVDEC engines of one GPU
+  can work at once. Consecutive batches of the one global order go to the pipelines in turn and
+  are collected in that order, so the batches are the same as with one pipeline. (The one
+  exception is fine-tuning with RandAugment, whose op choice is drawn by DALI's own per-pipeline
+  random generator: it differs with N, as it already differs across a resume.)
+* Host to device: see :mod:`.dali_transfer` (CPU decode for CUDA training goes through a reusable
+  pinned buffer and a non-blocking copy).
 """
 from __future__ import annotations
 
@@ -30,6 +39,7 @@ import numpy as np
 import torch
 
 from ..train.sampler import GlobalBatchSampler
+from .dali_transfer import PinnedStager, transfer_plan
 from .clip_sampling import (finetune_frame_indices, random_erasing_box, random_resized_crop_box,
                             sparse_frame_indices, test_crop_boxes, test_frame_indices)
 from .index import DALI_CPU_CODECS, DALI_GPU_CODECS, IndexedVideo
@@ -113,11 +123,14 @@ class DaliVideoLoader:
                  rank: int = 0, device: str = "cpu", device_id: Optional[int] = None,
                  num_threads: int = 2, prefetch: int = 2, dtype: torch.dtype = torch.float32,
                  flip: bool = True, rand_augment: Optional[tuple] = None, erase_prob: float = 0.0,
-                 sparse: bool = False, max_retries: int = 10):
+                 sparse: bool = False, max_retries: int = 10, decoder_instances: int = 1,
+                 target_device=None):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if device not in ("cpu", "gpu"):
             raise ValueError(f"device must be 'cpu' or 'gpu', got {device!r}")
+        if int(decoder_instances) < 1:
+            raise ValueError(f"decoder_instances must be at least 1, got {decoder_instances}")
         ok, why = dali_status()
         if not ok:
             raise RuntimeError(why)
@@ -149,7 +162,11 @@ class DaliVideoLoader:
             self.steps_per_epoch = self.sampler.steps_per_epoch
         self.bad: set = set()
         self.skipped_total = 0
-        self._pipe = None
+        self.instances = int(decoder_instances)
+        self._pipes: List = [None] * self.instances
+        self.transfer = transfer_plan(device, target_device)
+        self.target_device = torch.device(target_device) if target_device is not None else None
+        self._stager = None
 
     # ------------------------------------------------------------------ host-side sampling
     def _sample(self, epoch: int, index: int, attempt: int) -> _Sample:
@@ -197,11 +214,11 @@ class DaliVideoLoader:
                            f"replacements all failed to decode; check the list and the index")
 
     # ------------------------------------------------------------------ DALI plumbing
-    def _new_pipe(self, batch_size=None):
+    def _new_pipe(self, batch_size=None, instance: int = 0):
         return _build_pipeline(batch_size or self.batch_size, self.device,
                                self.device_id if self.device == "gpu" else None, self.num_threads,
                                self.size, self.views, self.dtype == torch.float16, self.rand_aug,
-                               self.seed + 7919 * self.rank)
+                               self.seed + 7919 * self.rank + 104729 * instance)
 
     def _feed(self, pipe, samples: List[_Sample]):
         pipe.feed_input("enc", [np.fromfile(s.video.path, dtype=np.uint8) for s in samples])
@@ -242,13 +259,17 @@ class DaliVideoLoader:
 
     def _to_torch(self, out) -> torch.Tensor:
         t = out.as_tensor()
-        if self.device == "gpu":
+        if self.transfer == "device":
             from nvidia.dali.plugin.pytorch import feed_ndarray
             dev = torch.device("cuda", self.device_id or 0)
             dt = torch.float16 if self.dtype == torch.float16 else torch.float32
             dst = torch.empty(t.shape(), dtype=dt, device=dev)
             feed_ndarray(t, dst, cuda_stream=torch.cuda.current_stream(dev))
             return dst
+        if self.transfer == "pinned":          # DALI buffer -> pinned buffer -> async H2D copy
+            if self._stager is None:
+                self._stager = PinnedStager(self.target_device, slots=2)
+            return self._stager(np.asarray(t))
         return torch.from_numpy(np.array(t))   # a copy: DALI reuses its buffers
 
     def _finish(self, video: torch.Tensor, samples: List[_Sample]) -> torch.Tensor:
@@ -290,39 +311,50 @@ class DaliVideoLoader:
 
     def epoch(self, epoch: int, skip_micro_steps: int = 0):
         batches = self._batches(epoch, skip_micro_steps)
-        pending = collections.deque()            # sample lists scheduled in the pipeline, in order
-        if self._pipe is None:
-            self._pipe = self._new_pipe()
-
-        def schedule(samples):
-            self._feed(self._pipe, samples)
-            pending.append(samples)
+        # [pipeline, samples] scheduled, in output order; each pipeline is first in, first out
+        pending = collections.deque()
+        for k in range(self.instances):
+            if self._pipes[k] is None:
+                self._pipes[k] = self._new_pipe(instance=k)
+        turn = [0]
 
         def fill():
-            while len(pending) < self.prefetch:
+            while len(pending) < self.prefetch * self.instances:
                 idxs = next(batches, None)
                 if idxs is None:
                     return
-                schedule([self._resolve(epoch, i) for i in idxs])
+                k, turn[0] = turn[0], (turn[0] + 1) % self.instances    # round robin
+                samples = [self._resolve(epoch, i) for i in idxs]
+                self._feed(self._pipes[k], samples)
+                pending.append([k, samples])
 
         fill()
+        try:
+            yield from self._drain(epoch, pending, fill)
+        finally:
+            if pending:     # left mid-epoch: drop the pipelines' stale work, rebuild next time
+                self._pipes = [None] * self.instances
+
+    def _drain(self, epoch, pending, fill):
         while pending:
+            k = pending[0][0]
             try:
-                out = self._pipe.outputs()[0]
+                out = self._pipes[k].outputs()[0]
             except Exception:
-                # DALI invalidates the pipeline on a decode error: redo everything in flight,
-                # the failed batch repaired, the others with newly known bad files replaced.
-                self._pipe = None
-                inflight = list(pending)
-                pending.clear()
-                first = self._repair(epoch, inflight[0])
-                self._pipe = self._new_pipe()
-                schedule(first)
-                for samples in inflight[1:]:
-                    schedule([self._resolve(epoch, s.index) if s.video.path in self.bad else s
-                              for s in samples])
+                # DALI invalidates the pipeline on a decode error: rebuild this one and redo what
+                # it had in flight, the failed batch repaired, the others with newly known bad
+                # files replaced. The other pipelines keep their work; order is unchanged.
+                self._pipes[k] = None
+                mine = [entry for entry in pending if entry[0] == k]
+                mine[0][1] = self._repair(epoch, mine[0][1])
+                for entry in mine[1:]:
+                    entry[1] = [self._resolve(epoch, s.index) if s.video.path in self.bad else s
+                                for s in entry[1]]
+                self._pipes[k] = self._new_pipe(instance=k)
+                for entry in mine:
+                    self._feed(self._pipes[k], entry[1])
                 continue
-            samples = pending.popleft()
+            samples = pending.popleft()[1]
             video = self._to_torch(out)
             fill()
             skipped = sum(s.skips for s in samples)

@@ -77,5 +77,6 @@ def pretrain_dali_loader(videos: List[IndexedVideo], cfg, dist, device: torch.de
         videos, mode="pretrain", batch_size=cfg.batch_size, num_frames=cfg.num_frames,
         sampling_rate=cfg.sampling_rate, input_size=cfg.input_size, num_views=cfg.num_sample,
         seed=cfg.seed, world_size=dist.world_size, rank=dist.rank, device=_dali_dev(device),
-        device_id=device.index if device.type == "cuda" else None,
-        num_threads=max(1, min(cfg.num_workers, os.cpu_count() or 1)))
+        device_id=device.index if device.type == "cuda" else None, target_device=device,
+        num_threads=max(1, min(cfg.num_workers, os.cpu_count() or 1)),
+        decoder_instances=getattr(cfg, "dali_instances", 1))

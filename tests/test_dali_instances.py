@@ -1,0 +1,134 @@
+"""Several DALI pipelines give the batches of one pipeline; host-to-device transfer plans."""
+import numpy as np
+import pytest
+import torch
+
+from vmae2_fast.data.dali_pipeline import DaliVideoLoader, dali_status
+from vmae2_fast.data.dali_transfer import PinnedStager, transfer_plan
+from vmae2_fast.data.index import IndexedVideo, build_index
+
+_ok, _why = dali_status()
+needs_dali = pytest.mark.skipif(not _ok, reason=f"DALI tests need nvidia-dali: {_why}")
+T, R, S = 4, 2, 32
+
+
+@pytest.fixture(scope="module")
+def videos(tiny_synthetic):
+    return build_index(tiny_synthetic.pretrain_list, tiny_synthetic.root, progress=False,
+                       output=str(tiny_synthetic.root) + "/../dali_instances.index.json").videos
+
+
+def loader(videos, **kw):
+    args = dict(batch_size=2, num_frames=T, sampling_rate=R, input_size=S, num_views=2, seed=11,
+                num_threads=1)
+    args.update(kw)
+    return DaliVideoLoader(videos, **args)
+
+
+def same(a, b):
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        assert len(x) == len(y)
+        for u, v in zip(x, y):
+            assert u.shape == v.shape and torch.equal(u, v)
+
+
+@needs_dali
+def test_two_instances_give_the_same_batches_in_the_same_order(videos):
+    one = loader(videos)
+    assert one.instances == 1
+    ref = list(one(3))
+    assert len(ref) == len(videos) // 2
+    for n, prefetch in ((2, 2), (3, 1)):
+        dl = loader(videos, decoder_instances=n, prefetch=prefetch)
+        same(list(dl(3)), ref)
+        assert len(dl._pipes) == n and all(p is not None for p in dl._pipes)
+    # resume: skipping 2 micro-batches gives the tail of the full epoch, with 1 or 2 instances
+    same(list(loader(videos, decoder_instances=2)(3, 2)), ref[2:])
+    same(list(one(3, 2)), ref[2:])
+    # another epoch, another order; and batches differ from the epoch before
+    assert not torch.equal(list(loader(videos, decoder_instances=2)(4))[0][0], ref[0][0])
+
+
+@needs_dali
+def test_instances_in_test_and_finetune_modes(videos):
+    labelled = [IndexedVideo(v.path, v.rel, v.frames, v.fps, v.codec, v.width, v.height, label=k % 6)
+                for k, v in enumerate(videos[:5])]
+    te = dict(mode="test", batch_size=2, num_views=3, test_segments=2)
+    same(list(loader(labelled, decoder_instances=2, **te)(0)), list(loader(labelled, **te)(0)))
+    ft = dict(mode="finetune", erase_prob=0.5)           # host-side randomness only: identical
+    torch.manual_seed(0)
+    a = list(loader(labelled, **ft)(1))
+    torch.manual_seed(0)
+    same(list(loader(labelled, decoder_instances=2, **ft)(1)), a)
+
+
+@needs_dali
+def test_bad_files_with_two_instances(videos, tmp_path):
+    good = videos[:8]
+    data = open(good[0].path, "rb").read()
+    (tmp_path / "trunc.webm").write_bytes(data[: len(data) // 3])
+    (tmp_path / "garbage.webm").write_bytes(b"\x1aE\xdf\xa3" + b"\0" * 500)
+    bad = [IndexedVideo(str(tmp_path / n), n, 24, 12.0, "vp9", 48, 48)
+           for n in ("trunc.webm", "garbage.webm")]
+    kw = dict(num_views=1, sampling_rate=7)
+    one, two = loader(good + bad, **kw), loader(good + bad, decoder_instances=2, **kw)
+    for epoch in range(2):
+        same(list(two(epoch)), list(one(epoch)))
+    assert one.bad == two.bad == {b.path for b in bad}
+    assert one.skipped_total == two.skipped_total >= 2
+
+
+@needs_dali
+def test_leaving_an_epoch_early_does_not_leak_into_the_next(videos):
+    dl = loader(videos, decoder_instances=2)
+    ref = list(loader(videos)(1))
+    first = next(iter(dl(0)))
+    assert first[0].shape == (4, 3, T, S, S)
+    same(list(dl(1)), ref)
+
+
+def test_transfer_plan():
+    assert transfer_plan("cpu", None) == "host"
+    assert transfer_plan("cpu", "cpu") == "host"
+    assert transfer_plan("cpu", torch.device("cuda", 1)) == "pinned"
+    assert transfer_plan("gpu", "cuda:0") == "device"
+    assert transfer_plan("gpu", None) == "device"
+    with pytest.raises(ValueError):
+        transfer_plan("gpu", "cpu")
+    with pytest.raises(ValueError):
+        transfer_plan("mixed", None)
+
+
+@needs_dali
+def test_cpu_only_training_uses_plain_host_copies(videos):
+    dl = loader(videos, target_device=torch.device("cpu"))
+    assert dl.transfer == "host"
+    video, _ = next(iter(dl(0)))
+    assert video.device.type == "cpu" and not video.is_pinned() and dl._stager is None
+
+
+def test_stager_reuses_its_buffers():
+    st = PinnedStager("cpu", slots=2, pin=False)
+    big = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    for step in range(4):
+        out = st(big + step)
+        assert torch.equal(out, torch.from_numpy(big + step))
+    ptrs = [b.data_ptr() for b in st.buffers]
+    small = st(big[:1] * 2)                                  # a partial batch: a view, no new buffer
+    assert torch.equal(small, torch.from_numpy(big[:1] * 2))
+    assert [b.data_ptr() for b in st.buffers] == ptrs
+    st(np.zeros((3, 3, 4), np.float32))                      # a larger one grows its slot
+    assert st.buffers[1].numel() == 36 and st.buffers[0].data_ptr() == ptrs[0]
+
+
+@pytest.mark.gpu
+@needs_dali
+def test_cpu_decode_for_cuda_training_goes_through_pinned_memory(videos):
+    ref = list(loader(videos)(2))
+    dl = loader(videos, target_device=torch.device("cuda", 0), decoder_instances=2)
+    assert dl.transfer == "pinned"
+    got = list(dl(2))
+    assert all(b.is_pinned() for b in dl._stager.buffers if b is not None)
+    for (v, n), (r, m) in zip(got, ref):
+        assert v.device.type == "cuda" and torch.equal(v.cpu(), r) and int(n) == int(m)
