@@ -32,7 +32,7 @@ def test_official_sampling_examples():
 def test_random_resized_crop_box_fits():
     rng = np.random.default_rng(0)
     for _ in range(200):
-        y0, x0, ch, cw = random_resized_crop_box(60, 90, rng)
+        x0, y0, cw, ch = random_resized_crop_box(90, 60, rng)
         assert 0 <= y0 and y0 + ch <= 60 and 0 <= x0 and x0 + cw <= 90 and ch > 0 and cw > 0
 
 

@@ -26,7 +26,8 @@ import torch
 
 from .checkpoints import CheckpointMismatchError, load_classifier_weights, read_checkpoint
 from .cli import setup_logging
-from .data.finetune_dataset import normalize, resize_short_side, sparse_frame_indices
+from .data.clip_sampling import sparse_frame_indices
+from .data.finetune_dataset import normalize, resize_short_side
 from .data.video_io import VideoDecodeError, count_frames, decode_frames
 from .train.distributed import all_gather_objects, cleanup, init_distributed
 

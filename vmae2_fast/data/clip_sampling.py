@@ -16,7 +16,7 @@ __all__ = ["finetune_frame_indices", "sparse_frame_indices", "test_frame_indices
            "random_resized_crop_box", "test_crop_boxes", "random_erasing_box"]
 
 
-def finetune_frame_indices(n_frames: int, clip_len: int, rate: int, rng: np.random.Generator,
+def finetune_frame_indices(n_frames: int, clip_len: int, rate: int, rng: np.random.Generator | None,
                            train: bool = True) -> np.ndarray:
     """Official ``load_video`` (one segment): a random (train) or centred (val) window of
     ``clip_len * rate`` frames, ``clip_len`` indices from ``linspace`` over it."""
@@ -32,12 +32,12 @@ def finetune_frame_indices(n_frames: int, clip_len: int, rate: int, rng: np.rand
     return np.clip(np.linspace(start, end, clip_len), start, end - 1).astype(np.int64)
 
 
-def sparse_frame_indices(n_frames: int, clip_len: int, rng: np.random.Generator,
-                         train: bool = True) -> np.ndarray:
-    """TSN-style segments (SSv2, ``--sparse_sample``): one random (train) or central frame in
-    each of ``clip_len`` equal segments."""
+def sparse_frame_indices(n_frames: int, clip_len: int, rng: np.random.Generator | None,
+                         train: bool = True, offset: float = 0.5) -> np.ndarray:
+    """TSN-style segments (SSv2, ``--sparse_sample``): one random (train) frame in each of
+    ``clip_len`` equal segments, or the one at ``offset`` (0.5: the centre) of each segment."""
     seg = n_frames / clip_len
-    offs = rng.random(clip_len) * seg if train else np.full(clip_len, seg / 2)
+    offs = rng.random(clip_len) * seg if train else np.full(clip_len, seg * offset)
     return np.minimum((np.arange(clip_len) * seg + offs).astype(np.int64), n_frames - 1)
 
 

@@ -18,70 +18,23 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Sequence, Tuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from .clip_sampling import finetune_frame_indices, random_resized_crop_box, sparse_frame_indices
 from .randaugment import VideoRandAugment
 from .transforms import IMAGENET_MEAN, IMAGENET_STD
 from .video_io import VideoDecodeError, count_frames, decode_frames
 
+# The frame-index and crop-box rules are shared with the DALI pipeline (clip_sampling.py).
 __all__ = ["finetune_frame_indices", "sparse_frame_indices", "random_resized_crop_box",
            "resize_short_side", "normalize", "cube_random_erasing", "VideoClsDataset", "cls_collate"]
 
 logger = logging.getLogger(__name__)
-
-
-def finetune_frame_indices(n: int, clip_len: int, rate: int, rng: Optional[np.random.Generator],
-                           train: bool = True) -> np.ndarray:
-    """Official dense ``linspace`` sampling; ``rng`` is unused for validation."""
-    if n < 1:
-        raise ValueError(f"cannot sample from a video with {n} frames")
-    span = clip_len * rate
-    if n <= span:
-        idx = np.linspace(0, n, num=max(n // rate, 1)).astype(np.int64)
-        idx = np.concatenate([idx, np.full(clip_len - len(idx), n, dtype=np.int64)])[:clip_len]
-        return np.clip(idx, 0, n - 1)
-    end = int(rng.integers(span, n)) if train else (span + n) // 2
-    start = end - span
-    idx = np.linspace(start, end, num=clip_len)
-    return np.clip(idx, start, end - 1).astype(np.int64)
-
-
-def sparse_frame_indices(n: int, clip_len: int, rng: Optional[np.random.Generator],
-                         train: bool = True, offset: float = 0.5) -> np.ndarray:
-    """TSN-style: one frame per each of ``clip_len`` equal segments (random, or at ``offset``)."""
-    seg = n / clip_len
-    if train:
-        pos = (np.arange(clip_len) + rng.random(clip_len)) * seg
-    else:
-        pos = (np.arange(clip_len) + offset) * seg
-    return np.clip(pos.astype(np.int64), 0, n - 1)
-
-
-def random_resized_crop_box(h: int, w: int, rng: np.random.Generator,
-                            scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)) -> Tuple[int, int, int, int]:
-    """``(y0, x0, ch, cw)``: 10 tries of a random area/log-ratio box, else a centre crop."""
-    area = h * w
-    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
-    for _ in range(10):
-        target = area * rng.uniform(*scale)
-        ar = math.exp(rng.uniform(*log_ratio))
-        cw = int(round(math.sqrt(target * ar)))
-        ch = int(round(math.sqrt(target / ar)))
-        if 0 < cw <= w and 0 < ch <= h:
-            return int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1)), ch, cw
-    in_ratio = w / h
-    if in_ratio < min(ratio):
-        cw, ch = w, int(round(w / min(ratio)))
-    elif in_ratio > max(ratio):
-        ch, cw = h, int(round(h * max(ratio)))
-    else:
-        ch, cw = h, w
-    return (h - ch) // 2, (w - cw) // 2, ch, cw
 
 
 def _to_float_tchw(frames) -> torch.Tensor:
@@ -170,7 +123,7 @@ class VideoClsDataset(Dataset):
         if self.randaug is not None:
             frames = self.randaug(frames, rng)
         x = _to_float_tchw(frames)
-        y0, x0, ch, cw = random_resized_crop_box(x.shape[-2], x.shape[-1], rng,
+        x0, y0, cw, ch = random_resized_crop_box(x.shape[-1], x.shape[-2], rng,
                                                  scale=(self.min_crop_scale, 1.0))
         x = F.interpolate(x[:, :, y0:y0 + ch, x0:x0 + cw], size=(self.input_size,) * 2,
                           mode="bilinear", align_corners=False)
