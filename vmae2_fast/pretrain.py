@@ -31,7 +31,7 @@ from .train.distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_
 from .train.loop import LoopSettings, Trainer, resolve_precision
 from .train.optim import build_adamw
 from .train.sampler import EpochIndexed, GlobalBatchSampler
-from .train.schedule import cosine_schedule, scaled_lr
+from .train.schedule import run_schedules
 
 log = logging.getLogger("vmae2_fast")
 
@@ -200,11 +200,7 @@ def _run(cfg: PretrainConfig, device: torch.device, dist: DistInfo) -> dict:
     if steps_per_epoch == 0:
         raise ValueError(f"{sampler.steps_per_epoch} micro-batches per epoch is fewer than "
                          f"--accum-steps {cfg.accum_steps}")
-    total_batch = cfg.batch_size * dist.world_size * cfg.accum_steps
-    lr = scaled_lr(cfg.lr, total_batch)
-    lr_schedule = cosine_schedule(lr, scaled_lr(cfg.min_lr, total_batch), cfg.epochs, steps_per_epoch,
-                                  cfg.warmup_epochs, scaled_lr(cfg.warmup_lr, total_batch), cfg.warmup_steps)
-    wd_schedule = np.full(len(lr_schedule), cfg.weight_decay)
+    lr, lr_schedule, wd_schedule, total_batch = run_schedules(cfg, steps_per_epoch, dist.world_size)
     optimizer = build_adamw(model, lr, cfg.weight_decay, tuple(cfg.betas), cfg.opt_eps)
 
     wrapped = model

@@ -72,3 +72,18 @@ def scaled_lr(base_lr: float, total_batch: int, reference: int = 256) -> float:
     if total_batch <= 0 or reference <= 0:
         raise ValueError(f"total_batch and reference must be > 0, got {total_batch} and {reference}")
     return float(base_lr) * float(total_batch) / float(reference)
+
+
+def run_schedules(cfg, steps_per_epoch: int, world_size: int):
+    """The per-iteration schedules of a run from its config (any stage's: the fields `lr`,
+    `min_lr`, `warmup_lr`, `epochs`, `warmup_epochs`, `warmup_steps`, `weight_decay`,
+    `batch_size`, `accum_steps`): learning rates scaled by the total batch of videos / 256,
+    cosine with linear warm-up, constant weight decay.
+
+    Returns (peak lr, lr per iteration, weight decay per iteration, total batch).
+    """
+    total_batch = cfg.batch_size * world_size * cfg.accum_steps
+    lr = scaled_lr(cfg.lr, total_batch)
+    lr_schedule = cosine_schedule(lr, scaled_lr(cfg.min_lr, total_batch), cfg.epochs, steps_per_epoch,
+                                  cfg.warmup_epochs, scaled_lr(cfg.warmup_lr, total_batch), cfg.warmup_steps)
+    return lr, lr_schedule, np.full(len(lr_schedule), cfg.weight_decay), total_batch
