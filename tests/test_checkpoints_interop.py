@@ -1,7 +1,6 @@
 """Loading every checkpoint layout into the classifier; plain-words reports; HF export."""
 import argparse
 import json
-import warnings
 
 import pytest
 import torch

@@ -1,5 +1,4 @@
 """Video mixup / cutmix (official timm batch mode semantics) and the soft-target loss."""
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F

@@ -19,8 +19,6 @@ import json
 import sys
 from pathlib import Path
 
-import torch
-
 __all__ = ["hf_config", "to_hf_state_dict", "export_to_hf", "import_transformers"]
 
 

@@ -10,7 +10,7 @@ to 30 degrees, shear 0.3, translate 0.45 of the side, enhance factors 1 +- 0.9, 
 from __future__ import annotations
 
 import re
-from typing import Callable, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 import numpy as np
 from PIL import Image, ImageEnhance, ImageOps

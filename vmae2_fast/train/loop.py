@@ -207,8 +207,9 @@ class Trainer:
             bar = None
             if s.progress and self.dist.is_main:
                 from tqdm import tqdm
+                # disable=None: a bar on a terminal, none in logs and CI
                 bar = tqdm(total=s.steps_per_epoch, initial=self.epoch_step, desc=f"epoch {self.epoch}",
-                           dynamic_ncols=True, leave=False)
+                           dynamic_ncols=True, leave=False, disable=None)
             win_loss = torch.zeros((), device=self.device)
             win_norm = torch.zeros((), device=self.device)
             win_steps, win_clips, win_data, t0 = 0, 0, 0.0, time.perf_counter()
