@@ -211,7 +211,9 @@ def _generate_into(folder: str, params: dict, progress: bool) -> None:
             for k in range(per_class) for c in range(n_classes)]   # classes interleaved
     lines = {"pretrain": [], "train": [], "val": []}
     from tqdm import tqdm  # imported here: only generation needs it
-    for split, c, k in tqdm(jobs, desc="synthetic videos", unit="video", disable=not progress):
+    # disable=None: no bar when stderr is not a terminal (logs, CI), a bar otherwise
+    bar = tqdm(jobs, desc="synthetic videos", unit="video", disable=None if progress else True)
+    for split, c, k in bar:
         frames = synthetic_video_frames(params["seed"], split, c, k, params["num_frames"],
                                         params["size"])
         name = _video_name(split, c, k, ext)
@@ -229,8 +231,8 @@ def _generate_into(folder: str, params: dict, progress: bool) -> None:
         json.dump(params, f, indent=1, sort_keys=True)
 
 
-def ensure_synthetic_dataset(root: Optional[str] = None, *, videos_per_class_train: int = 16,
-                             videos_per_class_val: int = 6, num_frames: int = 48, size: int = 80,
+def ensure_synthetic_dataset(root: Optional[str] = None, *, videos_per_class_train: int = 64,
+                             videos_per_class_val: int = 8, num_frames: int = 48, size: int = 80,
                              fps: int = 12, seed: int = 0, codec: str = "vp9",
                              progress: bool = True) -> SyntheticDataset:
     """Return the synthetic dataset, generating it first if it is not there yet.
