@@ -22,13 +22,13 @@ import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from .checkpoints import CheckpointMismatchError, checkpoint_class_names, load_classifier_weights
-from .cli import add_config_flags, given_flags, setup_logging
+from .checkpoints import checkpoint_class_names, load_classifier_weights
+from .cli import add_config_flags, exit_code, given_flags, setup_logging
 from .config import replace
 from .finetune_config import DistillConfig, FinetuneConfig
 from .models import build_classifier, count_parameters
 from .presets import classify_preset
-from .train.checkpoint import CheckpointError, save_checkpoint
+from .train.checkpoint import save_checkpoint
 from .train.distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed
 from .train.loop import LoopSettings, Trainer, resolve_precision
 from .train.mixup import VideoMixup, soft_target_cross_entropy
@@ -346,12 +346,7 @@ def _run(cfg, stage: str, device, dist: DistInfo) -> dict:
 
 
 def main(stage: str, cls=FinetuneConfig, argv=None) -> int:
-    try:
-        run(make_config(stage, cls, argv), stage)
-    except (ValueError, FileNotFoundError, CheckpointError, CheckpointMismatchError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_code(lambda: run(make_config(stage, cls, argv), stage))
 
 
 __all__ = ["ClassifyStage", "make_config", "run", "main", "DistillConfig", "FinetuneConfig"]

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from .checkpoints import CheckpointMismatchError, load_classifier_weights, read_checkpoint
-from .cli import setup_logging
+from .cli import exit_code, setup_logging
 from .data.clip_sampling import sparse_frame_indices
 from .data.finetune_dataset import normalize, resize_short_side
 from .data.video_io import VideoDecodeError, count_frames, decode_frames
@@ -178,12 +178,7 @@ def run(argv=None) -> dict:
 
 
 def main(argv=None) -> int:
-    try:
-        run(argv)
-    except (ValueError, FileNotFoundError, CheckpointMismatchError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_code(run, argv)
 
 
 if __name__ == "__main__":

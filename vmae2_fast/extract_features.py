@@ -25,9 +25,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .checkpoints import CheckpointMismatchError, extract_state_dict, load_classifier_weights, \
+from .checkpoints import extract_state_dict, load_classifier_weights, \
     normalize_keys, read_checkpoint
-from .cli import setup_logging
+from .cli import exit_code, setup_logging
 from .data.finetune_dataset import normalize
 from .data.video_io import VideoDecodeError, _iter_frames, _open_video
 
@@ -144,12 +144,7 @@ def run(argv=None) -> dict:
 
 
 def main(argv=None) -> int:
-    try:
-        run(argv)
-    except (ValueError, FileNotFoundError, CheckpointMismatchError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_code(run, argv)
 
 
 if __name__ == "__main__":

@@ -21,12 +21,11 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from . import ops
-from .cli import add_config_flags, given_flags, setup_logging
+from .cli import add_config_flags, exit_code, given_flags, setup_logging
 from .config import PretrainConfig, replace
 from .masking import DualMasking
 from .models import build_pretrain_model, count_parameters
 from .presets import PRETRAIN_PRESETS, pretrain_preset
-from .train.checkpoint import CheckpointError
 from .train.distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed
 from .train.loop import LoopSettings, Trainer, resolve_precision
 from .train.optim import build_adamw
@@ -252,13 +251,7 @@ def _run(cfg: PretrainConfig, device: torch.device, dist: DistInfo) -> dict:
 
 
 def main(argv=None) -> int:
-    try:
-        cfg = make_config(argv)
-        run(cfg)
-    except (ValueError, FileNotFoundError, CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_code(lambda: run(make_config(argv)))
 
 
 if __name__ == "__main__":
