@@ -30,8 +30,10 @@ def choose_decoder(requested: str, device: torch.device, log_choice: bool = True
     elif requested == "pyav":
         choice, why = "pyav", "requested"
     elif device.type != "cuda":
-        choice, why = "pyav", ("auto: training on the CPU, where DALI's CPU decoder brings nothing "
-                               "over the PyAV workers (use --decoder dali to force it)")
+        # DALI's CPU decoder handles only VP8/VP9/MJPEG (most datasets are H.264), and on a CPU
+        # run the decoder competes with the model for the same cores anyway.
+        choice, why = "pyav", ("auto: training on the CPU, where DALI's CPU decoder reads only "
+                               "VP8/VP9/MJPEG; use --decoder dali for such files")
     elif not ok:
         choice, why = "pyav", f"auto: {info}"
     else:
