@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from vmae2_fast.data import PretrainItem, PretrainVideoDataset, ensure_synthetic_dataset, pretrain_collate
+from vmae2_fast.data import VideoEntry, PretrainVideoDataset, ensure_synthetic_dataset, pretrain_collate
 from vmae2_fast.data.dali_pipeline import DaliVideoLoader, dali_status
 from vmae2_fast.data.index import DALI_CPU_CODECS, build_index
 from vmae2_fast.train.sampler import EpochIndexed, GlobalBatchSampler
@@ -82,7 +82,7 @@ def run(args) -> dict:
     K, B = args.views, args.batch_size
     results = {}
     if "pyav" in args.loaders:
-        items = [PretrainItem(v.path, 0, v.frames) for v in videos]
+        items = [VideoEntry(v.path, 0, v.frames) for v in videos]
         ds = PretrainVideoDataset(items, num_sample=K, seed=0, **common)
         sampler = GlobalBatchSampler(len(ds), B, seed=0)
 

@@ -3,7 +3,7 @@
 Both run a full training step (forward, masked-MSE loss, backward, AdamW update) on the SAME
 parameters and the same clips:
 
-- `official`: `vmae2_fast.baseline`, the official computation as the official code does it
+- `official`: `vmae2_fast.testing.baseline`, the official computation as the official code does it
   (Conv3d on every token, boolean-mask indexing, explicit-softmax attention, host-side position
   tables copied to the device each step, targets for the whole video then selected); its masks
   are made with NumPy on the host beforehand (in the official code they come from the loader
@@ -30,7 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vmae2_fast import baseline, ops
+from vmae2_fast import ops
+from vmae2_fast.testing import baseline
 from vmae2_fast.masking import DualMasking
 from vmae2_fast.models import build_pretrain_model, count_parameters
 from vmae2_fast.models.zoo import model_spec

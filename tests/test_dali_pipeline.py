@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from vmae2_fast.data import PretrainItem, PretrainVideoDataset
+from vmae2_fast.data import VideoEntry, PretrainVideoDataset
 from vmae2_fast.data.dali_pipeline import DaliVideoLoader, dali_status
 from vmae2_fast.data.index import IndexedVideo, build_index
 from vmae2_fast.data.sampling import pretrain_frame_indices
@@ -45,7 +45,7 @@ def test_output_equals_cpu_path(videos):
     """Shapes, dtype, normalisation and crop geometry: the PyAV dataset with the same seed gives
     the same clips up to the decoders' colour conversion (PyAV: nearest chroma, DALI: bilinear)."""
     dl = loader(videos)
-    ds = PretrainVideoDataset([PretrainItem(v.path, 0, v.frames) for v in videos], num_frames=T,
+    ds = PretrainVideoDataset([VideoEntry(v.path, 0, v.frames) for v in videos], num_frames=T,
                               sampling_rate=R, input_size=S, num_sample=2, seed=7)
     ds.set_epoch(1)
     dl.sampler.set_epoch(1)

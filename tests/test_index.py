@@ -5,7 +5,6 @@ import time
 import pytest
 
 from vmae2_fast.data.index import StaleIndexError, build_index, index_path, load_index, main
-from vmae2_fast.data.manifest import read_manifest
 from vmae2_fast.data.video_io import count_frames
 
 
@@ -13,22 +12,6 @@ def write(tmp_path, name, text):
     p = tmp_path / name
     p.write_text(text)
     return str(p)
-
-
-def test_manifest_formats(tmp_path):
-    pre = read_manifest(write(tmp_path, "p.txt", "a.webm 0 -1\nb.webm 2 30 0\n"), "/d")
-    assert [(e.path, e.start, e.total, e.label) for e in pre] == [("/d/a.webm", 0, -1, None),
-                                                                  ("/d/b.webm", 2, 30, None)]
-    cls = read_manifest(write(tmp_path, "c.txt", "a.webm 3\n\nb.webm 0\n"))
-    assert [(e.rel, e.label) for e in cls] == [("a.webm", 3), ("b.webm", 0)]
-    raw = read_manifest(write(tmp_path, "r.txt", "frames/a 64 5\n"), kind="rawframes")
-    assert (raw[0].total, raw[0].label) == (64, 5)
-    csv = read_manifest(write(tmp_path, "h.csv", "video,label,frames\nx.mp4,4,100\ny.mp4,1,\n"), "/r")
-    assert [(e.path, e.label, e.total) for e in csv] == [("/r/x.mp4", 4, 100), ("/r/y.mp4", 1, -1)]
-    with pytest.raises(ValueError, match="p.txt:2"):
-        read_manifest(write(tmp_path, "p.txt", "a.webm 0 -1\nb.webm x\n"), kind="pretrain")
-    with pytest.raises(ValueError, match="no path column"):
-        read_manifest(write(tmp_path, "bad.csv", "name,label\nx,1\n"), kind="csv")
 
 
 def test_index_probes_excludes_and_goes_stale(tiny_synthetic, tmp_path, capsys):

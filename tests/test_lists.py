@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from vmae2_fast.data.lists import PretrainItem, read_cls_list, read_pretrain_list
+from vmae2_fast.data.lists import read_cls_list, read_list, read_pretrain_list
 
 
 def write(tmp_path, text, name="list.csv"):
@@ -15,9 +15,10 @@ def write(tmp_path, text, name="list.csv"):
 def test_pretrain_list_format_and_data_root(tmp_path):
     f = write(tmp_path, "videos/a.mp4 0 -1\n/abs/b.webm 1 120\n\nframes/c 1 64 0\n")
     items = read_pretrain_list(f, data_root="/data")
-    assert items == [PretrainItem("/data/videos/a.mp4", 0, -1),
-                     PretrainItem("/abs/b.webm", 1, 120),       # absolute path kept
-                     PretrainItem("/data/frames/c", 1, 64)]     # 4th field ignored
+    assert [(e.path, e.start, e.total) for e in items] == [
+        ("/data/videos/a.mp4", 0, -1),
+        ("/abs/b.webm", 1, 120),       # absolute path kept
+        ("/data/frames/c", 1, 64)]     # 4th field ignored
     assert read_pretrain_list(f)[0].path == "videos/a.mp4"     # no root: unchanged
 
 
@@ -64,3 +65,38 @@ def test_empty_list(tmp_path):
         read_pretrain_list(f)
     with pytest.raises(ValueError, match="empty"):
         read_cls_list(f)
+
+
+def test_every_format_through_one_reader(tmp_path):
+    pre = read_list(write(tmp_path, "a.webm 0 -1\nb.webm 2 30 0\n", "p.txt"), "/d")
+    assert [(e.path, e.start, e.total, e.label) for e in pre] == [("/d/a.webm", 0, -1, None),
+                                                                  ("/d/b.webm", 2, 30, None)]
+    cls = read_list(write(tmp_path, "a.webm 3\n\nb.webm 0\n", "c.txt"))
+    assert [(e.rel, e.label) for e in cls] == [("a.webm", 3), ("b.webm", 0)]
+    raw = read_list(write(tmp_path, "frames/a 64 5\n", "r.txt"), kind="rawframes")
+    assert (raw[0].total, raw[0].label) == (64, 5)
+    csv = read_list(write(tmp_path, "video,label,frames\nx.mp4,4,100\ny.mp4,1,\n", "h.csv"), "/r")
+    assert [(e.path, e.label, e.total) for e in csv] == [("/r/x.mp4", 4, 100), ("/r/y.mp4", 1, -1)]
+    with pytest.raises(ValueError, match="p.txt:2"):
+        read_list(write(tmp_path, "a.webm 0 -1\nb.webm x\n", "p.txt"), kind="pretrain")
+    with pytest.raises(ValueError, match="no path column"):
+        read_list(write(tmp_path, "name,label\nx,1\n", "bad.csv"), kind="csv")
+
+
+def test_csv_without_header_and_with_path_label_header(tmp_path):
+    """`path,label` CSV (with or without its header line) reads like `path label`."""
+    expected = [(os.path.join("/r", "a.mp4"), 3), (os.path.join("/r", "b c.mp4"), 0)]
+    assert read_cls_list(write(tmp_path, "a.mp4,3\nb c.mp4,0\n", "n.csv"), "/r") == expected
+    assert read_cls_list(write(tmp_path, "path,label\na.mp4,3\nb c.mp4,0\n", "h.csv"), "/r") == expected
+    pre = read_pretrain_list(write(tmp_path, "a.mp4,2,40\n", "p.csv"))
+    assert [(e.path, e.start, e.total) for e in pre] == [("a.mp4", 2, 40)]
+    with pytest.raises(ValueError, match="n2.csv:2:.*integer"):
+        read_cls_list(write(tmp_path, "a.mp4,3\nb.mp4,x\n", "n2.csv"))
+
+
+def test_classification_reader_needs_labels_and_reads_frame_lists(tmp_path):
+    # three fields with labels wanted: the official raw-frame format `frame_dir total label`
+    assert read_cls_list(write(tmp_path, "frames/a 64 5\n", "r.txt"), "/d") == [("/d/frames/a", 5)]
+    assert read_pretrain_list(write(tmp_path, "a.mp4 3\n", "c.txt"))[0].label == 3
+    with pytest.raises(ValueError, match="no label"):
+        read_cls_list(write(tmp_path, "path,start\na.mp4,0\n", "nolabel.csv"))

@@ -132,7 +132,7 @@ def test_host_side_baseline_masks_use_the_official_maps():
     """The NumPy re-statement used by the benchmark's baseline draws the same map family."""
     import numpy as np
 
-    from vmae2_fast.baseline import numpy_masks
+    from vmae2_fast.testing.baseline import numpy_masks
     enc, dec = numpy_masks(32, (8, 14, 14), 0.9, 0.5, np.random.default_rng(0))
     maps = torch.tensor(MASKS["running_cell_0p5"]["8x14x14"], dtype=torch.bool)
     assert all(any(torch.equal(row, m) for m in maps) for row in dec)

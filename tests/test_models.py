@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from vmae2_fast.baseline import numpy_sinusoid
+from vmae2_fast.testing.baseline import numpy_sinusoid
 from vmae2_fast.models import (build_classifier, build_pretrain_model, count_parameters, model_spec,
                                sinusoid_table)
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from vmae2_fast.baseline import pretrain_forward_loss
+from vmae2_fast.testing.baseline import pretrain_forward_loss
 from vmae2_fast.masking import DualMasking, indices_to_mask
 from vmae2_fast.models import from_official_config
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vmae2_fast.baseline import MEAN, STD
+from vmae2_fast.testing.baseline import MEAN, STD
 from vmae2_fast import reference as R
 from vmae2_fast.masking import DualMasking, indices_to_mask
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import vmae2_fast.data.pretrain_dataset as pd_module
-from vmae2_fast.data.lists import PretrainItem, read_pretrain_list
+from vmae2_fast.data.lists import VideoEntry, read_pretrain_list
 from vmae2_fast.data.pretrain_dataset import PretrainVideoDataset, pretrain_collate
 from vmae2_fast.data.synthetic import CLASS_NAMES, synthetic_video_frames
 from vmae2_fast.data.video_io import VideoDecodeError, count_frames, decode_frames
@@ -109,15 +109,15 @@ def test_same_seed_epoch_index_reproduces(tiny_synthetic):
 
 
 def test_bad_videos_are_skipped_and_counted(tiny_synthetic, tmp_path, caplog):
-    good = [PretrainItem(video_path(tiny_synthetic, "train", c, 0), 0, -1) for c in range(6)]
+    good = [VideoEntry(video_path(tiny_synthetic, "train", c, 0), 0, -1) for c in range(6)]
     junk = tmp_path / "junk.webm"
     junk.write_bytes(np.random.default_rng(1).bytes(3000))
     data = Path(good[0].path).read_bytes()
     truncated = tmp_path / "truncated.webm"
     truncated.write_bytes(data[: len(data) // 2])
-    bad = [PretrainItem(str(junk), 0, -1),
-           PretrainItem(str(tmp_path / "missing.webm"), 0, -1),
-           PretrainItem(str(truncated), 0, 24)]    # the list promises 24 frames: too short
+    bad = [VideoEntry(str(junk), 0, -1),
+           VideoEntry(str(tmp_path / "missing.webm"), 0, -1),
+           VideoEntry(str(truncated), 0, 24)]    # the list promises 24 frames: too short
     ds = make_dataset(good + bad, num_sample=1)
     with caplog.at_level(logging.WARNING, logger=pd_module.__name__):
         results = [ds[i] for i in range(len(ds))]
@@ -136,12 +136,12 @@ def test_truncated_video_without_known_length_uses_decodable_frames(tiny_synthet
     data = Path(video_path(tiny_synthetic, "train", 2, 0)).read_bytes()
     truncated = tmp_path / "cut.webm"
     truncated.write_bytes(data[: len(data) // 2])
-    clips, n_skipped = make_dataset([PretrainItem(str(truncated), 0, -1)])[0]
+    clips, n_skipped = make_dataset([VideoEntry(str(truncated), 0, -1)])[0]
     assert n_skipped == 0 and clips.shape == (3, 3, 8, 32, 32)
 
 
 def test_all_bad_raises(tmp_path):
-    items = [PretrainItem(str(tmp_path / f"missing{i}.webm"), 0, -1) for i in range(3)]
+    items = [VideoEntry(str(tmp_path / f"missing{i}.webm"), 0, -1) for i in range(3)]
     ds = make_dataset(items, max_retries=4)
     with pytest.raises(RuntimeError, match="too many unreadable videos"):
         ds[0]
@@ -149,6 +149,6 @@ def test_all_bad_raises(tmp_path):
 
 def test_frame_directory_is_reported_not_skipped(tmp_path):
     (tmp_path / "frames").mkdir()
-    ds = make_dataset([PretrainItem(str(tmp_path / "frames"), 1, 10)])
+    ds = make_dataset([VideoEntry(str(tmp_path / "frames"), 1, 10)])
     with pytest.raises(NotImplementedError, match="raw-frame"):
         ds[0]

@@ -1,5 +1,5 @@
 """Data path: annotation lists, temporal sampling, transforms, CPU decoding, synthetic dataset."""
-from .lists import PretrainItem, read_cls_list, read_pretrain_list
+from .lists import VideoEntry, read_cls_list, read_pretrain_list
 from .pretrain_dataset import PretrainVideoDataset, pretrain_collate
 from .sampling import pretrain_frame_indices
 from .synthetic import (CLASS_NAMES, SyntheticDataset, ensure_synthetic_dataset,
@@ -9,7 +9,7 @@ from .transforms import (IMAGENET_MEAN, IMAGENET_STD, crop_resize_normalize,
 from .video_io import VideoDecodeError, count_frames, decode_frames
 
 __all__ = [
-    "PretrainItem", "read_cls_list", "read_pretrain_list",
+    "VideoEntry", "read_cls_list", "read_pretrain_list",
     "PretrainVideoDataset", "pretrain_collate",
     "pretrain_frame_indices",
     "CLASS_NAMES", "SyntheticDataset", "ensure_synthetic_dataset", "render_synthetic_video",

@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
-from .manifest import KINDS, VideoEntry, read_manifest
+from .lists import KINDS, VideoEntry, read_list
 
 __all__ = ["IndexedVideo", "VideoIndex", "StaleIndexError", "probe_video", "build_index",
            "load_index", "index_path", "DALI_CPU_CODECS", "DALI_GPU_CODECS"]
@@ -132,7 +132,7 @@ def build_index(list_file: str, data_root: str = "", kind: str = "auto", workers
                 full_decode: bool = False, output: Optional[str] = None,
                 progress: bool = True) -> VideoIndex:
     """Probe every video of ``list_file`` in parallel and write the index file."""
-    entries = read_manifest(list_file, data_root, kind)
+    entries = read_list(list_file, data_root, kind)
     from tqdm import tqdm
     with ThreadPoolExecutor(max(1, workers)) as pool:
         recs = list(tqdm(pool.map(lambda e: probe_video(e.path, full_decode), entries),
@@ -190,7 +190,7 @@ def load_index(list_file: str, data_root: str = "", kind: str = "auto", check_fi
         why = "the list has changed since the index was built"
     elif doc["data_root"] != root:
         why = f"it was built for --data-root {doc['data_root'] or '(none)'}, not {root or '(none)'}"
-    entries = read_manifest(list_file, data_root, kind) if why is None else []
+    entries = read_list(list_file, data_root, kind) if why is None else []
     if why is None and len(entries) != len(doc["rows"]):
         why = "the list and the index have different lengths"
     if why is None and check_files:

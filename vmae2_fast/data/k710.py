@@ -30,7 +30,7 @@ import re
 import sys
 from typing import Dict, List
 
-from .manifest import read_manifest
+from .lists import read_list
 
 __all__ = ["youtube_id", "normalize_name", "build_k710"]
 
@@ -82,7 +82,7 @@ def build_k710(sources: Dict[str, tuple], out_dir: str, prefixes: Dict[str, str]
         for ds in DATASETS:
             if ds not in sources:
                 continue
-            for e in read_manifest(sources[ds][col], kind="cls"):
+            for e in read_list(sources[ds][col], kind="cls"):
                 if e.label >= len(local[ds]):
                     raise ValueError(f"{sources[ds][col]}: label {e.label} of {e.rel} is outside "
                                      f"the {len(local[ds])} classes of {sources[ds][2]}")

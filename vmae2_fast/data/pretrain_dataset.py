@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .lists import PretrainItem
+from .lists import VideoEntry
 from .sampling import pretrain_frame_indices
 from .transforms import crop_resize_normalize, multiscale_crop_box
 from .video_io import VideoDecodeError, count_frames, decode_frames
@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 class PretrainVideoDataset(Dataset):
     """Returns ``(clips, n_skipped)``: float32 ``(num_sample, 3, num_frames, S, S)`` and an int."""
 
-    def __init__(self, items: Sequence[PretrainItem], num_frames: int = 16, sampling_rate: int = 4,
+    def __init__(self, items: Sequence[VideoEntry], num_frames: int = 16, sampling_rate: int = 4,
                  input_size: int = 224, num_sample: int = 1, seed: int = 0, max_retries: int = 10):
         if len(items) == 0:
             raise ValueError("PretrainVideoDataset needs at least one item")
@@ -45,7 +45,7 @@ class PretrainVideoDataset(Dataset):
             raise ValueError(f"max_retries must be >= 0, got {max_retries}")
         if seed < 0:
             raise ValueError(f"seed must be >= 0 (it seeds numpy's SeedSequence), got {seed}")
-        self.items: List[PretrainItem] = list(items)
+        self.items: List[VideoEntry] = list(items)
         self.num_frames = int(num_frames)
         self.sampling_rate = int(sampling_rate)
         self.input_size = int(input_size)
@@ -64,7 +64,7 @@ class PretrainVideoDataset(Dataset):
         """Select the epoch's random stream (call before iterating, like DistributedSampler)."""
         self.epoch = int(epoch)
 
-    def _load(self, item: PretrainItem, rng: np.random.Generator) -> torch.Tensor:
+    def _load(self, item: VideoEntry, rng: np.random.Generator) -> torch.Tensor:
         n_frames = item.total
         if n_frames <= 0:
             n_frames = self._counted.get(item.path)

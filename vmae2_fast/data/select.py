@@ -8,7 +8,7 @@ from typing import List, Optional
 import torch
 
 from .index import IndexedVideo, VideoIndex, build_index, index_path, load_index, rebuild_hint
-from .lists import PretrainItem
+from .lists import VideoEntry
 
 __all__ = ["choose_decoder", "apply_index", "pretrain_dali_loader", "DECODERS"]
 
@@ -47,7 +47,7 @@ def _dali_dev(device: torch.device) -> str:
     return "gpu" if device.type == "cuda" else "cpu"
 
 
-def apply_index(items: List[PretrainItem], list_file: str, data_root: str, *, required: bool,
+def apply_index(items: List[VideoEntry], list_file: str, data_root: str, *, required: bool,
                 build: bool = False) -> Optional[VideoIndex]:
     """Load the list's index if there is one (a stale index raises with the rebuild command).
 
@@ -69,8 +69,8 @@ def apply_index(items: List[PretrainItem], list_file: str, data_root: str, *, re
     return load_index(list_file, data_root)
 
 
-def index_items(index: VideoIndex) -> List[PretrainItem]:
-    return [PretrainItem(v.path, v.start, v.frames) for v in index.videos]
+def index_items(index: VideoIndex) -> List[VideoEntry]:
+    return [VideoEntry(v.path, v.start, v.frames) for v in index.videos]
 
 
 def pretrain_dali_loader(videos: List[IndexedVideo], cfg, dist, device: torch.device):
