@@ -15,7 +15,7 @@ if (HERE / "kernels" / "__init__.py").exists():
     packages.append("vmae2_fast.kernels")
     package_dir["vmae2_fast.kernels"] = "kernels"
 # csrc/ ships as vmae2_fast.csrc data: the C++ CPU ops are compiled from it on first use
-# (vmae2_fast/cpp_ops.py), so installing needs no torch at build time.
+# (vmae2_fast/ops/cpp.py), so installing needs no torch at build time.
 if (HERE / "csrc" / "fused_ops.cpp").exists():
     packages.append("vmae2_fast.csrc")
     package_dir["vmae2_fast.csrc"] = "csrc"

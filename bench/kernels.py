@@ -143,7 +143,7 @@ def main(argv=None):
     device = torch.device(args.device)
     args.backends = args.backends or (["reference", "cpp"] if device.type == "cpu" else ["reference", "triton"])
     if "cpp" in args.backends:   # compile once here, not inside a timed child
-        from vmae2_fast import cpp_ops
+        from vmae2_fast.ops import cpp as cpp_ops
         cpp_ops.load()
     rows = run(args)
     machine = machine_name(device)

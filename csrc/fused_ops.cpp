@@ -1,4 +1,4 @@
-// C++ (OpenMP) CPU versions of the fused VideoMAE V2 ops; the Python side (vmae2_fast/cpp_ops.py)
+// C++ (OpenMP) CPU versions of the fused VideoMAE V2 ops; the Python side (vmae2_fast/ops/cpp.py)
 // wraps them in autograd functions. Video reads are strided (any layout), GEMMs go to ATen (BLAS),
 // reductions accumulate in float32 (float64 for float64 inputs).
 #include <torch/extension.h>

@@ -9,24 +9,44 @@ use it on its own. Each op has the signature of the plain-PyTorch reference:
              denominator=None, eps=1e-6, mean=IMAGENET_MEAN, std=IMAGENET_STD)
 
 They run on CUDA tensors, or on CPU tensors under the Triton interpreter (`TRITON_INTERPRET=1`
-set before this package is imported). Accumulation is float32 (float64 for float64 inputs);
-inputs may be float32, bfloat16 or float16 (and float64).
+set before the first op is used). Accumulation is float32 (float64 for float64 inputs); inputs
+may be float32, bfloat16 or float16 (and float64).
+
+The ops are imported on first use (`kernels.masked_mse`, ...), not when the package is: triton
+decides between compiled and interpreted kernels when it decorates them, and `rules` (the dtype
+and backward rules the C++ face shares) must be importable without deciding that.
 """
 from __future__ import annotations
 
-try:
-    import triton  # noqa: F401
-    HAS_TRITON = True
-    IMPORT_ERROR: str | None = None
-except Exception as exc:  # pragma: no cover - depends on the environment
-    HAS_TRITON = False
-    IMPORT_ERROR = f"{type(exc).__name__}: {exc}"
+import importlib
 
-if HAS_TRITON:
-    from ._common import interpreter_active
-    from .decoder import decoder_input
-    from .embed import visible_patch_embed
-    from .mse import IMAGENET_MEAN, IMAGENET_STD, masked_mse, masked_mse_per_token
+from .rules import IMAGENET_MEAN, IMAGENET_STD
 
-__all__ = ["HAS_TRITON", "IMPORT_ERROR", "visible_patch_embed", "decoder_input", "masked_mse",
-           "masked_mse_per_token", "interpreter_active", "IMAGENET_MEAN", "IMAGENET_STD"]
+_LAZY = {"visible_patch_embed": ".embed", "decoder_input": ".decoder", "masked_mse": ".mse",
+         "masked_mse_per_token": ".mse", "interpreter_active": "._common"}
+_import_error: str | None = None
+
+
+def load():
+    """Import the Triton ops now; returns this package, or raises ImportError with the reason."""
+    global _import_error
+    if _import_error is None:
+        try:
+            for module in set(_LAZY.values()):
+                importlib.import_module(module, __name__)
+        except Exception as exc:  # no triton, or a triton that fails to import
+            _import_error = f"{type(exc).__name__}: {exc}"
+    if _import_error:
+        raise ImportError(f"the Triton kernels cannot be loaded ({_import_error})")
+    return importlib.import_module(__name__)
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        load()
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["load", "visible_patch_embed", "decoder_input", "masked_mse", "masked_mse_per_token",
+           "interpreter_active", "IMAGENET_MEAN", "IMAGENET_STD"]

@@ -9,9 +9,7 @@ import triton
 import triton.language as tl
 
 from ._common import acc_dtype, check_device, check_video, cube_row_base, num_tokens, tl_dtype
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from .rules import IMAGENET_MEAN, IMAGENET_STD, masked_token_mean
 
 
 @triton.jit
@@ -110,21 +108,11 @@ def masked_mse_per_token(pred, video, dec_idx, patch_size, tubelet_size, normali
                                     mean, std)
 
 
-def encoder_masked_weight(vis_idx, dec_idx, n: int, dtype) -> torch.Tensor:
-    """1 for each decoded token the encoder did not see, else 0 (no host sync)."""
-    seen = torch.zeros(vis_idx.shape[0], n, dtype=dtype, device=vis_idx.device)
-    seen.scatter_(1, vis_idx.long(), 1)
-    return 1 - seen.gather(1, dec_idx.long())
-
-
 def masked_mse(pred, video, vis_idx, dec_idx, patch_size: int, tubelet_size: int, normalize=True,
                denominator=None, eps: float = 1e-6, mean=IMAGENET_MEAN, std=IMAGENET_STD):
     """The official masked MSE (see the reference): token errors weighted by the encoder-masked
     flag, divided by their count (or `denominator`), clamped to at least 1."""
     per_token = masked_mse_per_token(pred, video, dec_idx, patch_size, tubelet_size, normalize, eps,
                                      mean, std)
-    weight = encoder_masked_weight(vis_idx, dec_idx, num_tokens(video, patch_size, tubelet_size),
-                                   per_token.dtype)
-    if denominator is None:
-        denominator = weight.sum()
-    return (per_token * weight).sum() / denominator.clamp_min(1)
+    return masked_token_mean(per_token, vis_idx, dec_idx, num_tokens(video, patch_size, tubelet_size),
+                             denominator)

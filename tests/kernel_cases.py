@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from vmae2_fast import reference
+from vmae2_fast.ops import reference
 from vmae2_fast.masking import DualMasking
 
 
@@ -41,10 +41,10 @@ TOL = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.fl
 
 def enable_interpreter() -> None:
     """Without CUDA, run the Triton kernels on the CPU interpreter. Must happen before the first
-    import of vmae2_fast.kernels (triton decides at decoration time)."""
+    use of the kernels (triton decides when it decorates them, on the lazy first import)."""
     import os
     import sys
-    if not torch.cuda.is_available() and "vmae2_fast.kernels" not in sys.modules:
+    if not torch.cuda.is_available() and "vmae2_fast.kernels.embed" not in sys.modules:
         os.environ.setdefault("TRITON_INTERPRET", "1")
 
 

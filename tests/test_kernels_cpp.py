@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from kernel_cases import CASES, CHECKS, Case, assert_close, check_mse, make_inputs
-from vmae2_fast import cpp_ops, reference
+from vmae2_fast.ops import cpp as cpp_ops, reference
 
 
 @pytest.fixture(scope="module")

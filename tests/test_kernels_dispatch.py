@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from kernel_cases import CASES, enable_interpreter, make_inputs, triton_face
-from vmae2_fast import cpp_ops, ops, reference
+from vmae2_fast import ops
+from vmae2_fast.ops import cpp as cpp_ops, reference
 
 enable_interpreter()
 

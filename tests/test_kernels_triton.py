@@ -67,7 +67,7 @@ def test_triton_face_on_cuda(tk, case, op, dtype):
 
 @pytest.mark.gpu
 def test_triton_under_cuda_autocast_gives_the_reference_dtype(tk):
-    from vmae2_fast import reference
+    from vmae2_fast.ops import reference
     x = make_inputs(CASES[0], device="cuda")
     args = (x["video"].float().cuda(), x["weight"].float().cuda(), x["bias"].float().cuda(),
             x["pos_e"].float().cuda(), x["vis"], 2)

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from vmae2_fast.testing.baseline import MEAN, STD
-from vmae2_fast import reference as R
+from vmae2_fast.ops import reference as R
 from vmae2_fast.masking import DualMasking, indices_to_mask
 
 SHAPES = [  # (B, T, H, tubelet, p, C)

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .kernels.rules import encoder_masked as encoder_masked_flags  # noqa: F401 (one definition)
+
 Grid = tuple[int, int, int]  # (T', H', W') token grid
 
 
@@ -80,13 +82,6 @@ def complement_indices(idx: torch.Tensor, n: int) -> torch.Tensor:
     present.scatter_(1, idx, 1)
     # A stable sort puts the absent positions (0) first, in ascending order.
     return present.argsort(dim=1, stable=True)[:, : n - k]
-
-
-def encoder_masked_flags(vis_idx: torch.Tensor, dec_idx: torch.Tensor, n: int) -> torch.Tensor:
-    """For every decoded token, 1.0 if the encoder did not see it (it enters the loss), else 0.0."""
-    visible = torch.zeros(vis_idx.shape[0], n, dtype=torch.bool, device=vis_idx.device)
-    visible.scatter_(1, vis_idx, True)
-    return (~visible.gather(1, dec_idx))
 
 
 @dataclass

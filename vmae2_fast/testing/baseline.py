@@ -3,7 +3,7 @@
 Written from the description of the official code (boolean-mask indexing, Conv3d on every token,
 explicit softmax attention, host-side position tables copied to the device every step, targets
 for the whole video then selected, masks made with NumPy on the host). It never touches
-`reference.py` or `models/`, so it serves two purposes:
+`vmae2_fast.ops` or `models/`, so it serves two purposes:
 
 - the tests' independent truth at shapes the golden fixtures do not cover;
 - the baseline of `bench/throughput.py`: it runs on the parameters of one of our models

@@ -1,8 +1,10 @@
 """Front door of the fused ops: the model and the loss call these, never a backend directly.
 
-Three faces with one signature each: `reference` (plain PyTorch, the spec), `triton`
-(`vmae2_fast.kernels`, for CUDA tensors, or CPU tensors under `TRITON_INTERPRET=1`) and `cpp`
-(`csrc/`, OpenMP, CPU tensors; compiled on first use). `use_backend` picks one:
+Three faces with one signature each: `reference` (plain PyTorch, the spec: `ops/reference.py`),
+`triton` (`vmae2_fast.kernels`, for CUDA tensors, or CPU tensors under `TRITON_INTERPRET=1`) and
+`cpp` (`csrc/` through `ops/cpp.py`, OpenMP, CPU tensors; compiled on first use). The rules the
+faces share (output dtypes, table gradients, loss weighting) are in `vmae2_fast.kernels.rules`.
+`use_backend` picks one:
 
 - 'auto' (default): per call, Triton for CUDA tensors and C++ for CPU tensors; where that face is
   unavailable the reference runs and the reason is logged once (never a silent fallback);
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import logging
 
+from ..constants import IMAGENET_MEAN, IMAGENET_STD
 from . import reference
 
 log = logging.getLogger(__name__)
@@ -27,35 +30,22 @@ def _triton():
     """The Triton face (imported on first use), or None with the reason kept."""
     global _triton_error
     try:
-        from . import kernels
+        from .. import kernels
+        return kernels.load()
     except Exception as exc:
-        _triton_error = f"vmae2_fast.kernels cannot be imported ({type(exc).__name__}: {exc})"
+        _triton_error = f"vmae2_fast.kernels cannot be used ({type(exc).__name__}: {exc})"
         return None
-    if not kernels.HAS_TRITON:
-        _triton_error = f"triton is not installed ({kernels.IMPORT_ERROR})"
-        return None
-    return kernels
 
 
 def _cpp():
-    from . import cpp_ops
-    return cpp_ops
+    from . import cpp
+    return cpp
 
 
 def _log_once(key, msg, *args, level=logging.INFO):
     if key not in _logged:
         _logged.add(key)
         log.log(level, msg, *args)
-
-
-def available_backends() -> list[str]:
-    """Backends that can run here ('reference' always; 'cpp' if it builds; 'triton' if importable)."""
-    out = ["reference"]
-    if _cpp().available():
-        out.append("cpp")
-    if _triton() is not None:
-        out.append("triton")
-    return out
 
 
 def use_backend(name: str) -> None:
@@ -119,7 +109,7 @@ def decoder_input(z, proj_weight, pos_table, vis_idx, dec_idx, mask_token):
 
 
 def masked_mse(pred, video, vis_idx, dec_idx, patch_size, tubelet_size, normalize=True,
-               denominator=None, eps=1e-6, mean=reference.IMAGENET_MEAN, std=reference.IMAGENET_STD):
+               denominator=None, eps=1e-6, mean=IMAGENET_MEAN, std=IMAGENET_STD):
     return _impl(pred.device).masked_mse(pred, video, vis_idx, dec_idx, patch_size, tubelet_size,
                                          normalize=normalize, denominator=denominator, eps=eps,
                                          mean=mean, std=std)

@@ -12,10 +12,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .masking import encoder_masked_flags
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from ..constants import IMAGENET_MEAN, IMAGENET_STD
+from ..kernels.rules import encoder_masked, masked_token_mean
 
 
 def _gather_tokens(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -104,12 +102,9 @@ def masked_mse(pred, video, vis_idx, dec_idx, patch_size: int, tubelet_size: int
     target = normalized_targets(video, dec_idx, patch_size, tubelet_size, normalize, mean, std, eps)
     per_token = (pred.to(target.dtype) - target).pow(2).mean(dim=-1)
     n = (video.shape[2] // tubelet_size) * (video.shape[3] // patch_size) * (video.shape[4] // patch_size)
-    weight = encoder_masked_flags(vis_idx, dec_idx, n).to(per_token.dtype)
-    if denominator is None:
-        denominator = weight.sum()
-    return (per_token * weight).sum() / denominator.clamp_min(1)
+    return masked_token_mean(per_token, vis_idx, dec_idx, n, denominator)
 
 
 def loss_token_count(vis_idx, dec_idx, num_tokens: int):
     """Number of tokens that enter the masked MSE (decoded and encoder-masked), as a 0-d tensor."""
-    return encoder_masked_flags(vis_idx, dec_idx, num_tokens).sum()
+    return encoder_masked(vis_idx, dec_idx, num_tokens).sum()

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import torch
 
-from . import reference
-from .masking import encoder_masked_flags
+from ..constants import IMAGENET_MEAN, IMAGENET_STD
+from ..kernels.rules import (acc_dtype, compute_dtype, masked_token_mean, num_tokens,
+                             refuse_video_grad, table_grad)
 
 log = logging.getLogger(__name__)
 _module = None
@@ -24,8 +25,9 @@ _error: str | None = None
 
 
 def _source() -> Path | None:
-    here = Path(__file__).resolve().parent
-    for cand in (here.parent / "csrc" / "fused_ops.cpp", here / "csrc" / "fused_ops.cpp"):
+    package = Path(__file__).resolve().parent.parent        # vmae2_fast/
+    # a source checkout (csrc/ beside the package) or an installed wheel (vmae2_fast/csrc/)
+    for cand in (package.parent / "csrc" / "fused_ops.cpp", package / "csrc" / "fused_ops.cpp"):
         if cand.exists():
             return cand
     return None
@@ -70,37 +72,12 @@ def available() -> bool:
         return False
 
 
-def _out_dtype(device, *dtypes):
-    if torch.is_autocast_enabled(device.type):
-        return torch.get_autocast_dtype(device.type)
-    out = dtypes[0]
-    for d in dtypes[1:]:
-        out = torch.promote_types(out, d)
-    return out
-
-
-def _acc(dtype):
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def _table_grad(rows, idx, table):
-    g = torch.zeros(table.shape[1:], dtype=_acc(rows.dtype), device=rows.device)
-    g.index_add_(0, idx.reshape(-1), rows.reshape(-1, g.shape[1]).to(g.dtype))
-    return g.unsqueeze(0).to(table.dtype)
-
-
-def _no_video_grad(video):
-    if video.requires_grad:
-        raise NotImplementedError("the fused ops give no gradient to the video; detach it or use "
-                                  "the reference backend")
-
-
 class _Embed(torch.autograd.Function):
     @staticmethod
     def forward(ctx, video, weight, bias, pos_table, vis_idx, tubelet_size):
-        _no_video_grad(video)
+        refuse_video_grad(video)
         ce, p = weight.shape[0], weight.shape[-1]
-        out_dtype = _out_dtype(video.device, video.dtype, weight.dtype)
+        out_dtype = compute_dtype(video.device, video.dtype, weight.dtype)
         out = load().embed_forward(video, weight.reshape(ce, -1), bias, pos_table.reshape(-1, ce),
                                    vis_idx, p, tubelet_size, out_dtype)
         ctx.save_for_backward(video, weight, vis_idx, pos_table)
@@ -117,9 +94,9 @@ class _Embed(torch.autograd.Function):
             cubes = load().gather_cubes(video, vis_idx, weight.shape[-1], ctx.tub).to(ctx.dtype)
             gw = (g.to(ctx.dtype).t() @ cubes).view_as(weight).to(weight.dtype)
         if ctx.bias_dtype is not None and ctx.needs_input_grad[2]:
-            gb = g.sum(0, dtype=_acc(g.dtype)).to(ctx.bias_dtype)
+            gb = g.sum(0, dtype=acc_dtype(g.dtype)).to(ctx.bias_dtype)
         if ctx.needs_input_grad[3]:
-            gp = _table_grad(grad_out, vis_idx, pos_table)
+            gp = table_grad(grad_out, vis_idx, pos_table)
         return None, gw, gb, gp, None, None
 
 
@@ -127,7 +104,7 @@ class _Decoder(torch.autograd.Function):
     @staticmethod
     def forward(ctx, z, proj_weight, pos_table, vis_idx, dec_idx, mask_token):
         cd = proj_weight.shape[0]
-        dtype = _out_dtype(z.device, z.dtype, proj_weight.dtype)
+        dtype = compute_dtype(z.device, z.dtype, proj_weight.dtype)
         out = load().decoder_forward(z, proj_weight, pos_table.reshape(-1, cd), vis_idx, dec_idx,
                                      mask_token, dtype)
         ctx.save_for_backward(z, proj_weight, vis_idx, dec_idx, pos_table)
@@ -145,18 +122,18 @@ class _Decoder(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             gw = (g_vis.reshape(-1, w.shape[0]).t() @ z.reshape(-1, z.shape[2]).to(dt)).to(w.dtype)
         if ctx.needs_input_grad[2]:
-            gp = _table_grad(grad_out[:, :nv], vis_idx, pos_table)
-            gp += _table_grad(grad_out[:, nv:], dec_idx, pos_table)
+            gp = table_grad(grad_out[:, :nv], vis_idx, pos_table)
+            gp += table_grad(grad_out[:, nv:], dec_idx, pos_table)
         if ctx.needs_input_grad[5]:
-            gt = grad_out[:, nv:].sum((0, 1), dtype=_acc(dt)).to(ctx.token[0]).view(ctx.token[1])
+            gt = grad_out[:, nv:].sum((0, 1), dtype=acc_dtype(dt)).to(ctx.token[0]).view(ctx.token[1])
         return gz, gw, gp, None, None, gt
 
 
 class _MSETokens(torch.autograd.Function):
     @staticmethod
     def forward(ctx, pred, video, dec_idx, patch_size, tubelet_size, normalize, eps, mean, std):
-        _no_video_grad(video)
-        acc = _acc(torch.promote_types(video.dtype, pred.dtype))
+        refuse_video_grad(video)
+        acc = acc_dtype(torch.promote_types(video.dtype, pred.dtype))
         pred_c = pred.to(acc).contiguous()
         args = (patch_size, tubelet_size, [float(x) for x in mean], [float(x) for x in std],
                 bool(normalize), float(eps))
@@ -180,11 +157,8 @@ def decoder_input(z, proj_weight, pos_table, vis_idx, dec_idx, mask_token):
 
 
 def masked_mse(pred, video, vis_idx, dec_idx, patch_size, tubelet_size, normalize=True,
-               denominator=None, eps=1e-6, mean=reference.IMAGENET_MEAN, std=reference.IMAGENET_STD):
+               denominator=None, eps=1e-6, mean=IMAGENET_MEAN, std=IMAGENET_STD):
     per_token = _MSETokens.apply(pred, video, dec_idx, patch_size, tubelet_size, normalize, eps,
                                  mean, std)
-    n = (video.shape[2] // tubelet_size) * (video.shape[3] // patch_size) * (video.shape[4] // patch_size)
-    weight = encoder_masked_flags(vis_idx, dec_idx, n).to(per_token.dtype)
-    if denominator is None:
-        denominator = weight.sum()
-    return (per_token * weight).sum() / denominator.clamp_min(1)
+    return masked_token_mean(per_token, vis_idx, dec_idx, num_tokens(video, patch_size, tubelet_size),
+                             denominator)
