@@ -72,7 +72,6 @@ def run(args) -> dict:
     device = torch.device(args.device)
     torch.manual_seed(0)
     model = build_pretrain_model(args.model, img_size=args.size, num_frames=args.frames,
-                                 mask_ratio=args.mask_ratio, decoder_mask_ratio=args.decoder_mask_ratio,
                                  activation_checkpointing=args.activation_checkpointing).to(device)
     spec = model_spec(args.model)
     cfg = dict(patch_size=spec.patch_size, tubelet_size=2, encoder_depth=spec.depth,

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from vmae2_fast.train import checkpoint as ckpt
+from vmae2_fast.models.weights import CheckpointError, read_checkpoint as load_checkpoint
 from vmae2_fast.train.checkpoint import (
-    CheckpointError, capture_rng_state, latest_checkpoint, load_checkpoint,
-    prune_checkpoints, restore_rng_state, save_checkpoint,
+    capture_rng_state, latest_checkpoint, prune_checkpoints, restore_rng_state, save_checkpoint,
 )
 
 
@@ -123,8 +123,48 @@ def test_missing_and_corrupt_errors(tmp_path):
         load_checkpoint(garbage)
 
 
-def test_foreign_pickle_explains_weights_only(tmp_path):
+class _WritesAFile:
+    """Unpickling this runs code (it would create `marker`)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_code_carrying_pickle_is_refused_and_names_the_global(tmp_path):
+    path, marker = tmp_path / "evil.pth", tmp_path / "pwned"
+    torch.save({"model": {}, "x": _WritesAFile(marker)}, path)
+    with pytest.raises(CheckpointError, match=r"\(io.open\).*--trust-checkpoint"):
+        load_checkpoint(path)
+    assert not marker.exists()
+    with pytest.warns(UserWarning, match="trusted"):
+        load_checkpoint(path, trust_code=True)          # only when the user says so
+    assert marker.exists()
+
+
+def test_official_namespace_loads_without_unpickling_code(tmp_path):
     path = tmp_path / "official.pth"
     torch.save({"args": argparse.Namespace(lr=1)}, path)
-    with pytest.raises(CheckpointError, match="weights_only=False"):
+    assert load_checkpoint(path)["args"].lr == 1          # argparse.Namespace is on the allow-list
+
+
+@pytest.mark.parametrize("content, reason", [
+    (b"", "is empty"),
+    (b"not a checkpoint at all", "not a PyTorch checkpoint"),
+])
+def test_each_unreadable_file_gets_its_own_message(tmp_path, content, reason):
+    path = tmp_path / "c.pth"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError, match=reason):
+        load_checkpoint(path)
+
+
+def test_zip_that_is_not_a_checkpoint(tmp_path):
+    import zipfile
+    path = tmp_path / "c.pth"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("notes.txt", "hello")
+    with pytest.raises(CheckpointError, match="zip archive but not a PyTorch checkpoint"):
         load_checkpoint(path)

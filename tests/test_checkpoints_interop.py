@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from vmae2_fast.checkpoints import (CheckpointMismatchError, interpolate_pos_table,
+from vmae2_fast.models.weights import (CheckpointMismatchError, interpolate_pos_table,
                                    load_classifier_weights)
 from vmae2_fast.models import build_classifier, build_pretrain_model, sinusoid_table
 
@@ -49,11 +49,13 @@ def test_every_layout_loads(tmp_path, layout):
     assert "freshly initialised" in report.summary()
 
 
-def test_pickled_official_checkpoint_warns(tmp_path):
+def test_official_checkpoint_with_namespace_loads_safely(tmp_path):
     pt = micro_pretrain()
     torch.save({"model": pt.state_dict(), "args": argparse.Namespace(lr=1.0)}, tmp_path / "off.pth")
     clf = build_classifier("vit_micro", 6, img_size=32, num_frames=4)
-    with pytest.warns(UserWarning, match="weights_only=False"):
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")              # no "unpickling code" warning: weights_only
         load_classifier_weights(clf, tmp_path / "off.pth")
     assert_encoder_loaded(clf, pt)
 

@@ -11,7 +11,7 @@ from vmae2_fast import distill, evaluate, extract_features, finetune, post_pretr
 from vmae2_fast.classify import make_config
 from vmae2_fast.finetune_config import FinetuneConfig
 from vmae2_fast.models import build_classifier, build_pretrain_model
-from vmae2_fast.train.checkpoint import load_checkpoint
+from vmae2_fast.models.weights import read_checkpoint
 
 
 def flags(ds, out, **extra):
@@ -46,7 +46,7 @@ def test_presets_resolve():
 def test_post_pretrain_then_finetune_then_evaluate(tiny_synthetic, tmp_path, stage1):
     assert post_pretrain.main(flags(tiny_synthetic, tmp_path / "s2", init=stage1)) == 0
     best = tmp_path / "s2" / "checkpoint-best.pth"
-    ck = load_checkpoint(best)                          # ours: no pickled code
+    ck = read_checkpoint(best)                          # ours: no pickled code
     assert ck["config"]["class_names"] == list(tiny_synthetic.class_names)
     recs = [json.loads(x) for x in (tmp_path / "s2" / "metrics.jsonl").read_text().splitlines()]
     assert any("val_top1" in r for r in recs)
@@ -81,7 +81,7 @@ def test_distill_runs_with_a_frozen_teacher(tiny_synthetic, tmp_path):
     torch.save({"model": teacher.state_dict(), "config": {"class_names": list(tiny_synthetic.class_names)}}, path)
     assert distill.main(flags(tiny_synthetic, tmp_path / "d", teacher=path, teacher_model="vit_micro",
                               max_steps=2)) == 0
-    assert load_checkpoint(tmp_path / "d" / "checkpoint-last.pth")["global_step"] == 2
+    assert read_checkpoint(tmp_path / "d" / "checkpoint-last.pth")["global_step"] == 2
 
 
 def bad(capsys, tmp_path, ds, **extra):

@@ -78,7 +78,7 @@ def test_isolated_nonfinite_losses_do_not_abort(tmp_path):
 
 def test_activation_checkpointing_changes_nothing():
     torch.manual_seed(0)
-    m = build_pretrain_model("vit_micro", img_size=32, num_frames=4, mask_ratio=0.75).double()
+    m = build_pretrain_model("vit_micro", img_size=32, num_frames=4).double()
     video = torch.randn(2, 3, 4, 32, 32, dtype=torch.float64)
     vis, dec = DualMasking(m.grid, 0.75, 0.5)(2, torch.Generator().manual_seed(0))
     grads = []

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from vmae2_fast.pretrain import main, make_config, run
-from vmae2_fast.train.checkpoint import load_checkpoint
+from vmae2_fast.models.weights import read_checkpoint
 
 
 def micro_flags(ds, out, **extra):
@@ -30,7 +30,7 @@ def micro_flags(ds, out, **extra):
 
 
 def final_weights(out):
-    return load_checkpoint(Path(out) / "checkpoint-last.pth")["model"]
+    return read_checkpoint(Path(out) / "checkpoint-last.pth")["model"]
 
 
 def assert_same_weights(a, b, atol=0.0):
@@ -48,7 +48,7 @@ def test_cli_runs_and_writes_everything(tiny_synthetic, tmp_path):
             "preview-epoch0.png"} <= {p.name for p in out.iterdir()}
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["global_step"] for r in lines if "loss" in r] == [1, 2, 3]
-    ckpt = load_checkpoint(out / "checkpoint-0.pth")   # our checkpoints load without pickled code
+    ckpt = read_checkpoint(out / "checkpoint-0.pth")   # our checkpoints load without pickled code
     assert {"model", "optimizer", "epoch", "global_step", "rng_per_rank", "stage"} <= set(ckpt)
     assert not any("pos_embed" in k for k in ckpt["model"])
 
@@ -67,7 +67,7 @@ def test_warmup_starts_at_warmup_lr(tiny_synthetic, tmp_path):
 def test_resume_after_a_stop_is_exact(tiny_synthetic, tmp_path):
     run(make_config(micro_flags(tiny_synthetic, tmp_path / "a", no_progress=True)))
     run(make_config(micro_flags(tiny_synthetic, tmp_path / "b", no_progress=True, max_steps=4)))
-    assert load_checkpoint(tmp_path / "b" / "checkpoint-last.pth")["global_step"] == 4
+    assert read_checkpoint(tmp_path / "b" / "checkpoint-last.pth")["global_step"] == 4
     run(make_config(micro_flags(tiny_synthetic, tmp_path / "b", no_progress=True)))   # --resume auto
     assert_same_weights(final_weights(tmp_path / "a"), final_weights(tmp_path / "b"))
 
@@ -83,12 +83,12 @@ def test_kill_and_resume(tiny_synthetic, tmp_path):
     deadline = time.time() + 120
     while time.time() < deadline:
         last = out / "checkpoint-last.pth"
-        if last.exists() and load_checkpoint(last)["global_step"] >= 3:
+        if last.exists() and read_checkpoint(last)["global_step"] >= 3:
             break
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    killed_at = load_checkpoint(out / "checkpoint-last.pth")["global_step"]
+    killed_at = read_checkpoint(out / "checkpoint-last.pth")["global_step"]
     assert 3 <= killed_at < 9 or killed_at == 9
     assert not list(out.glob("*.tmp"))  or True  # a stray temp file is harmless: never loaded
     run(make_config(argv))

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from .checkpoints import checkpoint_class_names, load_classifier_weights
+from .models.weights import checkpoint_class_names, load_classifier_weights
 from .cli import add_config_flags, exit_code, given_flags, setup_logging
 from .config import replace
 from .finetune_config import DistillConfig, FinetuneConfig

@@ -68,11 +68,9 @@ def setup_logging(output_dir: str | None, is_main: bool) -> None:
 def exit_code(fn, *args) -> int:
     """Run a CLI body; a user error (bad flag value, missing file, unusable checkpoint) prints
     `error: ...` and gives exit code 2 instead of a traceback."""
-    from .checkpoints import CheckpointMismatchError
-    from .train.checkpoint import CheckpointError
     try:
         fn(*args)
-    except (ValueError, FileNotFoundError, CheckpointError, CheckpointMismatchError) as e:
+    except (ValueError, FileNotFoundError) as e:        # CheckpointError is a ValueError
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoints import CheckpointMismatchError, load_classifier_weights, read_checkpoint
+from .models.weights import CheckpointMismatchError, load_classifier_weights, read_checkpoint
 from .cli import exit_code, setup_logging
 from .data.clip_sampling import sparse_frame_indices
 from .data.finetune_dataset import normalize, resize_short_side
@@ -109,7 +109,7 @@ def run(argv=None) -> dict:
     a = build_parser().parse_args(argv)
     if a.num_segments < 1 or a.num_crops < 1:
         raise ValueError("--num-segments and --num-crops must be at least 1")
-    raw, _ = read_checkpoint(a.checkpoint)
+    raw = read_checkpoint(a.checkpoint)
     cfg = raw.get("config", {}) if isinstance(raw, dict) else {}
     get = lambda k, d: getattr(a, k) if getattr(a, k) is not None else cfg.get(k, d)   # noqa: E731
     model_name = a.model or cfg.get("model")

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .checkpoints import extract_state_dict, load_classifier_weights, \
+from .models.weights import extract_state_dict, load_classifier_weights, \
     normalize_keys, read_checkpoint
 from .cli import exit_code, setup_logging
 from .data.finetune_dataset import normalize
@@ -94,7 +94,7 @@ def run(argv=None) -> dict:
     a = build_parser().parse_args(argv)
     if min(a.window, a.stride, a.frame_stride, a.batch_size) < 1:
         raise ValueError("--window, --stride, --frame-stride and --batch-size must be at least 1")
-    raw, _ = read_checkpoint(a.checkpoint)
+    raw = read_checkpoint(a.checkpoint)
     cfg = raw.get("config", {}) if isinstance(raw, dict) else {}
     model_name = a.model or cfg.get("model")
     if not model_name:

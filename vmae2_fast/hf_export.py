@@ -106,7 +106,7 @@ def export_to_hf(model, out_dir, class_names=None, layout: str = "auto") -> Path
 
 
 def main(argv=None) -> int:
-    from .checkpoints import CheckpointMismatchError, load_classifier_weights, read_checkpoint
+    from .models.weights import CheckpointMismatchError, load_classifier_weights, read_checkpoint
     from .models import build_classifier
     p = argparse.ArgumentParser(prog="python -m vmae2_fast.hf_export", description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", required=True)
@@ -118,9 +118,9 @@ def main(argv=None) -> int:
     p.add_argument("--layout", choices=("auto", "v4", "v5"), default="auto")
     a = p.parse_args(argv)
     try:
-        raw, _ = read_checkpoint(a.checkpoint)
+        raw = read_checkpoint(a.checkpoint)
         cfg = raw.get("config", {}) if isinstance(raw, dict) else {}
-        from .checkpoints import extract_state_dict, normalize_keys
+        from .models.weights import extract_state_dict, normalize_keys
         sd, _ = normalize_keys(extract_state_dict(raw)[0])
         n = a.num_classes or (sd["head.weight"].shape[0] if "head.weight" in sd else 0)
         if n <= 0:

@@ -186,8 +186,8 @@ def _run(cfg: PretrainConfig, device: torch.device, dist: DistInfo) -> dict:
     # Everything that can fail on bad input is checked before any compute is spent.
     model = build_pretrain_model(
         cfg.model, img_size=cfg.input_size, num_frames=cfg.num_frames, tubelet_size=cfg.tubelet_size,
-        decoder_depth=cfg.decoder_depth, drop_path_rate=cfg.drop_path, mask_ratio=cfg.mask_ratio,
-        decoder_mask_ratio=cfg.decoder_mask_ratio, normalize_target=cfg.normalize_target,
+        decoder_depth=cfg.decoder_depth, drop_path_rate=cfg.drop_path,
+        normalize_target=cfg.normalize_target,
         activation_checkpointing=cfg.activation_checkpointing).to(device)
     from .data.select import choose_decoder, pretrain_dali_loader
     decoder = choose_decoder(cfg.decoder, device, log_choice=dist.is_main)

@@ -18,8 +18,7 @@ _PRETRAIN_KEYS = {
     "decoder_depth": "decoder_depth", "decoder_num_heads": "decoder_num_heads",
     "mlp_ratio": "mlp_ratio", "qkv_bias": "qkv_bias", "layer_norm_eps": "norm_eps",
     "drop_path_rate": "drop_path_rate", "decoder_num_classes": "decoder_num_classes",
-    "encoder_mask_ratio": "mask_ratio", "mask_ratio": "mask_ratio",
-    "decoder_mask_ratio": "decoder_mask_ratio", "with_cp": "activation_checkpointing",
+    "with_cp": "activation_checkpointing",
     "normlize_target": "normalize_target", "normalize_target": "normalize_target",
 }
 _CLASSIFIER_KEYS = {
@@ -31,6 +30,8 @@ _CLASSIFIER_KEYS = {
     "drop_rate": "drop_rate", "attn_drop_rate": "attn_drop_rate", "drop_path_rate": "drop_path_rate",
     "head_drop_rate": "head_drop_rate", "with_cp": "activation_checkpointing",
 }
+# Masking settings: they configure `vmae2_fast.masking.DualMasking`, not the model.
+_MASKING = {"encoder_mask_ratio", "mask_ratio", "decoder_mask_ratio", "mask_type", "decoder_mask_type"}
 # Official options that we accept only at their default (they change nothing at that value).
 _INERT = {"init_values": (0, 0.0, None), "cos_attn": (False,), "use_learnable_pos_emb": (False,),
           "qk_scale": (None,), "encoder_num_classes": (0,), "drop_rate": (0, 0.0),
@@ -49,6 +50,8 @@ def from_official_config(cfg: dict):
     for key, value in cfg.items():
         if key in keymap:
             kwargs[keymap[key]] = value
+        elif key in _MASKING:
+            continue
         elif key in _INERT:
             if value not in _INERT[key]:
                 raise ValueError(f"official option {key}={value!r} is not supported")

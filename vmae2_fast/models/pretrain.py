@@ -56,8 +56,7 @@ class PretrainVisionTransformer(nn.Module):
                  encoder_embed_dim=768, encoder_depth=12, encoder_num_heads=12,
                  decoder_embed_dim=384, decoder_depth=4, decoder_num_heads=6, mlp_ratio=4.0,
                  qkv_bias=True, norm_eps=1e-6, drop_path_rate=0.0, decoder_num_classes=None,
-                 mask_ratio=0.9, decoder_mask_ratio=0.5, normalize_target=True,
-                 activation_checkpointing=False):
+                 normalize_target=True, activation_checkpointing=False):
         super().__init__()
         out = in_chans * tubelet_size * patch_size ** 2
         if decoder_num_classes is not None and decoder_num_classes != out:
@@ -77,8 +76,6 @@ class PretrainVisionTransformer(nn.Module):
         self.grid = self.encoder.patch_embed.grid
         self.patch_size = patch_size
         self.tubelet_size = tubelet_size
-        self.mask_ratio = mask_ratio
-        self.decoder_mask_ratio = decoder_mask_ratio
         self.normalize_target = normalize_target
         self.activation_checkpointing = activation_checkpointing
 

@@ -1,16 +1,15 @@
 """Crash-safe checkpoints, resume discovery and RNG state capture.
 
 Checkpoints hold only tensors, numbers, strings, ``None`` and containers of
-those, so they load with ``torch.load(weights_only=True)`` (no pickled classes;
-the official checkpoints pickle an ``argparse.Namespace`` and need
-``weights_only=False``). :func:`save_checkpoint` checks this before writing, so
+those, so they load with ``torch.load(weights_only=True)`` and no allow-list
+(reading is `vmae2_fast.models.weights.read_checkpoint`, the one reader for
+every checkpoint file). :func:`save_checkpoint` checks this before writing, so
 an unloadable checkpoint is caught at save time rather than at resume time.
 """
 
 from __future__ import annotations
 
 import os
-import pickle
 import random
 import re
 import tempfile
@@ -30,10 +29,6 @@ _NUMBERED = re.compile(r"^checkpoint-(\d+)\.pth$")
 
 _LEAF_TYPES = (torch.Tensor, bool, int, float, str, bytes, type(None),
                torch.Size, torch.dtype, torch.device)
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint file is missing, corrupt or not loadable with weights_only."""
 
 
 def _check_weights_only_safe(obj: Any, where: str = "state") -> None:
@@ -132,35 +127,6 @@ def prune_checkpoints(output_dir: PathLike, keep_last: int) -> list[Path]:
     for p in doomed:
         p.unlink(missing_ok=True)
     return doomed
-
-
-def load_checkpoint(path: PathLike, map_location: Any = "cpu") -> dict:
-    """Load a checkpoint written by :func:`save_checkpoint` (``weights_only=True``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as exc:
-        if "weights only" in str(exc).lower():
-            raise CheckpointError(
-                f"{path} contains pickled Python objects that weights_only=True refuses "
-                "(it was not written by vmae2_fast, e.g. an official VideoMAE checkpoint "
-                "with an argparse.Namespace). Only if you trust the file, load it with "
-                "torch.load(path, weights_only=False).") from exc
-        raise _corrupt(path, exc) from exc
-    except Exception as exc:  # zip reader errors, EOFError, ... all mean a damaged file
-        raise _corrupt(path, exc) from exc
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{path} does not hold a dict (got {type(state).__name__})")
-    return state
-
-
-def _corrupt(path: Path, exc: BaseException) -> CheckpointError:
-    return CheckpointError(
-        f"checkpoint {path} is corrupt or truncated ({type(exc).__name__}: {exc}). "
-        "Delete it to resume from the previous checkpoint-N.pth, or pass an "
-        "earlier checkpoint explicitly.")
 
 
 # --------------------------------------------------------------------- RNG state

@@ -18,8 +18,9 @@ from typing import Callable, Iterable, Protocol
 import torch
 import torch.nn as nn
 
-from .checkpoint import (CheckpointError, capture_rng_state, latest_checkpoint, load_checkpoint, prune_checkpoints,
-                         restore_rng_state, save_checkpoint)
+from ..models.weights import CheckpointError, read_checkpoint
+from .checkpoint import (capture_rng_state, latest_checkpoint, prune_checkpoints, restore_rng_state,
+                         save_checkpoint)
 from .distributed import DistInfo, all_gather_objects, all_reduce_sum, barrier
 from .metrics import JsonlLogger, TensorBoardLogger
 from .optim import set_lr_and_wd
@@ -125,7 +126,7 @@ class Trainer:
                 return False
         else:
             path = Path(how)
-        state = load_checkpoint(path, map_location="cpu")
+        state = read_checkpoint(path)
         if "model" not in state or "optimizer" not in state:
             raise CheckpointError(f"{path} is not a training checkpoint of this engine (no model/optimizer "
                                   f"state); to initialise from weights use the stage's --finetune option")

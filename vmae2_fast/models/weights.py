@@ -1,6 +1,13 @@
-"""Load any VideoMAE V2 checkpoint layout into our classifier, with a plain-words report.
+"""Checkpoint files: the one reader (safe: no pickled code runs), and the importer that loads any
+VideoMAE V2 layout into our classifier with a plain-words report.
 
-Accepted layouts (all the released ones, plus ours):
+Reading (`read_checkpoint`): every file loads with ``torch.load(weights_only=True)``. The released
+official files pickle an ``argparse.Namespace`` (their run arguments); that one harmless class is
+allowed. Anything else that would unpickle code is refused with a message naming it; only
+``trust_code=True`` (the CLIs' ``--trust-checkpoint``) loads such a file, for files the user trusts.
+Empty, garbage, truncated and zip-but-not-torch files each get their own message.
+
+Importing (`load_classifier_weights`), accepted layouts (all the released ones, plus ours):
   * a dict holding the weights under ``model`` (pre-training, our checkpoints), ``module``
     (DeepSpeed: a file, or a DeepSpeed tag folder holding ``mp_rank_00_model_states.pt``) or
     ``state_dict``, or a bare state dict;
@@ -9,9 +16,6 @@ Accepted layouts (all the released ones, plus ours):
   * stage-1 checkpoints: the decoder (``decoder.*``, ``encoder_to_decoder``, ``mask_token``) is
     dropped; the encoder's final ``norm`` is unused under mean pooling (official behaviour:
     ``fc_norm`` starts at 1/0).
-Our own checkpoints load with ``weights_only=True``. Official files pickle an
-``argparse.Namespace``; they are loaded with ``weights_only=False`` only after that fails, with a
-warning, because unpickling can run code: do that only for files you trust.
 
 Position tables: our models hold the fixed sine-cosine table as a buffer rebuilt for the model's
 own frames and size, so a checkpoint from another clip length or resolution needs nothing. A
@@ -21,12 +25,13 @@ table over (t, h, w) for tools that need it (the official 8-slot temporal path i
 """
 from __future__ import annotations
 
+import argparse
 import json
 import logging
-import os
 import pickle
 import re
 import warnings
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -34,16 +39,90 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from .models.vit import sinusoid_table
+from .vit import sinusoid_table
 
 log = logging.getLogger("vmae2_fast")
 
 _DECODER = ("decoder.", "encoder_to_decoder.", "mask_token")
 _PREFIXES = ("module.", "backbone.", "encoder.")
+# Classes the released checkpoints pickle and that cannot run code when unpickled.
+SAFE_GLOBALS = [argparse.Namespace]
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, unreadable or unsafe, or does not fit the model; the message
+    says what to do."""
+
+
+class CheckpointMismatchError(CheckpointError):
     """The checkpoint does not fit the model (size, class count); the message says how to fix it."""
+
+
+def _unreadable(path: Path, exc: BaseException) -> CheckpointError:
+    """The plain-words reason a file that is not a loadable torch checkpoint failed."""
+    size = path.stat().st_size
+    head = path.read_bytes()[:4] if size else b""
+    if size == 0:
+        why = "is empty (0 bytes); it was probably cut off while being written or copied"
+    elif zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+        if not any(n.endswith("data.pkl") for n in names):
+            why = (f"is a zip archive but not a PyTorch checkpoint (it holds {', '.join(names[:3])}"
+                   f"{' ...' if len(names) > 3 else ''})")
+        else:
+            why = f"is a damaged PyTorch checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
+    elif head[:2] == b"PK" or head[:1] == b"\x80":    # a zip or pickle stream that stops short
+        why = f"is truncated or corrupt ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
+    else:
+        why = "is not a PyTorch checkpoint (neither torch.save's zip format nor a pickle)"
+    return CheckpointError(f"checkpoint {path} {why}. If it is a training checkpoint, delete it to "
+                           "resume from the previous one, or pass an earlier checkpoint explicitly.")
+
+
+def read_checkpoint(path, *, trust_code: bool = False) -> dict:
+    """Load a checkpoint file (or a DeepSpeed tag folder) as a dict, without running pickled code.
+
+    ``trust_code=True`` unpickles arbitrary objects (only for files you trust); otherwise a file
+    that needs it is refused with a message naming what it would import."""
+    path = Path(path)
+    if path.is_dir():
+        inner = sorted(path.glob("mp_rank_*_model_states.pt"))
+        if not inner:
+            raise CheckpointError(f"{path} is a folder but holds no DeepSpeed "
+                                  "mp_rank_00_model_states.pt; pass the checkpoint file itself")
+        path = inner[0]
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        unsafe = _unsafe_globals(path)
+        if not unsafe:
+            raise _unreadable(path, exc) from exc
+        if not trust_code:
+            raise CheckpointError(
+                f"{path} holds pickled Python objects ({', '.join(unsafe[:5])}) that could run code "
+                "when loaded, so it is refused. If you trust where this file comes from, pass "
+                "--trust-checkpoint (API: trust_code=True).") from exc
+        warnings.warn(f"{path}: unpickling {', '.join(unsafe[:5])} because the file is trusted "
+                      "(--trust-checkpoint); this can run code from the file", stacklevel=2)
+        obj = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # zip reader errors, EOFError, ... all mean a damaged file
+        raise _unreadable(path, exc) from exc
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a dict of weights")
+    return obj
+
+
+def _unsafe_globals(path: Path) -> list:
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # not a zip checkpoint: the caller reports the file as unreadable
+        return []
+    allowed = {f"{c.__module__}.{c.__qualname__}" for c in SAFE_GLOBALS}
+    return [n for n in names if n not in allowed]
 
 
 @dataclass
@@ -78,37 +157,15 @@ def _short(names, n=8):
     return ", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
 
 
-def read_checkpoint(path) -> tuple[dict, str]:
-    """``(raw object, how it was read)``; weights_only first, pickled code only as a fallback."""
-    path = Path(path)
-    if path.is_dir():
-        inner = sorted(path.glob("mp_rank_*_model_states.pt"))
-        if not inner:
-            raise FileNotFoundError(f"{path} is a folder but holds no DeepSpeed "
-                                    "mp_rank_00_model_states.pt; pass the checkpoint file itself")
-        path = inner[0]
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True), "weights_only"
-    except pickle.UnpicklingError as exc:
-        if "weights only" not in str(exc).lower() and "weights_only" not in str(exc).lower():
-            raise ValueError(f"{path} is not a readable PyTorch checkpoint: {exc}") from exc
-    warnings.warn(f"{path} contains pickled Python objects (official checkpoints store an "
-                  "argparse.Namespace); loading it with weights_only=False, which can run code "
-                  "from the file. Only do this for checkpoints you trust.", stacklevel=2)
-    return torch.load(path, map_location="cpu", weights_only=False), "pickled"
-
-
 def extract_state_dict(obj) -> tuple[dict, str]:
     if not isinstance(obj, dict):
-        raise ValueError(f"the checkpoint holds a {type(obj).__name__}, not a dict of weights")
+        raise CheckpointError(f"the checkpoint holds a {type(obj).__name__}, not a dict of weights")
     for key in ("model", "module", "state_dict"):
         if isinstance(obj.get(key), dict):
             return obj[key], f"weights under '{key}'"
     if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
         return obj, "a bare state dict"
-    raise ValueError(f"no weights found: the checkpoint's top-level keys are {_short(obj.keys())}; "
+    raise CheckpointError(f"no weights found: the checkpoint's top-level keys are {_short(obj.keys())}; "
                      "expected 'model', 'module', 'state_dict' or a bare state dict")
 
 
@@ -148,7 +205,7 @@ def describe_encoder(sd: dict) -> str:
 
 
 def _guess(width, depth, patch) -> str:
-    from .models.zoo import MODEL_SPECS
+    from .zoo import MODEL_SPECS
     for name, s in MODEL_SPECS.items():
         if (s.embed_dim, s.depth, s.patch_size) == (width, depth, patch):
             return f" (--model {name})"
@@ -173,7 +230,7 @@ def read_head_map(path, num_classes: int) -> list:
     with open(path, encoding="utf-8") as f:
         mapping = json.load(f)
     if not isinstance(mapping, list) or not all(isinstance(i, int) for i in mapping):
-        raise ValueError(f"{path}: the head map must be a JSON list of integers (entry i = row of "
+        raise CheckpointError(f"{path}: the head map must be a JSON list of integers (entry i = row of "
                          "the K710 head for class i), like the official label_710to400.json")
     if len(mapping) != num_classes:
         raise CheckpointMismatchError(f"{path} maps {len(mapping)} classes but the model has "
@@ -198,13 +255,12 @@ def _pos_table(model, sd: dict, report: LoadReport) -> None:
 
 
 def load_classifier_weights(model, path, head_map: Optional[str] = None,
-                            strict_encoder: bool = True) -> LoadReport:
+                            strict_encoder: bool = True, trust_code: bool = False) -> LoadReport:
     """Load ``path`` into a ``VisionTransformer``. Everything is checked before copying: a
     different model size raises :class:`CheckpointMismatchError` naming both sizes."""
-    raw, how = read_checkpoint(path)
+    raw = read_checkpoint(path, trust_code=trust_code)
     sd, where = extract_state_dict(raw)
-    report = LoadReport(str(path), f"{where}, read {'without' if how == 'weights_only' else 'with'} "
-                                   "pickled code")
+    report = LoadReport(str(path), where)
     if isinstance(raw, dict) and isinstance(raw.get("config"), dict):
         report.config = raw["config"]
     sd, report.dropped_decoder = normalize_keys(sd)
@@ -263,16 +319,8 @@ def _head(model, sd: dict, report: LoadReport, head_map: Optional[str]) -> None:
     report.head = "fresh"
 
 
-def checkpoint_class_names(path) -> Optional[list]:
+def checkpoint_class_names(path, trust_code: bool = False) -> Optional[list]:
     """Class names stored in one of our checkpoints (``config.class_names``), else None."""
-    try:
-        raw, _ = read_checkpoint(path)
-    except (FileNotFoundError, ValueError):
-        return None
-    cfg = raw.get("config") if isinstance(raw, dict) else None
+    cfg = read_checkpoint(path, trust_code=trust_code).get("config")
     names = cfg.get("class_names") if isinstance(cfg, dict) else None
     return list(names) if names else None
-
-
-def file_size_mb(path) -> float:
-    return os.path.getsize(path) / 2 ** 20
