@@ -24,9 +24,9 @@ from pathlib import Path
 import torch
 
 from vmae2_fast.data import VideoEntry, PretrainVideoDataset, ensure_synthetic_dataset, pretrain_collate
-from vmae2_fast.data.dali_pipeline import DaliVideoLoader, dali_status
+from vmae2_fast.data.dali.pipeline import DaliVideoLoader, dali_status
 from vmae2_fast.data.index import DALI_CPU_CODECS, build_index
-from vmae2_fast.train.sampler import EpochIndexed, GlobalBatchSampler
+from vmae2_fast.data.sampler import EpochIndexed, GlobalBatchSampler
 
 VIDEO_EXT = (".mp4", ".webm", ".mkv", ".avi", ".mov")
 

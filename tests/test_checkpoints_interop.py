@@ -120,7 +120,7 @@ def test_head_map_selects_rows(tmp_path):
 
 def test_hf_export_gives_the_same_logits(tmp_path):
     pytest.importorskip("safetensors")
-    from vmae2_fast.hf_export import export_to_hf, import_transformers
+    from vmae2_fast.integrations.hf_export import export_to_hf, import_transformers
     try:
         tf = import_transformers()
         hf_cls = tf.VideoMAEForVideoClassification

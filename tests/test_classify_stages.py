@@ -7,9 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from vmae2_fast import distill, evaluate, extract_features, finetune, post_pretrain
-from vmae2_fast.classify import make_config
-from vmae2_fast.finetune_config import FinetuneConfig
+from vmae2_fast import distill, finetune, post_pretrain
+from vmae2_fast.cli import config_for, run_command
+from vmae2_fast.data.clip_sampling import spread_offsets
+from vmae2_fast.data.pyav.classify import VideoTestDataset
+from vmae2_fast.stages.evaluate import metrics
+from vmae2_fast.stages.features import window_starts
 from vmae2_fast.models import build_classifier, build_pretrain_model
 from vmae2_fast.models.weights import read_checkpoint
 
@@ -34,12 +37,11 @@ def stage1(tmp_path_factory):
 
 
 def test_presets_resolve():
-    cfg = make_config("finetune", FinetuneConfig, ["--preset", "ssv2", "--model", "vit_g"])
+    cfg = config_for("finetune", ["--preset", "ssv2", "--model", "vit_g"])
     assert (cfg.num_classes, cfg.flip, cfg.sparse_sample, cfg.layer_decay, cfg.lr) == (174, False, True, 0.9, 3e-4)
-    cfg = make_config("finetune", FinetuneConfig, ["--preset", "k400", "--lr", "2e-5"])
+    cfg = config_for("finetune", ["--preset", "k400", "--lr", "2e-5"])
     assert cfg.lr == 2e-5 and cfg.num_classes == 400 and cfg.mixup == 0.8 and cfg.cutmix == 1.0
-    from vmae2_fast.finetune_config import PostPretrainConfig
-    g = make_config("post_pretrain", PostPretrainConfig, ["--model", "vit_g"])
+    g = config_for("post_pretrain", ["--model", "vit_g"])
     assert (g.num_classes, g.clip_grad, g.weight_decay, g.drop_path, g.layer_decay) == (710, 5.0, 0.1, 0.3, 0.9)
 
 
@@ -51,7 +53,7 @@ def test_post_pretrain_then_finetune_then_evaluate(tiny_synthetic, tmp_path, sta
     recs = [json.loads(x) for x in (tmp_path / "s2" / "metrics.jsonl").read_text().splitlines()]
     assert any("val_top1" in r for r in recs)
     assert finetune.main(flags(tiny_synthetic, tmp_path / "s3", init=best, clip_grad=1.0)) == 0
-    res = evaluate.run(["--checkpoint", str(tmp_path / "s3" / "checkpoint-best.pth"), "--data",
+    res = run_command("evaluate", ["--checkpoint", str(tmp_path / "s3" / "checkpoint-best.pth"), "--data",
                         tiny_synthetic.val_list, "--data-root", tiny_synthetic.root, "--num-segments",
                         "2", "--num-crops", "3", "--output-dir", str(tmp_path / "ev")])
     assert res["videos"] == 6 and res["views"] == "2x3" and 0 <= res["top1"] <= 100
@@ -60,19 +62,21 @@ def test_post_pretrain_then_finetune_then_evaluate(tiny_synthetic, tmp_path, sta
 
 
 def test_evaluate_views():
-    assert evaluate.view_positions(20, 4, 1) == [8]
-    assert evaluate.view_positions(20, 4, 5) == [0, 4, 8, 12, 16]
-    assert evaluate.view_positions(3, 4, 2) == [0, 0]
-    m = evaluate.metrics(np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]]), np.array([0, 1, 1]))
+    assert spread_offsets(20, 4, 1) == [8]
+    assert spread_offsets(20, 4, 5) == [0, 4, 8, 12, 16]
+    assert spread_offsets(3, 4, 2) == [0, 0]
+    m = metrics(np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]]), np.array([0, 1, 1]))
     assert m["top1"] == pytest.approx(200 / 3) and m["mean_class_accuracy"] == pytest.approx(75.0)
 
 
 def test_video_views_shapes(tiny_synthetic):
     from vmae2_fast.data import read_cls_list
     path = read_cls_list(tiny_synthetic.val_list, tiny_synthetic.root)[0][0]
-    assert evaluate.video_views(path, 4, 2, 32, 40, 5, 3).shape == (15, 3, 4, 32, 32)
-    assert evaluate.video_views(path, 4, 2, 32, 32, 1, 1).shape == (1, 3, 4, 32, 32)
-    assert evaluate.video_views(path, 4, 2, 32, 32, 2, 3, sparse=True).shape == (6, 3, 4, 32, 32)
+    def views(short, segments, crops, sparse=False):
+        return VideoTestDataset([(path, 0)], 4, 2, 32, short, segments, crops, sparse).views(path)
+    assert views(40, 5, 3).shape == (15, 3, 4, 32, 32)
+    assert views(32, 1, 1).shape == (1, 3, 4, 32, 32)
+    assert views(32, 2, 3, sparse=True).shape == (6, 3, 4, 32, 32)
 
 
 def test_distill_runs_with_a_frozen_teacher(tiny_synthetic, tmp_path):
@@ -120,9 +124,9 @@ def test_extract_features(tiny_synthetic, tmp_path):
     torch.save({"model": clf.state_dict(), "config": {"model": "vit_micro", "input_size": 32}},
                tmp_path / "c.pth")
     videos = Path(tiny_synthetic.root) / "videos"
-    res = extract_features.run(["--checkpoint", str(tmp_path / "c.pth"), "--videos", str(videos),
+    res = run_command("extract_features", ["--checkpoint", str(tmp_path / "c.pth"), "--videos", str(videos),
                                 "--out", str(tmp_path / "f"), "--window", "4", "--stride", "4"])
     assert res["videos"] == 18
     feats = np.load(tmp_path / "f" / (sorted(videos.iterdir())[0].stem + ".npy"))
     assert feats.shape == (len(range(0, 24 - 4 + 1, 4)), 64) and feats.dtype == np.float32
-    assert extract_features.window_starts(30, 16, 4) == [0, 4, 8, 12]
+    assert window_starts(30, 16, 4) == [0, 4, 8, 12]

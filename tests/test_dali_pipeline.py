@@ -6,11 +6,10 @@ import pytest
 import torch
 
 from vmae2_fast.data import VideoEntry, PretrainVideoDataset
-from vmae2_fast.data.dali_pipeline import DaliVideoLoader, dali_status
+from vmae2_fast.data.dali.pipeline import DaliVideoLoader, dali_status
 from vmae2_fast.data.index import IndexedVideo, build_index
-from vmae2_fast.data.sampling import pretrain_frame_indices
-from vmae2_fast.data.transforms import multiscale_crop_box
-from vmae2_fast.data.video_io import decode_frames
+from vmae2_fast.data.clip_sampling import multiscale_crop_box, pretrain_frame_indices
+from vmae2_fast.data.pyav.video_io import decode_frames
 
 _ok, _why = dali_status()
 pytestmark = [pytest.mark.skipif(not _ok, reason=f"DALI tests need nvidia-dali: {_why}"),

@@ -3,11 +3,12 @@ import numpy as np
 import pytest
 import torch
 
-from vmae2_fast.data.finetune_dataset import (VideoClsDataset, cls_collate, cube_random_erasing,
-                                              finetune_frame_indices, random_resized_crop_box,
-                                              sparse_frame_indices)
+from vmae2_fast.data.clip_sampling import (finetune_frame_indices, random_resized_crop_box,
+                                           sparse_frame_indices)
+from vmae2_fast.data.pyav.classify import VideoClsDataset, cls_collate
+from vmae2_fast.data.transforms import cube_random_erasing
 from vmae2_fast.data.lists import read_cls_list
-from vmae2_fast.data.randaugment import VideoRandAugment, parse_policy
+from vmae2_fast.data.pyav.randaugment import VideoRandAugment, parse_policy
 
 
 class FixedEnd:

@@ -5,7 +5,7 @@ import time
 import pytest
 
 from vmae2_fast.data.index import StaleIndexError, build_index, index_path, load_index, main
-from vmae2_fast.data.video_io import count_frames
+from vmae2_fast.data.pyav.video_io import count_frames
 
 
 def write(tmp_path, name, text):

@@ -92,4 +92,4 @@ def test_config_has_a_kernels_field():
     assert cfg.kernels == "auto"
     cfg.kernels = "fast"
     with pytest.raises(ValueError, match="--kernels"):
-        cfg.validate()
+        cfg.check()

@@ -96,7 +96,7 @@ def test_activation_checkpointing_changes_nothing():
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_gpu_train_step_makes_no_host_sync(tmp_path, precision):
     from vmae2_fast.config import PretrainConfig
-    from vmae2_fast.pretrain import PretrainStage
+    from vmae2_fast.stages.pretrain import PretrainStage
     dev = torch.device("cuda")
     model = build_pretrain_model("vit_micro", img_size=64, num_frames=8).to(dev)
     cfg = PretrainConfig(model="vit_micro", input_size=64, num_frames=8, output_dir=str(tmp_path))

@@ -10,7 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from vmae2_fast.pretrain import main, make_config, run
+from vmae2_fast.cli import config_for
+from vmae2_fast.pretrain import main
+from vmae2_fast.stages.pretrain import run
+
+
+def make_config(argv):
+    return config_for("pretrain", argv)
 from vmae2_fast.models.weights import read_checkpoint
 
 

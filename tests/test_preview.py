@@ -3,7 +3,8 @@ import pytest
 import torch
 from PIL import Image
 
-from vmae2_fast.train.preview import IMAGENET_MEAN, IMAGENET_STD, save_reconstruction_preview
+from vmae2_fast.constants import IMAGENET_MEAN, IMAGENET_STD
+from vmae2_fast.stages.preview import save_reconstruction_preview
 
 P, TUB, T, H, W = 4, 2, 4, 8, 12          # T'=2, H'=2, W'=3 -> 12 tokens
 HP, WP = H // P, W // P

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from vmae2_fast.data.sampling import pretrain_frame_indices
+from vmae2_fast.data.clip_sampling import pretrain_frame_indices
 
 
 class FixedRng:

@@ -10,7 +10,7 @@ import vmae2_fast.data.synthetic as syn
 from vmae2_fast.data.lists import read_cls_list, read_pretrain_list
 from vmae2_fast.data.synthetic import (CLASS_NAMES, ensure_synthetic_dataset,
                                        synthetic_video_frames)
-from vmae2_fast.data.video_io import decode_frames
+from vmae2_fast.data.pyav.video_io import decode_frames
 
 TINY = dict(videos_per_class_train=1, videos_per_class_val=0, num_frames=4, size=16,
             progress=False)

@@ -4,8 +4,9 @@ import pytest
 import torch
 from PIL import Image
 
-from vmae2_fast.data.transforms import (IMAGENET_MEAN, IMAGENET_STD, crop_resize_normalize,
-                                        multiscale_crop_box)
+from vmae2_fast.constants import IMAGENET_MEAN, IMAGENET_STD
+from vmae2_fast.data.clip_sampling import multiscale_crop_box
+from vmae2_fast.data.transforms import crop_resize_normalize
 
 
 def expected_pairs(w, h, out, scales=(1, .875, .75, .66)):

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-import vmae2_fast.data.pretrain_dataset as pd_module
+import vmae2_fast.data.pyav.pretrain as pd_module
 from vmae2_fast.data.lists import VideoEntry, read_pretrain_list
-from vmae2_fast.data.pretrain_dataset import PretrainVideoDataset, pretrain_collate
+from vmae2_fast.data.pyav.pretrain import PretrainVideoDataset, pretrain_collate
 from vmae2_fast.data.synthetic import CLASS_NAMES, synthetic_video_frames
-from vmae2_fast.data.video_io import VideoDecodeError, count_frames, decode_frames
+from vmae2_fast.data.pyav.video_io import VideoDecodeError, count_frames, decode_frames
 
 
 def video_path(ds, split, c, k):

@@ -1,42 +1,12 @@
-"""Command-line plumbing shared by the stage entry points: flags generated from a config
-dataclass (every flag overrides the field of the same name), presets, logging set-up."""
+"""What every command-line entry point shares at run time: readable logging (through tqdm, so log
+lines do not break a progress bar; a log.txt in the output folder) and the exit-code contract
+(`error: ...` and exit code 2 for a user error, a traceback only for a bug). Flags are generated
+from the configs: `vmae2_fast.config.flags`."""
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import logging
 import sys
-import typing
 from pathlib import Path
-
-
-def add_config_flags(parser: argparse.ArgumentParser, cls, help_text: dict[str, str] | None = None):
-    """One `--field-name` flag per dataclass field; defaults are suppressed so that only the
-    flags a user typed override the preset."""
-    hints = typing.get_type_hints(cls)
-    help_text = help_text or {}
-    for f in dataclasses.fields(cls):
-        flag = "--" + f.name.replace("_", "-")
-        kind = hints[f.name]
-        args = typing.get_args(kind)
-        base = next((a for a in args if a is not type(None)), kind) if args and type(None) in args else kind
-        default = f.default if f.default is not dataclasses.MISSING else None
-        h = help_text.get(f.name, "") + (f" (default: {default})" if default not in (None, "") else "")
-        if base is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=h)
-        elif typing.get_origin(base) is tuple:
-            parser.add_argument(flag, type=float, nargs=len(typing.get_args(base)), default=argparse.SUPPRESS,
-                                metavar="X", help=h)
-        else:
-            parser.add_argument(flag, type=base, default=argparse.SUPPRESS, help=h)
-
-
-def given_flags(ns: argparse.Namespace) -> dict:
-    out = dict(vars(ns))
-    for k, v in out.items():
-        if isinstance(v, list):
-            out[k] = tuple(v)
-    return out
 
 
 class _TqdmHandler(logging.StreamHandler):
@@ -74,3 +44,37 @@ def exit_code(fn, *args) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+# command -> (config class in vmae2_fast.config, "module:function" that runs the checked config)
+COMMANDS = {
+    "pretrain": ("PretrainConfig", "stages.pretrain:run"),
+    "post_pretrain": ("PostPretrainConfig", "stages.classify:run"),
+    "finetune": ("FinetuneConfig", "stages.classify:run"),
+    "distill": ("DistillConfig", "stages.classify:run"),
+    "evaluate": ("EvaluateConfig", "stages.evaluate:run"),
+    "extract_features": ("FeaturesConfig", "stages.features:run"),
+    "hf_export": ("ExportConfig", "integrations.hf_export:export"),
+}
+
+
+def config_for(command: str, argv=None, doc: str | None = None):
+    """The checked config of ``python -m vmae2_fast.<command> ARGV`` (preset, then flags)."""
+    from . import config
+    from .config.presets import PRESETS
+    cls = getattr(config, COMMANDS[command][0])
+    return config.parse_config(cls, argv, prog=f"python -m vmae2_fast.{command}", description=doc,
+                               help_text=getattr(cls, "HELP", None), presets=PRESETS.get(command))
+
+
+def run_command(command: str, argv=None, doc: str | None = None):
+    """Parse and run one command; returns what its runner returns (a summary dict, a path)."""
+    import importlib
+    cfg = config_for(command, argv, doc)
+    module, function = COMMANDS[command][1].split(":")
+    return getattr(importlib.import_module(f"vmae2_fast.{module}"), function)(cfg)
+
+
+def main_for(command: str, argv=None, doc: str | None = None) -> int:
+    """The body of every ``python -m vmae2_fast.<command>``: exit code 0, or 2 on a user error."""
+    return exit_code(run_command, command, argv, doc)

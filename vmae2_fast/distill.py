@@ -7,12 +7,11 @@ in the training dtype. Mixup/cutmix mix the inputs both models see; labels are n
 """
 import sys
 
-from .classify import main as _main
-from .finetune_config import DistillConfig
+from .cli import main_for
 
 
 def main(argv=None) -> int:
-    return _main("distill", DistillConfig, argv)
+    return main_for("distill", argv, __doc__)
 
 
 if __name__ == "__main__":

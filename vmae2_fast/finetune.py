@@ -6,12 +6,11 @@
 """
 import sys
 
-from .classify import main as _main
-from .finetune_config import FinetuneConfig
+from .cli import main_for
 
 
 def main(argv=None) -> int:
-    return _main("finetune", FinetuneConfig, argv)
+    return main_for("finetune", argv, __doc__)
 
 
 if __name__ == "__main__":

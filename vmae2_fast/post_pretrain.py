@@ -7,12 +7,11 @@ checkpoint (the encoder is kept, the decoder dropped).
 """
 import sys
 
-from .classify import main as _main
-from .finetune_config import PostPretrainConfig
+from .cli import main_for
 
 
 def main(argv=None) -> int:
-    return _main("post_pretrain", PostPretrainConfig, argv)
+    return main_for("post_pretrain", argv, __doc__)
 
 
 if __name__ == "__main__":

@@ -1,73 +1,24 @@
-"""Spatial augmentation of stage-1 pre-training: multi-scale fixed crop, resize, normalise.
+"""Pixel operations of the CPU (PyAV) data path, in torch: crop + resize + normalise (stage 1),
+ImageNet normalisation, short-side resize and cube random erasing (stages 2 and 3).
 
-Matches the official ``DataAugmentationForVideoMAEv2``: ``GroupMultiScaleCrop(input_size,
-[1, .875, .75, .66], max_distort=1, fix_crop=True, more_fix_crop=True)``, a PIL bilinear resize,
-division by 255 and ImageNet normalisation, output ``(C, T, H, W)``. No flip, no colour jitter.
-The crop box is chosen once per clip and applied to every frame.
+Which box and which frames are decided in ``clip_sampling.py`` (shared with DALI); this module only
+moves pixels. Stage 1 matches the official ``DataAugmentationForVideoMAEv2``: the multi-scale box, a
+PIL-equivalent bilinear resize, division by 255 and ImageNet normalisation, output ``(C, T, H, W)``;
+no flip, no colour jitter; one box for every frame.
 """
 from __future__ import annotations
 
-from typing import Sequence, Tuple, Union
+import math
+from typing import Tuple, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = [
-    "IMAGENET_MEAN", "IMAGENET_STD", "DEFAULT_SCALES",
-    "crop_size_pairs", "fixed_crop_offsets", "multiscale_crop_box", "crop_resize_normalize",
-]
+from ..constants import IMAGENET_MEAN, IMAGENET_STD
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-DEFAULT_SCALES = (1, .875, .75, .66)
-
-Box = Tuple[int, int, int, int]  # (x0, y0, crop_w, crop_h)
-
-
-def crop_size_pairs(img_w: int, img_h: int, out_size: int,
-                    scales: Sequence[float] = DEFAULT_SCALES, max_distort: int = 1):
-    """All candidate ``(crop_w, crop_h)`` pairs, each drawn with equal probability.
-
-    Candidate sides are ``int(min(w, h) * s)``; a side closer than 3 px to ``out_size`` is snapped
-    to ``out_size`` (the official test is ``abs(x - size) < 3``). Width index ``i`` and height index
-    ``j`` may differ by at most ``max_distort``, which bounds the aspect-ratio distortion.
-    """
-    base = min(img_w, img_h)
-    sides = [int(base * s) for s in scales]
-    sides = [out_size if abs(x - out_size) < 3 else x for x in sides]
-    pairs = []
-    for j, h in enumerate(sides):          # same nesting as the official code (height outer)
-        for i, w in enumerate(sides):
-            if abs(i - j) <= max_distort:
-                # Snapping can make a side exceed a frame only a few px larger than out_size;
-                # PIL would pad with black there, we clamp to stay inside the frame instead.
-                pairs.append((min(w, img_w), min(h, img_h)))
-    return pairs
-
-
-def fixed_crop_offsets(img_w: int, img_h: int, crop_w: int, crop_h: int):
-    """The 13 fixed ``(x0, y0)`` crop positions (``fix_crop=True, more_fix_crop=True``)."""
-    ws = (img_w - crop_w) // 4
-    hs = (img_h - crop_h) // 4
-    return [
-        (0, 0), (4 * ws, 0), (0, 4 * hs), (4 * ws, 4 * hs),  # four corners
-        (2 * ws, 2 * hs),                                    # centre
-        (0, 2 * hs), (4 * ws, 2 * hs),                       # left-centre, right-centre
-        (2 * ws, 4 * hs), (2 * ws, 0),                       # lower-centre, upper-centre
-        (1 * ws, 1 * hs), (3 * ws, 1 * hs),                  # upper-left / upper-right quarter
-        (1 * ws, 3 * hs), (3 * ws, 3 * hs),                  # lower-left / lower-right quarter
-    ]
-
-
-def multiscale_crop_box(img_w: int, img_h: int, out_size: int, rng: np.random.Generator,
-                        scales: Sequence[float] = DEFAULT_SCALES, max_distort: int = 1) -> Box:
-    """Draw one ``GroupMultiScaleCrop`` box ``(x0, y0, crop_w, crop_h)`` for an ``img_w x img_h`` frame."""
-    pairs = crop_size_pairs(img_w, img_h, out_size, scales, max_distort)
-    crop_w, crop_h = pairs[int(rng.integers(len(pairs)))]
-    offsets = fixed_crop_offsets(img_w, img_h, crop_w, crop_h)
-    x0, y0 = offsets[int(rng.integers(len(offsets)))]
-    return int(x0), int(y0), int(crop_w), int(crop_h)
+__all__ = ["crop_resize_normalize", "to_float_tchw", "normalize", "resize_short_side",
+           "cube_random_erasing"]
 
 
 def _norm_affine(device) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -77,7 +28,7 @@ def _norm_affine(device) -> Tuple[torch.Tensor, torch.Tensor]:
     return (1.0 / (255.0 * std)).view(3, 1, 1, 1), (-mean / std).view(3, 1, 1, 1)
 
 
-def crop_resize_normalize(frames: Union[np.ndarray, torch.Tensor], box: Box,
+def crop_resize_normalize(frames: Union[np.ndarray, torch.Tensor], box: Tuple[int, int, int, int],
                           out_size: int) -> torch.Tensor:
     """Crop ``box`` from uint8 frames ``(T, H, W, 3)``, resize, normalise -> float32 ``(3, T, S, S)``.
 
@@ -102,3 +53,41 @@ def crop_resize_normalize(frames: Union[np.ndarray, torch.Tensor], box: Box,
     scale, bias = _norm_affine(x.device)
     # (T, 3, S, S) -> (3, T, S, S), then one fused multiply-add per element.
     return torch.addcmul(bias, x.permute(1, 0, 2, 3).to(torch.float32), scale).contiguous()
+
+
+def to_float_tchw(frames) -> torch.Tensor:
+    return torch.as_tensor(frames).permute(0, 3, 1, 2).float()          # (T, 3, H, W), 0..255
+
+
+def normalize(x_tchw: torch.Tensor) -> torch.Tensor:
+    """(T, 3, H, W) in 0..255 -> (3, T, H, W) ImageNet-normalised."""
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255
+    return ((x_tchw - mean) / std).permute(1, 0, 2, 3).contiguous()
+
+
+def resize_short_side(x_tchw: torch.Tensor, size: int) -> torch.Tensor:
+    h, w = x_tchw.shape[-2:]
+    if min(h, w) == size:
+        return x_tchw
+    nh, nw = (size, max(1, round(w * size / h))) if h <= w else (max(1, round(h * size / w)), size)
+    return F.interpolate(x_tchw, size=(nh, nw), mode="bilinear", align_corners=False)
+
+
+def cube_random_erasing(x: torch.Tensor, rng: np.random.Generator, prob: float = 0.25,
+                        area=(0.02, 1 / 3), log_ratio=(math.log(0.3), math.log(1 / 0.3))) -> torch.Tensor:
+    """One box (same in every frame) of normal noise on a normalised ``(3, T, H, W)`` clip."""
+    if prob <= 0 or rng.random() >= prob:
+        return x
+    _, t, h, w = x.shape
+    for _ in range(10):
+        target = h * w * rng.uniform(*area)
+        ar = math.exp(rng.uniform(*log_ratio))
+        eh, ew = int(round(math.sqrt(target * ar))), int(round(math.sqrt(target / ar)))
+        if eh < h and ew < w:
+            y0, x0 = int(rng.integers(0, h - eh + 1)), int(rng.integers(0, w - ew + 1))
+            noise = torch.from_numpy(rng.standard_normal((3, t, eh, ew)).astype(np.float32))
+            x = x.clone()
+            x[:, :, y0:y0 + eh, x0:x0 + ew] = noise
+            return x
+    return x

@@ -21,11 +21,10 @@ import types
 import torch
 
 from .. import ops
+from ..constants import IMAGENET_MEAN, IMAGENET_STD
 from ..masking import mask_to_indices
 
 log = logging.getLogger(__name__)
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def _table(owner, attr: str, like: torch.Tensor) -> torch.Tensor:

@@ -24,6 +24,7 @@ from .checkpoint import (capture_rng_state, latest_checkpoint, prune_checkpoints
 from .distributed import DistInfo, all_gather_objects, all_reduce_sum, barrier
 from .metrics import JsonlLogger, TensorBoardLogger
 from .optim import set_lr_and_wd
+from .parallelize import grad_sync
 
 log = logging.getLogger("vmae2_fast")
 
@@ -34,7 +35,7 @@ class Stage(Protocol):
     model: nn.Module                       # the raw model (what checkpoints hold)
 
     def compute_loss(self, model: nn.Module, batch) -> tuple[torch.Tensor, int]:
-        """(loss, number of clips in the batch); `model` may be the DDP/compiled wrapper."""
+        """(loss, number of clips in the batch); `model` is the wrapper `parallelize` made."""
 
     def state_dict(self) -> dict: ...
 
@@ -165,10 +166,7 @@ class Trainer:
         loss_sum = torch.zeros((), device=self.device)
         clips = 0
         for i, batch in enumerate(batches):
-            sync = i == len(batches) - 1
-            no_sync = getattr(self.model, "no_sync", None)
-            ctx = no_sync() if (no_sync is not None and not sync) else contextlib.nullcontext()
-            with ctx:
+            with grad_sync(self.model, sync=i == len(batches) - 1):
                 with self._autocast():
                     loss, n = self.stage.compute_loss(self.model, batch)
                 scaled = loss / len(batches)

@@ -22,5 +22,5 @@ PER_MODEL = {
 
 
 def overrides(model: str) -> dict:
-    from ..models.zoo import ALIASES
+    from ...models.zoo import ALIASES
     return {**COMMON, **PER_MODEL.get(ALIASES.get(model, model), {})}

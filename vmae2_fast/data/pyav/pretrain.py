@@ -22,9 +22,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .lists import VideoEntry
-from .sampling import pretrain_frame_indices
-from .transforms import crop_resize_normalize, multiscale_crop_box
+from ..clip_sampling import multiscale_crop_box, pretrain_frame_indices
+from ..lists import VideoEntry
+from ..transforms import crop_resize_normalize
 from .video_io import VideoDecodeError, count_frames, decode_frames
 
 __all__ = ["PretrainVideoDataset", "pretrain_collate"]

@@ -21,7 +21,7 @@ class VideoDecodeError(RuntimeError):
     """A video could not be opened, decoded, or has fewer frames than requested."""
 
 
-def _open_video(path: str, threads: int):
+def open_video(path: str, threads: int):
     """Open ``path`` and return ``(container, video_stream)``; raise VideoDecodeError on failure."""
     path = os.fspath(path)
     if not os.path.exists(path):
@@ -43,7 +43,7 @@ def _open_video(path: str, threads: int):
     return container, stream
 
 
-def _iter_frames(container, stream, path: str) -> Iterator["av.VideoFrame"]:
+def iter_frames(container, stream, path: str) -> Iterator["av.VideoFrame"]:
     """Yield decoded frames in presentation order, turning FFmpeg errors into VideoDecodeError."""
     try:
         for frame in container.decode(stream):
@@ -58,12 +58,12 @@ def count_frames(path: str, *, threads: int = 1) -> int:
     Containers that store a frame count (MP4) answer from the header. WebM/Matroska store none
     (``stream.frames == 0``), so the frames are decoded and counted; this costs one full decode.
     """
-    container, stream = _open_video(path, threads)
+    container, stream = open_video(path, threads)
     try:
         n = int(stream.frames or 0)
         if n <= 0:
             # Decode without pixel-format conversion: counting only.
-            n = sum(1 for _ in _iter_frames(container, stream, path))
+            n = sum(1 for _ in iter_frames(container, stream, path))
     finally:
         container.close()
     if n <= 0:
@@ -87,10 +87,10 @@ def decode_frames(path: str, indices: Sequence[int], *, threads: int = 1) -> np.
     wanted = set(idx.tolist())
     rgb_by_index: dict[int, np.ndarray] = {}
 
-    container, stream = _open_video(path, threads)
+    container, stream = open_video(path, threads)
     n_seen = 0
     try:
-        for i, frame in enumerate(_iter_frames(container, stream, path)):
+        for i, frame in enumerate(iter_frames(container, stream, path)):
             n_seen = i + 1
             if i in wanted:
                 rgb_by_index[i] = frame.to_ndarray(format="rgb24")

@@ -26,5 +26,5 @@ PER_MODEL = {
 
 
 def overrides(model: str) -> dict:
-    from ..models.zoo import ALIASES
+    from ...models.zoo import ALIASES
     return {**COMMON, **PER_MODEL.get(ALIASES.get(model, model), PER_MODEL["vit_b"])}

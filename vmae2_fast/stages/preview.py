@@ -12,8 +12,7 @@ import torch
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from ..constants import IMAGENET_MEAN, IMAGENET_STD
 
 GREY = 0.5          # fill value (in [0, 1]) of tokens that are not shown
 TARGET_EPS = 1e-6   # added to the std (not the variance), as in the training target

@@ -9,7 +9,7 @@ which file, which frames and which crop boxes, and feeds them through ``external
                   ─ K x resize(roi=box_k) ─ crop_mirror_normalize(CFHW)    K views of one decode
                   ─ stack                                                  (B, K, 3, T, S, S)
 
-* Order: :class:`~vmae2_fast.train.sampler.GlobalBatchSampler` (one permutation per (seed, epoch),
+* Order: :class:`~vmae2_fast.data.sampler.GlobalBatchSampler` (one permutation per (seed, epoch),
   rank r takes its slice of every global batch, resume skips consumed batches).
 * Randomness: sample ``index`` of ``epoch`` draws from ``default_rng([seed, epoch, index,
   attempt])`` in the same order as :class:`PretrainVideoDataset`, so both decoders see the same
@@ -25,7 +25,7 @@ which file, which frames and which crop boxes, and feeds them through ``external
   are collected in that order, so the batches are the same as with one pipeline. (The one
   exception is fine-tuning with RandAugment, whose op choice is drawn by DALI's own per-pipeline
   random generator: it differs with N, as it already differs across a resume.)
-* Host to device: see :mod:`.dali_transfer` (CPU decode for CUDA training goes through a reusable
+* Host to device: see :mod:`.transfer` (CPU decode for CUDA training goes through a reusable
   pinned buffer and a non-blocking copy).
 """
 from __future__ import annotations
@@ -38,18 +38,19 @@ from typing import List, Optional, Sequence
 import numpy as np
 import torch
 
-from ..train.sampler import GlobalBatchSampler
-from .dali_transfer import PinnedStager, transfer_plan
-from .clip_sampling import (finetune_frame_indices, random_erasing_box, random_resized_crop_box,
-                            sparse_frame_indices, test_crop_boxes, test_frame_indices)
-from .index import DALI_CPU_CODECS, DALI_GPU_CODECS, IndexedVideo
-from .sampling import pretrain_frame_indices
-from .transforms import IMAGENET_MEAN, IMAGENET_STD, multiscale_crop_box
+from ...constants import IMAGENET_MEAN, IMAGENET_STD
+from ..clip_sampling import (finetune_frame_indices, multiscale_crop_box, pretrain_frame_indices,
+                             random_erasing_box, random_resized_crop_box, sparse_frame_indices,
+                             test_crop_boxes, test_frame_indices)
+from ..index import DALI_CPU_CODECS, DALI_GPU_CODECS, IndexedVideo
+from ..sampler import GlobalBatchSampler
+from .transfer import PinnedStager, transfer_plan
 
 __all__ = ["dali_status", "DaliVideoLoader", "MODES"]
 
 log = logging.getLogger("vmae2_fast")
-MODES = ("pretrain", "finetune", "test")
+MODES = ("pretrain", "finetune", "val", "test")
+EVAL_MODES = ("val", "test")      # every video of the shard once, bad files dropped (not replaced)
 
 
 def dali_status():
@@ -113,9 +114,13 @@ def _build_pipeline(batch_size, device, device_id, num_threads, size, views, fp1
 
 
 class DaliVideoLoader:
-    """Batches of ``(video, n_skipped)`` (pretrain), ``(video, labels, n_skipped)`` (finetune,
-    test). ``video`` is ``(B * K, 3, T, S, S)`` (views sample-major; test: ``K = S_t * C``) on the
-    loader's device, in ``dtype``. Call ``loader(epoch, skip_micro_steps)`` for one epoch."""
+    """Batches of ``(video, n_skipped)`` (pretrain), ``(video, labels, n_skipped)`` (finetune),
+    ``(video, labels, n_skipped, paths)`` (val, test: one label and path per video). ``video`` is
+    ``(B * K, 3, T, S, S)`` (views sample-major; test: ``K = S_t * C``; val: one centred view) on
+    the loader's device, in ``dtype``. Call ``loader(epoch, skip_micro_steps)`` for one epoch.
+
+    Training modes replace an unreadable video by a random other one (as the CPU path does);
+    evaluation modes drop it from its batch and count it, so that metrics stay per video."""
 
     def __init__(self, videos: Sequence[IndexedVideo], *, batch_size: int, mode: str = "pretrain",
                  num_frames: int = 16, sampling_rate: int = 4, input_size: int = 224,
@@ -124,7 +129,7 @@ class DaliVideoLoader:
                  num_threads: int = 2, prefetch: int = 2, dtype: torch.dtype = torch.float32,
                  flip: bool = True, rand_augment: Optional[tuple] = None, erase_prob: float = 0.0,
                  sparse: bool = False, max_retries: int = 10, decoder_instances: int = 1,
-                 target_device=None):
+                 target_device=None, min_crop_scale: float = 0.08, short_side: Optional[int] = None):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if device not in ("cpu", "gpu"):
@@ -152,8 +157,10 @@ class DaliVideoLoader:
         self.rand_aug = rand_augment if mode == "finetune" else None
         self.erase_prob = erase_prob if mode == "finetune" else 0.0
         self.sparse, self.max_retries = sparse, max_retries
+        self.min_crop_scale = float(min_crop_scale)
+        self.short_side = int(short_side or input_size)
         self.world_size, self.rank = world_size, rank
-        if mode == "test":
+        if mode in EVAL_MODES:
             per_rank = -(-len(self.videos) // world_size)
             self.shard = list(range(rank * per_rank, min(len(self.videos), (rank + 1) * per_rank)))
             self.steps_per_epoch = -(-len(self.shard) // self.batch_size)
@@ -180,18 +187,20 @@ class DaliVideoLoader:
             frames = (sparse_frame_indices(v.frames, self.T, rng) if self.sparse else
                       finetune_frame_indices(v.frames, self.T, self.rate, rng))
             for k in range(K):
-                boxes.append(random_resized_crop_box(v.width, v.height, rng))
+                boxes.append(random_resized_crop_box(v.width, v.height, rng, scale=(self.min_crop_scale, 1.0)))
                 mirror[k] = int(self.flip and rng.random() < 0.5)
                 erase[k] = random_erasing_box(self.size, rng, self.erase_prob) if self.erase_prob else None
+        elif self.mode == "val":        # the official single-view validation: centred window and crop
+            frames = (sparse_frame_indices(v.frames, self.T, None, train=False) if self.sparse else
+                      finetune_frame_indices(v.frames, self.T, self.rate, None, train=False))
+            boxes = test_crop_boxes(v.width, v.height, self.size, 1, self.short_side)
         else:
-            frames = (np.stack([sparse_frame_indices(v.frames, self.T, rng, train=False)] * self.segments)
-                      if self.sparse else test_frame_indices(v.frames, self.T, self.rate, self.segments))
-            frames = frames.reshape(-1)
-            boxes = test_crop_boxes(v.width, v.height, self.size, K)
+            frames = test_frame_indices(v.frames, self.T, self.rate, self.segments, self.sparse).reshape(-1)
+            boxes = test_crop_boxes(v.width, v.height, self.size, K, self.short_side)
         return _Sample(index, v, np.asarray(frames, np.int64), boxes, mirror, erase, rng)
 
     def _batches(self, epoch: int, skip: int):
-        if self.mode == "test":
+        if self.mode in EVAL_MODES:
             for s in range(skip, self.steps_per_epoch):
                 yield self.shard[s * self.batch_size:(s + 1) * self.batch_size]
             return
@@ -199,9 +208,13 @@ class DaliVideoLoader:
         for batch in self.sampler:
             yield [i for _, i in batch]
 
-    def _resolve(self, epoch: int, index: int) -> _Sample:
+    def _resolve(self, epoch: int, index: int) -> Optional[_Sample]:
         """The first usable sample for ``index``, skipping files known to be bad (counted in
-        ``skips``), with the CPU path's replacement rule: a random other video."""
+        ``skips``), with the CPU path's replacement rule: a random other video. Evaluation modes
+        never replace: None for a known-bad file."""
+        if self.mode in EVAL_MODES:
+            s = self._sample(epoch, index, 0)
+            return None if s.video.path in self.bad else s
         current, skips = index, 0
         for attempt in range(self.max_retries + 1):
             s = self._sample(epoch, current, attempt)
@@ -247,15 +260,26 @@ class DaliVideoLoader:
         finally:
             del pipe
 
-    def _repair(self, epoch: int, samples: List[_Sample]) -> List[_Sample]:
-        """After a failed batch: find the files DALI rejects, remember them, replace them."""
-        out = []
+    def _repair(self, epoch: int, samples: List[_Sample]) -> tuple:
+        """After a failed batch: find the files DALI rejects and remember them; replace them
+        (training) or drop them (evaluation). Returns (samples, number dropped)."""
+        out, dropped = [], 0
         for s in samples:
-            while not self._decodes(s):
+            while s is not None and not self._decodes(s):
                 self.bad.add(s.video.path)
                 s = self._resolve(epoch, s.index)
-            out.append(s)
-        return out
+            if s is None:
+                dropped += 1
+            else:
+                out.append(s)
+        return out, dropped
+
+    def _refresh(self, epoch: int, samples: List[_Sample]) -> tuple:
+        """Samples scheduled before a file was found bad: the same rule as `_repair`, without
+        decoding again (the file is known)."""
+        fresh = [self._resolve(epoch, s.index) if s.video.path in self.bad else s for s in samples]
+        kept = [s for s in fresh if s is not None]
+        return kept, len(fresh) - len(kept)
 
     def _to_torch(self, out) -> torch.Tensor:
         t = out.as_tensor()
@@ -298,10 +322,9 @@ class DaliVideoLoader:
             return video, n
         labels = torch.tensor([s.video.label if s.video.label is not None else -1 for s in samples],
                               dtype=torch.int64)
-        reps = self.views * self.segments if self.mode == "test" else self.views
-        if self.mode == "finetune" and reps > 1:
-            labels = labels.repeat_interleave(reps)
-        return video, labels, n
+        if self.mode in EVAL_MODES:
+            return video, labels, n, [s.video.path for s in samples]
+        return video, labels.repeat_interleave(self.views), n
 
     def __len__(self) -> int:
         return self.steps_per_epoch
@@ -317,16 +340,22 @@ class DaliVideoLoader:
             if self._pipes[k] is None:
                 self._pipes[k] = self._new_pipe(instance=k)
         turn = [0]
+        self._carry = 0     # evaluation: videos dropped before the next emitted batch
 
         def fill():
             while len(pending) < self.prefetch * self.instances:
                 idxs = next(batches, None)
                 if idxs is None:
                     return
+                resolved = [self._resolve(epoch, i) for i in idxs]
+                samples = [s for s in resolved if s is not None]
+                self._carry += len(resolved) - len(samples)
+                if not samples:         # evaluation: every video of the batch is known bad
+                    continue
                 k, turn[0] = turn[0], (turn[0] + 1) % self.instances    # round robin
-                samples = [self._resolve(epoch, i) for i in idxs]
                 self._feed(self._pipes[k], samples)
-                pending.append([k, samples])
+                pending.append([k, samples, self._carry])
+                self._carry = 0
 
         fill()
         try:
@@ -346,17 +375,21 @@ class DaliVideoLoader:
                 # files replaced. The other pipelines keep their work; order is unchanged.
                 self._pipes[k] = None
                 mine = [entry for entry in pending if entry[0] == k]
-                mine[0][1] = self._repair(epoch, mine[0][1])
-                for entry in mine[1:]:
-                    entry[1] = [self._resolve(epoch, s.index) if s.video.path in self.bad else s
-                                for s in entry[1]]
+                for i, entry in enumerate(mine):
+                    samples, dropped = (self._repair if i == 0 else self._refresh)(epoch, entry[1])
+                    entry[1], entry[2] = samples, entry[2] + dropped
+                for entry in [e for e in mine if not e[1]]:     # evaluation: nothing left to decode
+                    pending.remove(entry)
+                    self._carry += entry[2]
                 self._pipes[k] = self._new_pipe(instance=k)
                 for entry in mine:
-                    self._feed(self._pipes[k], entry[1])
+                    if entry[1]:
+                        self._feed(self._pipes[k], entry[1])
                 continue
-            samples = pending.popleft()[1]
+            _, samples, dropped = pending.popleft()
             video = self._to_torch(out)
             fill()
-            skipped = sum(s.skips for s in samples)
+            skipped = sum(s.skips for s in samples) + dropped
             self.skipped_total += skipped
             yield self._emit(video, samples, skipped)
+        self.skipped_total += self._carry

@@ -17,7 +17,6 @@ to ``short_side_size``, centre crop. Randomness: ``default_rng([seed, epoch, ind
 from __future__ import annotations
 
 import logging
-import math
 from typing import List, Sequence, Tuple
 
 import numpy as np
@@ -25,61 +24,23 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from .clip_sampling import finetune_frame_indices, random_resized_crop_box, sparse_frame_indices
+from ..clip_sampling import (finetune_frame_indices, random_resized_crop_box, sparse_frame_indices,
+                             test_crop_offsets, test_frame_indices)
+from ..transforms import cube_random_erasing, normalize, resize_short_side, to_float_tchw
 from .randaugment import VideoRandAugment
-from .transforms import IMAGENET_MEAN, IMAGENET_STD
 from .video_io import VideoDecodeError, count_frames, decode_frames
 
-# The frame-index and crop-box rules are shared with the DALI pipeline (clip_sampling.py).
-__all__ = ["finetune_frame_indices", "sparse_frame_indices", "random_resized_crop_box",
-           "resize_short_side", "normalize", "cube_random_erasing", "VideoClsDataset", "cls_collate"]
+__all__ = ["VideoClsDataset", "VideoTestDataset", "cls_collate", "eval_collate"]
 
 logger = logging.getLogger(__name__)
 
 
-def _to_float_tchw(frames) -> torch.Tensor:
-    return torch.as_tensor(frames).permute(0, 3, 1, 2).float()          # (T, 3, H, W), 0..255
-
-
-def normalize(x_tchw: torch.Tensor) -> torch.Tensor:
-    """(T, 3, H, W) in 0..255 -> (3, T, H, W) ImageNet-normalised."""
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255
-    return ((x_tchw - mean) / std).permute(1, 0, 2, 3).contiguous()
-
-
-def resize_short_side(x_tchw: torch.Tensor, size: int) -> torch.Tensor:
-    h, w = x_tchw.shape[-2:]
-    if min(h, w) == size:
-        return x_tchw
-    nh, nw = (size, max(1, round(w * size / h))) if h <= w else (max(1, round(h * size / w)), size)
-    return F.interpolate(x_tchw, size=(nh, nw), mode="bilinear", align_corners=False)
-
-
-def cube_random_erasing(x: torch.Tensor, rng: np.random.Generator, prob: float = 0.25,
-                        area=(0.02, 1 / 3), log_ratio=(math.log(0.3), math.log(1 / 0.3))) -> torch.Tensor:
-    """One box (same in every frame) of normal noise on a normalised ``(3, T, H, W)`` clip."""
-    if prob <= 0 or rng.random() >= prob:
-        return x
-    _, t, h, w = x.shape
-    for _ in range(10):
-        target = h * w * rng.uniform(*area)
-        ar = math.exp(rng.uniform(*log_ratio))
-        eh, ew = int(round(math.sqrt(target * ar))), int(round(math.sqrt(target / ar)))
-        if eh < h and ew < w:
-            y0, x0 = int(rng.integers(0, h - eh + 1)), int(rng.integers(0, w - ew + 1))
-            noise = torch.from_numpy(rng.standard_normal((3, t, eh, ew)).astype(np.float32))
-            x = x.clone()
-            x[:, :, y0:y0 + eh, x0:x0 + ew] = noise
-            return x
-    return x
-
-
 class VideoClsDataset(Dataset):
-    """Items ``(clips (K, 3, T, S, S), label, n_skipped)``; K = ``num_sample`` when training, 1 else.
+    """Training items ``(clips (K, 3, T, S, S), label, n_skipped)``, K = ``num_sample``;
+    validation items ``(clip (1, 3, T, S, S), label, n_skipped, path)``.
 
     An unreadable training video is replaced by a random other one (logged, counted); in
-    validation it is reported and the item is ``(None, label, 1)`` (dropped by the collate).
+    validation it is reported and the item is ``(None, label, 1, path)`` (dropped by the collate).
     """
 
     def __init__(self, items: Sequence[Tuple[str, int]], train: bool, num_frames: int = 16,
@@ -122,7 +83,7 @@ class VideoClsDataset(Dataset):
     def _train_view(self, frames: np.ndarray, rng) -> torch.Tensor:
         if self.randaug is not None:
             frames = self.randaug(frames, rng)
-        x = _to_float_tchw(frames)
+        x = to_float_tchw(frames)
         x0, y0, cw, ch = random_resized_crop_box(x.shape[-1], x.shape[-2], rng,
                                                  scale=(self.min_crop_scale, 1.0))
         x = F.interpolate(x[:, :, y0:y0 + ch, x0:x0 + cw], size=(self.input_size,) * 2,
@@ -132,7 +93,7 @@ class VideoClsDataset(Dataset):
         return cube_random_erasing(normalize(x), rng, self.reprob)
 
     def _val_view(self, frames: np.ndarray) -> torch.Tensor:
-        x = resize_short_side(_to_float_tchw(frames), self.short_side_size)
+        x = resize_short_side(to_float_tchw(frames), self.short_side_size)
         h, w = x.shape[-2:]
         s = self.input_size
         y0, x0 = max((h - s) // 2, 0), max((w - s) // 2, 0)
@@ -150,7 +111,7 @@ class VideoClsDataset(Dataset):
             try:
                 frames = decode_frames(path, self._indices(path, rng))
                 if not self.train:
-                    return self._val_view(frames)[None], label, n_skipped
+                    return self._val_view(frames)[None], label, n_skipped, path
                 return torch.stack([self._train_view(frames, rng) for _ in range(self.num_sample)]), \
                     label, n_skipped
             except VideoDecodeError as exc:
@@ -158,7 +119,7 @@ class VideoClsDataset(Dataset):
                 last_error = f"{path} ({exc})"
                 logger.warning("skipping unreadable video %s", last_error)
                 if not self.train:
-                    return None, label, n_skipped
+                    return None, label, n_skipped, path
                 current = int(rng.integers(len(self.items)))
         raise RuntimeError(f"too many unreadable videos: item {index} and {self.max_retries} random "
                            f"replacements failed (last: {last_error}); check the list and --data-root")
@@ -173,3 +134,58 @@ def cls_collate(batch):
     clips = torch.cat([c for c, _ in kept])
     labels = torch.cat([torch.full((c.shape[0],), int(y), dtype=torch.int64) for c, y in kept])
     return clips, labels, skipped
+
+
+class VideoTestDataset(Dataset):
+    """Multi-view test items ``(views (S*C, 3, T, size, size), label, n_skipped, path)``: the
+    official ``final_test`` views of one video from ONE decode (`clip_sampling.test_frame_indices`
+    and `test_crop_offsets`, the rules the DALI test mode follows): the frames of every temporal
+    view are decoded once, the short side resized to ``short_side``, ``crops`` squares taken along
+    the long side. An unreadable video gives ``(None, label, 1, path)``, dropped by the collate."""
+
+    def __init__(self, items: Sequence[Tuple[str, int]], num_frames: int = 16, sampling_rate: int = 4,
+                 input_size: int = 224, short_side_size: int = 224, segments: int = 5, crops: int = 3,
+                 sparse: bool = False):
+        if segments < 1 or crops < 1:
+            raise ValueError("the number of temporal segments and spatial crops must be at least 1")
+        self.items = list(items)
+        self.T, self.rate, self.size = int(num_frames), int(sampling_rate), int(input_size)
+        self.short_side, self.segments, self.crops, self.sparse = int(short_side_size), segments, crops, sparse
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def views(self, path: str) -> torch.Tensor:
+        idx = test_frame_indices(count_frames(path), self.T, self.rate, self.segments, self.sparse)
+        uniq, inv = np.unique(idx.reshape(-1), return_inverse=True)
+        frames = decode_frames(path, uniq)                              # (U, H, W, 3), one decode
+        h, w = frames.shape[1:3]
+        buf = resize_short_side(to_float_tchw(frames), self.short_side)
+        out = []
+        for s in range(self.segments):
+            clip = buf[torch.from_numpy(inv[s * self.T:(s + 1) * self.T])]
+            for x0, y0 in test_crop_offsets(w, h, self.size, self.crops, self.short_side):
+                crop = clip[:, :, y0:y0 + self.size, x0:x0 + self.size]
+                if crop.shape[-2:] != (self.size, self.size):           # frame smaller than a crop
+                    crop = F.interpolate(crop, size=(self.size,) * 2, mode="bilinear", align_corners=False)
+                out.append(normalize(crop))
+        return torch.stack(out)
+
+    def __getitem__(self, index: int):
+        path, label = self.items[int(index)]
+        try:
+            return self.views(path), label, 0, path
+        except VideoDecodeError as exc:
+            logger.warning("skipping unreadable video %s (%s)", path, exc)
+            return None, label, 1, path
+
+
+def eval_collate(batch):
+    """``(views (sum V, 3, T, S, S), labels (B,), n_skipped, paths)`` of the readable videos: one
+    label and path per video, its V views consecutive."""
+    kept = [(c, y, p) for c, y, _, p in batch if c is not None]
+    skipped = torch.tensor(sum(int(n) for _, _, n, _ in batch), dtype=torch.int64)
+    if not kept:
+        return None, None, skipped, []
+    return (torch.cat([c for c, _, _ in kept]), torch.tensor([y for _, y, _ in kept], dtype=torch.int64),
+            skipped, [p for _, _, p in kept])

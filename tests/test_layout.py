@@ -1,0 +1,103 @@
+"""The layering rules of the package, checked on every module's imports (read with `ast`, nothing
+is executed): dependencies point one way, so each idea keeps its one home."""
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PKG = ROOT / "vmae2_fast"
+ENTRY_POINTS = {"pretrain", "post_pretrain", "finetune", "evaluate", "distill", "extract_features",
+                "hf_export"}
+
+
+def module_name(path: Path) -> str:
+    rel = path.relative_to(ROOT).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def imported_modules(path: Path) -> set:
+    """Absolute names of the vmae2_fast modules `path` imports (relative imports resolved)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    package = module_name(path).split(".")
+    if path.name != "__init__.py":
+        package = package[:-1]
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names if a.name.startswith("vmae2_fast")}
+        elif isinstance(node, ast.ImportFrom):
+            base = package[:len(package) - node.level + 1] if node.level else []
+            name = ".".join(base + ([node.module] if node.module else []))
+            if not name.startswith("vmae2_fast"):
+                continue
+            out.add(name)
+            out |= {f"{name}.{a.name}" for a in node.names}      # `from . import ops` imports ops
+    return out
+
+
+def modules(subpackage: str):
+    folder = PKG / subpackage if subpackage else PKG
+    return sorted(folder.rglob("*.py")) if subpackage else sorted(folder.glob("*.py"))
+
+
+def offending(paths, forbidden_prefixes):
+    bad = {}
+    for path in paths:
+        hits = sorted(m for m in imported_modules(path)
+                      if any(m == f or m.startswith(f + ".") for f in forbidden_prefixes))
+        if hits:
+            bad[str(path.relative_to(ROOT))] = hits
+    return bad
+
+
+def test_data_plane_knows_no_training_loop():
+    assert offending(modules("data"), ["vmae2_fast.train", "vmae2_fast.stages"]) == {}
+
+
+def test_models_import_neither_data_nor_train():
+    assert offending(modules("models"), ["vmae2_fast.data", "vmae2_fast.train", "vmae2_fast.stages"]) == {}
+
+
+def test_no_entry_point_imports_another():
+    entries = [PKG / f"{name}.py" for name in sorted(ENTRY_POINTS)]
+    assert all(p.exists() for p in entries)
+    forbidden = [f"vmae2_fast.{name}" for name in ENTRY_POINTS]
+    assert offending(entries, forbidden) == {}
+    others = [p for p in modules("") if p.stem not in ENTRY_POINTS] + modules("stages") + \
+        modules("train") + modules("data") + modules("models") + modules("ops")
+    assert offending(others, forbidden) == {}, "library code must not import a command-line module"
+
+
+def test_kernels_stand_alone():
+    """kernels/ is importable by other codebases: it never imports the rest of vmae2_fast."""
+    bad = {}
+    for path in sorted((ROOT / "kernels").glob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            bad.update({path.name: n for n in names if n.startswith("vmae2_fast")})
+            if isinstance(node, ast.ImportFrom) and node.level > 1:
+                bad[path.name] = "relative import out of kernels/"
+    assert bad == {}
+
+
+def test_train_and_ops_do_not_import_stages_or_data():
+    assert offending(modules("train") + modules("ops"), ["vmae2_fast.stages", "vmae2_fast.data"]) == {}
+
+
+@pytest.mark.parametrize("rule", [test_data_plane_knows_no_training_loop, test_models_import_neither_data_nor_train])
+def test_the_checker_catches_a_planted_import(rule, tmp_path, monkeypatch):
+    """The rules can fail: a module that imports across the line is reported."""
+    target = "data" if rule is test_data_plane_knows_no_training_loop else "models"
+    planted = PKG / target / "_planted_for_test.py"
+    planted.write_text("from ..train import loop  # noqa\n")
+    try:
+        with pytest.raises(AssertionError):
+            rule()
+    finally:
+        planted.unlink()

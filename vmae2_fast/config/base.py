@@ -1,0 +1,107 @@
+"""The fields every training stage shares: model size, data, optimiser, schedule and run control.
+
+Conventions for every config (stage configs extend `RunConfig`; the tools have their own):
+- every CLI flag overrides the field of the same name (dashes for underscores), after the preset;
+- `check()` raises ValueError with the flag to change; the CLIs call it before any compute;
+- learning rates (`lr`, `min_lr`, `warmup_lr`) are per 256 VIDEOS of total batch (batch_size x
+  processes x accum_steps); repeated-augmentation views do NOT count, as in the official code.
+  Example: ViT-g pre-training, 64 GPUs x 32 videos x 4 views at lr 6e-4 gives 6e-4 x 2048 / 256 =
+  4.8e-3, the paper's 1.5e-4 per 256 views x 8192 views.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+DECODERS = ("auto", "dali", "pyav")
+
+
+@dataclass
+class RunConfig:
+    # model
+    model: str = "vit_b"
+    input_size: int = 224
+    num_frames: int = 16
+    tubelet_size: int = 2
+    drop_path: float = 0.0
+    activation_checkpointing: bool = False
+    # data
+    data: str | None = None            # the stage's list or folder; None: the embedded dataset
+    data_root: str = ""
+    sampling_rate: int = 4
+    num_sample: int = 1                # repeated augmentation: views per decoded clip
+    num_workers: int = 8
+    decoder: str = "auto"              # auto (DALI on a GPU, PyAV otherwise) | dali | pyav
+    dali_instances: int = 1            # independent DALI pipelines per process (several NVDECs)
+    # optimisation
+    batch_size: int = 16               # videos per process per micro-batch
+    accum_steps: int = 1
+    epochs: int = 30
+    lr: float = 1e-3
+    min_lr: float = 1e-6
+    warmup_lr: float = 0.0
+    warmup_epochs: int = 5
+    warmup_steps: int = -1
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.999)
+    opt_eps: float = 1e-8
+    clip_grad: float | None = None
+    precision: str = "auto"            # auto (bf16 on GPU, fp32 on CPU) | bf16 | fp16 | fp32
+    max_nonfinite: int = 20            # abort after this many non-finite losses in a row
+    # run
+    output_dir: str = "runs/out"
+    resume: str = "auto"               # auto | a checkpoint path | none
+    save_every: int = 5                # epochs between numbered checkpoints (and the last one)
+    save_every_steps: int = 0          # also checkpoint-last.pth every N optimiser steps (0: off)
+    keep_last: int = 0                 # keep only the newest K numbered checkpoints (0: all)
+    log_every: int = 20                # optimiser steps between log lines (the only host syncs)
+    tensorboard: bool = False
+    progress: bool = True
+    seed: int = 0
+    device: str = "auto"
+    compile: bool = False
+    max_steps: int = 0                 # stop after this many optimiser steps (0: run all epochs)
+    preset: str = ""
+
+    def check(self) -> None:
+        """Raise ValueError naming the flag to change for any value that cannot work."""
+        for name in ("batch_size", "accum_steps", "epochs", "num_sample", "sampling_rate",
+                     "dali_instances", "input_size", "num_frames", "save_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{flag(name)} must be at least 1, got {getattr(self, name)}")
+        if self.num_frames % self.tubelet_size:
+            raise ValueError(f"--num-frames {self.num_frames} is not divisible by --tubelet-size "
+                             f"{self.tubelet_size}")
+        one_of("precision", self.precision, PRECISIONS)
+        one_of("decoder", self.decoder, DECODERS)
+        if self.clip_grad is not None and self.clip_grad <= 0:
+            raise ValueError("--clip-grad must be positive (omit it to disable clipping)")
+        for name in ("num_workers", "keep_last", "save_every_steps", "max_steps", "warmup_epochs"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{flag(name)} must be >= 0, got {getattr(self, name)}")
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        for k, v in d.items():
+            if isinstance(v, tuple):
+                d[k] = list(v)
+        return d
+
+
+def flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def one_of(name: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ValueError(f"--{flag(name)} must be one of {', '.join(map(str, allowed))}, got {value!r}")
+
+
+def replace(cfg, **overrides):
+    """A copy of `cfg` with `overrides`; unknown names raise with the list of valid ones."""
+    names = {f.name for f in dataclasses.fields(cfg)}
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise ValueError(f"unknown config field(s) {unknown}; valid: {sorted(names)}")
+    return dataclasses.replace(cfg, **overrides)

@@ -1,0 +1,198 @@
+"""How a stage gets its batches: the decoder choice, the list and its index, and one loader
+interface over both decoders.
+
+A loader has ``steps_per_epoch`` and is called as ``loader(epoch, skip_steps)``; it yields
+
+* ``pretrain``: ``(video (B*K, 3, T, S, S), n_skipped)``;
+* ``finetune``: ``(video (B*K, ...), labels (B*K,), n_skipped)``;
+* ``val`` / ``test`` (every video of this process's shard once, in list order; unreadable videos
+  dropped and counted): ``(video (B*V, ...), labels (B,), n_skipped, paths)``, V views per video.
+
+Training order comes from `sampler.GlobalBatchSampler` on both paths, so a run's batches do not
+depend on the decoder or on the number of processes. ``dist`` is anything with ``rank`` and
+``world_size``; ``cfg`` anything with the config fields used below.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import List, Optional
+
+import torch
+
+from .index import VideoIndex, build_index, index_path, load_index, rebuild_hint
+from .lists import VideoEntry, read_list
+from .sampler import EpochIndexed, GlobalBatchSampler
+
+__all__ = ["DECODERS", "choose_decoder", "load_list", "pretrain_loader", "finetune_loader",
+           "eval_loader", "PyAVLoader", "PyAVEvalLoader"]
+
+log = logging.getLogger("vmae2_fast")
+DECODERS = ("auto", "dali", "pyav")
+
+
+def choose_decoder(requested: str, device: torch.device, log_choice: bool = True) -> str:
+    """``auto``: DALI when training on a GPU and DALI imports, PyAV otherwise; logs the choice."""
+    from .dali.pipeline import dali_status
+    if requested not in DECODERS:
+        raise ValueError(f"--decoder must be one of {', '.join(DECODERS)}, got {requested!r}")
+    ok, info = dali_status()
+    if requested == "dali":
+        if not ok:
+            raise ValueError(f"--decoder dali: {info}; install it with "
+                             f"`pip install nvidia-dali-cuda130` or use --decoder pyav")
+        choice, why = "dali", f"requested (DALI {info}, decoding on the {_dali_dev(device)})"
+    elif requested == "pyav":
+        choice, why = "pyav", "requested"
+    elif device.type != "cuda":
+        # DALI's CPU decoder handles only VP8/VP9/MJPEG (most datasets are H.264), and on a CPU
+        # run the decoder competes with the model for the same cores anyway.
+        choice, why = "pyav", ("auto: training on the CPU, where DALI's CPU decoder reads only "
+                               "VP8/VP9/MJPEG; use --decoder dali for such files")
+    elif not ok:
+        choice, why = "pyav", f"auto: {info}"
+    else:
+        choice, why = "dali", f"auto: training on a GPU with DALI {info} (GPU decoding)"
+    if log_choice:
+        log.info("video decoder: %s (%s)", choice, why)
+    return choice
+
+
+def _dali_dev(device: torch.device) -> str:
+    return "gpu" if device.type == "cuda" else "cpu"
+
+
+def apply_index(list_file: str, data_root: str, *, required: bool,
+                build: bool = False) -> Optional[VideoIndex]:
+    """Load the list's index if there is one (a stale index raises with the rebuild command).
+
+    ``required``: a missing index is an error naming the command that builds it; ``build``:
+    build a missing or stale index instead (used for the embedded synthetic dataset). Returns
+    None when there is no index and none is required."""
+    if build:
+        try:
+            return load_index(list_file, data_root)
+        except (FileNotFoundError, ValueError):
+            log.info("indexing %s", list_file)
+            return build_index(list_file, data_root, progress=False)
+    if not os.path.isfile(index_path(list_file)):
+        if required:
+            raise FileNotFoundError(
+                f"--decoder dali needs the frame counts of every video: build the index with "
+                f"`{rebuild_hint(list_file, data_root)}`")
+        return None
+    return load_index(list_file, data_root)
+
+
+def load_list(list_file: str, data_root: str, *, decoder: str, labels: bool,
+              build: bool = False) -> tuple[List[VideoEntry], Optional[VideoIndex]]:
+    """The list's entries and its index. With an index (required for DALI; built on the spot when
+    ``build``), the entries are the index's usable videos, with their frame counts; a stale index
+    is refused with the command that rebuilds it."""
+    entries = read_list(list_file, data_root, labels=labels)
+    index = apply_index(list_file, data_root, required=decoder == "dali", build=build)
+    if index is None:
+        return entries, None
+    if index.excluded:
+        log.warning("%d videos of %s are excluded by its index (unreadable, truncated, ...)",
+                    len(index.excluded), list_file)
+    if not index.videos:
+        raise ValueError(f"no usable video is left in {list_file}: its index excludes all "
+                         f"{len(index.excluded)} (first: {index.excluded[0]})")
+    return [VideoEntry(v.path, v.start, v.frames, v.label, v.rel) for v in index.videos], index
+
+
+class PyAVLoader:
+    """Training batches of a map-style dataset (PyAV decoding in DataLoader workers), in the
+    global batch order."""
+
+    def __init__(self, dataset, collate, cfg, dist, device: torch.device):
+        self.dataset, self.collate = EpochIndexed(dataset), collate
+        self.sampler = GlobalBatchSampler(len(dataset), cfg.batch_size, dist.world_size, dist.rank, cfg.seed)
+        self.steps_per_epoch = self.sampler.steps_per_epoch
+        self.num_workers, self.pin = cfg.num_workers, device.type == "cuda"
+
+    def __call__(self, epoch: int = 0, skip: int = 0):
+        self.sampler.set_epoch(epoch, skip)
+        return torch.utils.data.DataLoader(
+            self.dataset, batch_sampler=self.sampler, num_workers=self.num_workers,
+            collate_fn=self.collate, pin_memory=self.pin,
+            prefetch_factor=4 if self.num_workers else None)
+
+
+class PyAVEvalLoader:
+    """Every video of this process's contiguous shard once, in list order (val / test)."""
+
+    def __init__(self, dataset, batch_size: int, num_workers: int, dist):
+        from .pyav.classify import eval_collate
+        per_rank = -(-len(dataset) // dist.world_size)
+        shard = range(dist.rank * per_rank, min(len(dataset), (dist.rank + 1) * per_rank))
+        self.dataset = torch.utils.data.Subset(dataset, list(shard))
+        self.batch_size, self.num_workers, self.collate = batch_size, num_workers, eval_collate
+        self.steps_per_epoch = -(-len(self.dataset) // batch_size)
+
+    def __call__(self, epoch: int = 0, skip: int = 0):
+        return torch.utils.data.DataLoader(
+            torch.utils.data.Subset(self.dataset, list(range(skip * self.batch_size, len(self.dataset)))),
+            batch_size=self.batch_size, num_workers=self.num_workers, collate_fn=self.collate)
+
+
+def _dali(index: VideoIndex, mode: str, cfg, dist, device: torch.device, **kw):
+    from .dali.pipeline import DaliVideoLoader
+    return DaliVideoLoader(
+        index.videos, mode=mode, num_frames=cfg.num_frames, sampling_rate=cfg.sampling_rate,
+        input_size=cfg.input_size, seed=cfg.seed, world_size=dist.world_size, rank=dist.rank,
+        device=_dali_dev(device), device_id=device.index if device.type == "cuda" else None,
+        target_device=device, num_threads=max(1, min(cfg.num_workers, os.cpu_count() or 1)),
+        decoder_instances=cfg.dali_instances, **kw)
+
+
+def pretrain_loader(entries: List[VideoEntry], index, cfg, dist, device: torch.device, decoder: str):
+    """Stage-1 clips: one decode per video, ``cfg.num_sample`` multi-scale crops of it."""
+    if decoder == "dali":
+        return _dali(index, "pretrain", cfg, dist, device, batch_size=cfg.batch_size,
+                     num_views=cfg.num_sample)
+    from .pyav.pretrain import PretrainVideoDataset, pretrain_collate
+    dataset = PretrainVideoDataset(entries, num_frames=cfg.num_frames, sampling_rate=cfg.sampling_rate,
+                                   input_size=cfg.input_size, num_sample=cfg.num_sample, seed=cfg.seed)
+    return PyAVLoader(dataset, pretrain_collate, cfg, dist, device)
+
+
+def finetune_loader(entries: List[VideoEntry], index, cfg, dist, device: torch.device, decoder: str):
+    """Stages 2/3 training clips: official sampling and augmentation, ``cfg.num_sample`` views."""
+    if decoder == "dali":
+        from .pyav.randaugment import parse_policy
+        policy = parse_policy(cfg.aa)
+        if policy and policy.get("mstd"):
+            log.info("DALI RandAugment: magnitude %g for every op (DALI has no magnitude noise; the "
+                     "CPU path draws it from N(m, %g))", policy["m"], policy["mstd"])
+        return _dali(index, "finetune", cfg, dist, device, batch_size=cfg.batch_size,
+                     num_views=cfg.num_sample, flip=cfg.flip, erase_prob=cfg.reprob,
+                     rand_augment=(policy["n"], int(round(policy["m"]))) if policy else None,
+                     sparse=cfg.sparse_sample, min_crop_scale=cfg.min_crop_scale)
+    from .pyav.classify import VideoClsDataset, cls_collate
+    dataset = VideoClsDataset([(e.path, e.label) for e in entries], True, num_frames=cfg.num_frames,
+                              sampling_rate=cfg.sampling_rate, input_size=cfg.input_size,
+                              short_side_size=cfg.short_side_size, num_sample=cfg.num_sample,
+                              flip=cfg.flip, aa=cfg.aa, reprob=cfg.reprob,
+                              min_crop_scale=cfg.min_crop_scale, sparse=cfg.sparse_sample, seed=cfg.seed)
+    return PyAVLoader(dataset, cls_collate, cfg, dist, device)
+
+
+def eval_loader(entries: List[VideoEntry], index, cfg, dist, device: torch.device, decoder: str, *,
+                batch_size: int, mode: str = "val", segments: int = 1, crops: int = 1):
+    """Every video once: ``val`` is the official single centred view, ``test`` the
+    ``segments x crops`` views of ``final_test`` from one decode."""
+    if mode not in ("val", "test"):
+        raise ValueError(f"mode must be 'val' or 'test', got {mode!r}")
+    if decoder == "dali":
+        extra = dict(num_views=crops, test_segments=segments) if mode == "test" else {}
+        return _dali(index, mode, cfg, dist, device, batch_size=batch_size, sparse=cfg.sparse_sample,
+                     short_side=cfg.short_side_size, **extra)
+    from .pyav.classify import VideoClsDataset, VideoTestDataset
+    items = [(e.path, e.label) for e in entries]
+    common = dict(num_frames=cfg.num_frames, sampling_rate=cfg.sampling_rate, input_size=cfg.input_size,
+                  short_side_size=cfg.short_side_size, sparse=cfg.sparse_sample)
+    dataset = (VideoClsDataset(items, False, seed=cfg.seed, **common) if mode == "val" else
+               VideoTestDataset(items, segments=segments, crops=crops, **common))
+    return PyAVEvalLoader(dataset, batch_size, cfg.num_workers, dist)

@@ -1,0 +1,109 @@
+"""The one set-up every stage shares.
+
+A stage is a model, a loss (an object with ``compute_loss``, ``state_dict``, ``load_state_dict``
+and ``on_epoch_end``, see `train.loop.Stage`) and a loader (`data.loaders`). Everything around
+them is here, written once: the device and the process group (`session`), seeds, the optimiser
+groups and schedules, the model wrapping (`train.parallelize`) and the Trainer (`build_trainer`).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..cli import setup_logging
+from ..train.distributed import DistInfo, barrier, cleanup, init_distributed
+from ..train.loop import LoopSettings, Trainer, resolve_precision
+from ..train.optim import build_adamw
+from ..train.parallelize import parallelize
+from ..train.schedule import run_schedules
+
+log = logging.getLogger("vmae2_fast")
+
+__all__ = ["pick_device", "session", "seed_everything", "rank0_first", "build_trainer",
+           "embedded_dataset"]
+
+
+def pick_device(name: str, dist: DistInfo | None = None) -> torch.device:
+    """``auto``: CUDA when available, else the CPU; ``cuda`` under torchrun: this rank's GPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError("--device cuda was requested but no CUDA device is available")
+        if name == "cuda" and dist is not None:
+            name = f"cuda:{dist.local_rank}"
+    return torch.device(name)
+
+
+@contextlib.contextmanager
+def session(device_name: str, output_dir: str | None):
+    """The device, the process group torchrun describes (none alone) and logging, for one run;
+    the process group is torn down however the run ends. Yields ``(device, dist)``."""
+    dist = init_distributed(pick_device(device_name).type)
+    try:
+        device = pick_device(device_name, dist)
+        setup_logging(output_dir, dist.is_main)
+        yield device, dist
+    finally:
+        cleanup(dist)
+
+
+def seed_everything(seed: int, rank: int = 0) -> None:
+    """Seeds of the host-side generators; data and masks use their own seeded generators."""
+    random.seed(seed + rank)
+    np.random.seed(seed + rank)
+    torch.manual_seed(seed + rank)
+
+
+def rank0_first(dist: DistInfo, fn):
+    """Run ``fn`` on rank 0 first (e.g. generating a dataset), then on the others."""
+    if not dist.is_main:
+        barrier(dist)
+    out = fn()
+    if dist.is_main:
+        barrier(dist)
+    return out
+
+
+def embedded_dataset(dist: DistInfo):
+    """The embedded synthetic dataset, generated once by rank 0 (the stages' default data)."""
+    from ..data import ensure_synthetic_dataset
+    synth = rank0_first(dist, ensure_synthetic_dataset)
+    log.info("no --data given: using the embedded synthetic dataset in %s", synth.root)
+    return synth
+
+
+def build_trainer(cfg, stage, model: torch.nn.Module, loader, device: torch.device, dist: DistInfo,
+                  run_config: dict, *, layer_decay: float | None = None) -> tuple[Trainer, dict]:
+    """Optimiser groups, schedules, wrapping and the Trainer of one run; writes config.json.
+
+    Returns the trainer and what the stage logs: peak lr, total batch, optimiser steps per epoch.
+    """
+    precision = resolve_precision(cfg.precision, device)
+    steps_per_epoch = loader.steps_per_epoch // cfg.accum_steps
+    if steps_per_epoch == 0:
+        raise ValueError(f"{loader.steps_per_epoch} micro-batches per epoch is fewer than "
+                         f"--accum-steps {cfg.accum_steps}")
+    lr, lr_schedule, wd_schedule, total_batch = run_schedules(cfg, steps_per_epoch, dist.world_size)
+    decay = {} if layer_decay is None else dict(layer_decay=layer_decay, num_layers=model.get_num_layers())
+    optimizer = build_adamw(model, lr, cfg.weight_decay, tuple(cfg.betas), cfg.opt_eps, **decay)
+    settings = LoopSettings(
+        epochs=cfg.epochs, steps_per_epoch=steps_per_epoch, accum_steps=cfg.accum_steps,
+        clip_grad=cfg.clip_grad, precision=precision, max_nonfinite=cfg.max_nonfinite,
+        log_every=cfg.log_every, save_every=cfg.save_every, save_every_steps=cfg.save_every_steps,
+        keep_last=cfg.keep_last, output_dir=cfg.output_dir, progress=cfg.progress,
+        tensorboard=cfg.tensorboard, max_steps=cfg.max_steps)
+    wrapped = parallelize(model, device, dist, compile=cfg.compile)
+    trainer = Trainer(stage, wrapped, optimizer, loader, lr_schedule, wd_schedule, settings, device,
+                      dist, run_config)
+    if dist.is_main:
+        Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
+        (Path(cfg.output_dir) / "config.json").write_text(json.dumps(run_config, indent=2))
+    return trainer, {"lr": lr, "total_batch": total_batch, "steps_per_epoch": steps_per_epoch,
+                     "precision": precision}

@@ -1,0 +1,241 @@
+"""The classification stages: post-pre-training (stage 2), specific fine-tuning (stage 3) and
+distillation, on the shared set-up and loop.
+
+A stage = the official-parity classifier + (mixup/cutmix -> soft-target CE | smoothed CE | KL to a
+frozen teacher) + single-view validation after each epoch, keeping checkpoint-best.pth. Every bad
+input (lists, class counts, labels, checkpoint sizes, teacher classes) is checked before the first
+forward pass.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..config import FinetuneConfig
+from ..data.loaders import choose_decoder, eval_loader, finetune_loader, load_list
+from ..models import build_classifier, count_parameters
+from ..models.weights import checkpoint_class_names, load_classifier_weights
+from ..train.checkpoint import save_checkpoint
+from ..train.distributed import DistInfo, all_reduce_sum
+from ..train.loop import resolve_precision
+from ..train.mixup import VideoMixup, soft_target_cross_entropy
+from .build import build_trainer, embedded_dataset, seed_everything, session
+from .evaluate import video_log_probs
+
+log = logging.getLogger("vmae2_fast")
+BEST = "checkpoint-best.pth"
+
+
+# ------------------------------------------------------------------------------------ data
+def resolve_lists(cfg, dist: DistInfo) -> tuple[str, str, str, list | None]:
+    """(train list, val list, data root, class names or None)."""
+    root = cfg.data_root
+    if cfg.train_list or cfg.val_list:
+        if not (cfg.train_list and cfg.val_list):
+            raise ValueError("pass both --train-list and --val-list (or --data FOLDER with train.csv "
+                             "and val.csv)")
+        train, val, folder = cfg.train_list, cfg.val_list, os.path.dirname(cfg.train_list)
+    elif cfg.data:
+        train, val, folder = os.path.join(cfg.data, "train.csv"), os.path.join(cfg.data, "val.csv"), cfg.data
+    else:
+        synth = embedded_dataset(dist)
+        return synth.train_list, synth.val_list, synth.root, list(synth.class_names)
+    names_file = os.path.join(folder, "classes.txt")
+    names = None
+    if os.path.isfile(names_file):
+        names = [x.strip() for x in open(names_file, encoding="utf-8") if x.strip()]
+    return train, val, root, names
+
+
+def check_lists(train_items, val_items, num_classes: int, names, train_path, val_path) -> int:
+    """The class count, checked against the lists; returns it."""
+    max_label = max(e.label for e in train_items)
+    implied = max_label + 1
+    if names is not None and num_classes == 0:
+        num_classes = len(names)
+    if num_classes == 0:
+        num_classes = implied
+    for path, items in ((train_path, train_items), (val_path, val_items)):
+        for e in items:
+            if e.label >= num_classes:
+                raise ValueError(f"{path}: label {e.label} of {e.path} is outside the {num_classes} "
+                                 f"classes (labels must be 0..{num_classes - 1}); fix the list or pass "
+                                 f"--num-classes {max(max_label, e.label) + 1}")
+    if implied != num_classes:
+        raise ValueError(f"--num-classes is {num_classes} but {train_path} uses labels 0..{max_label} "
+                         f"({implied} classes); pass --num-classes {implied}, or use the list that "
+                         "goes with this class set")
+    if names is not None and len(names) != num_classes:
+        raise ValueError(f"classes.txt names {len(names)} classes but the lists have {num_classes}")
+    return num_classes
+
+
+# ------------------------------------------------------------------------------------ stage
+class ClassifyStage:
+    def __init__(self, model, cfg, device, dist: DistInfo, val_loader=None, teacher=None,
+                 run_config=None):
+        self.model, self.cfg, self.device, self.dist = model, cfg, device, dist
+        self.mixup = VideoMixup(model.num_classes, cfg.mixup, cfg.cutmix, cfg.mixup_prob,
+                                cfg.mixup_switch_prob, cfg.smoothing, seed=cfg.seed)
+        self.val_loader, self.teacher = val_loader, teacher
+        self.run_config = run_config or {}
+        self.best_top1 = -1.0
+        self.temperature = getattr(cfg, "distill_temperature", 1.0)
+
+    def compute_loss(self, model, batch):
+        video = batch[0].to(self.device, non_blocking=True)
+        labels = batch[1].to(self.device, non_blocking=True)
+        target = None
+        if self.mixup.active:
+            video, target = self.mixup(video, labels)
+        logits = model(video)
+        if self.teacher is not None:
+            with torch.no_grad():
+                t_logits = self.teacher(video.to(next(self.teacher.parameters()).dtype))
+            tau = self.temperature
+            loss = F.kl_div(F.log_softmax(logits.float() / tau, -1), F.log_softmax(t_logits.float() / tau, -1),
+                            reduction="batchmean", log_target=True) * tau * tau
+        elif target is not None:
+            loss = soft_target_cross_entropy(logits, target)
+        else:
+            loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.cfg.smoothing)
+        return loss, video.shape[0]
+
+    def state_dict(self):
+        return {"mixup": self.mixup.state_dict(), "best_top1": self.best_top1}
+
+    def load_state_dict(self, state):
+        self.mixup.load_state_dict(state["mixup"])
+        self.best_top1 = float(state["best_top1"])
+
+    @torch.no_grad()
+    def validate(self, autocast) -> dict:
+        """Single-view top-1 / top-5 / loss over the validation list (every video once)."""
+        was = self.model.training
+        self.model.eval()
+        stats = torch.zeros(4, dtype=torch.float64, device=self.device)   # n, top1, top5, loss
+        chunk = max(1, int(1.5 * self.cfg.batch_size))
+        for video, labels, _, _ in self.val_loader(0):
+            if video is None:            # no readable video in this batch
+                continue
+            labels = labels.to(self.device)
+            with autocast():
+                log_probs = video_log_probs(self.model, video.to(self.device), len(labels), chunk)
+            top = log_probs.topk(min(5, log_probs.shape[1]), dim=1).indices
+            stats += torch.stack([torch.tensor(float(len(labels)), device=self.device),
+                                  (top[:, 0] == labels).sum().double(),
+                                  (top == labels[:, None]).any(1).sum().double(),
+                                  F.nll_loss(log_probs, labels, reduction="sum").double()])
+        self.model.train(was)
+        if self.dist.enabled:
+            stats = all_reduce_sum(stats, self.dist)
+        n, top1, top5, loss = stats.tolist()
+        n = max(n, 1.0)
+        return {"val_top1": 100 * top1 / n, "val_top5": 100 * top5 / n, "val_loss": loss / n,
+                "val_videos": int(n)}
+
+    def on_epoch_end(self, epoch, trainer):
+        if self.val_loader is None or not self.cfg.validate:
+            return {}
+        res = self.validate(trainer._autocast)
+        improved = res["val_top1"] > self.best_top1
+        if improved:
+            self.best_top1 = res["val_top1"]
+            if self.dist.is_main:
+                save_checkpoint(Path(self.cfg.output_dir) / BEST, {
+                    "model": self.model.state_dict(), "epoch": epoch, "val_top1": res["val_top1"],
+                    "val_top5": res["val_top5"], "config": self.run_config})
+        if self.dist.is_main:
+            log.info("epoch %d validation (single view): top-1 %.2f %%, top-5 %.2f %%, loss %.4f, "
+                     "%d videos%s", epoch, res["val_top1"], res["val_top5"], res["val_loss"],
+                     res["val_videos"], " (best so far, saved)" if improved else "")
+        return {**res, "best_top1": self.best_top1}
+
+
+# ------------------------------------------------------------------------------------ models
+def build_model(cfg, num_classes: int, model_name: str | None = None, drop_path=None):
+    return build_classifier(
+        model_name or cfg.model, num_classes, img_size=cfg.input_size, num_frames=cfg.num_frames,
+        tubelet_size=cfg.tubelet_size, drop_rate=cfg.drop, attn_drop_rate=cfg.attn_drop,
+        drop_path_rate=cfg.drop_path if drop_path is None else drop_path,
+        head_drop_rate=cfg.head_drop, init_scale=cfg.init_scale,
+        activation_checkpointing=cfg.activation_checkpointing)
+
+
+def load_teacher(cfg, num_classes: int, class_names, device, precision: str):
+    if not cfg.teacher:
+        raise ValueError("distillation needs --teacher CHECKPOINT (a classifier over the same classes)")
+    t_names = checkpoint_class_names(cfg.teacher)
+    if t_names is not None and class_names is not None and list(t_names) != list(class_names):
+        raise ValueError(f"the teacher {cfg.teacher} was trained on another class set "
+                         f"({len(t_names)} classes: {', '.join(t_names[:4])}, ...) than the data "
+                         f"({len(class_names)}: {', '.join(class_names[:4])}, ...); distil on the "
+                         "teacher's classes")
+    teacher = build_model(cfg, num_classes, cfg.teacher_model, drop_path=0.0)
+    report = load_classifier_weights(teacher, cfg.teacher)
+    if report.head != "loaded":
+        raise ValueError(f"the teacher {cfg.teacher} has no {num_classes}-class head (its head "
+                         f"status: {report.head}); the teacher must classify the same "
+                         f"{num_classes} classes as the student")
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+    teacher = teacher.to(device=device, dtype=dtype).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher
+
+
+# ------------------------------------------------------------------------------------ run
+def run(cfg: FinetuneConfig) -> dict:
+    """Train the classification stage of `cfg` (its class says which: `post_pretrain`,
+    `finetune` or `distill`)."""
+    stage = cfg.STAGE
+    with session(cfg.device, cfg.output_dir) as (device, dist):
+        t0 = time.time()
+        seed_everything(cfg.seed, dist.rank)
+        precision = resolve_precision(cfg.precision, device)
+
+        # --- every check that can fail runs before any compute
+        decoder = choose_decoder(cfg.decoder, device, log_choice=dist.is_main)
+        train_path, val_path, root, names = resolve_lists(cfg, dist)
+        build = decoder == "dali" and not (cfg.data or cfg.train_list)   # index the embedded lists
+        train_items, train_index = load_list(train_path, root, decoder=decoder, labels=True, build=build)
+        val_items, val_index = load_list(val_path, root, decoder=decoder, labels=True, build=build)
+        num_classes = check_lists(train_items, val_items, cfg.num_classes, names, train_path, val_path)
+        first = train_items[0].path
+        if not os.path.exists(first):
+            raise FileNotFoundError(f"the first video of {train_path}, {first}, does not exist; is "
+                                    f"--data-root ({root or 'not set'}) right?")
+        model = build_model(cfg, num_classes)
+        if cfg.init:
+            load_classifier_weights(model, cfg.init, cfg.head_map)
+        elif cfg.head_map:
+            raise ValueError("--head-map needs --init (the checkpoint whose head it selects from)")
+        run_config = {**cfg.to_dict(), "num_classes": num_classes, "class_names": names, "stage": stage}
+        teacher = load_teacher(cfg, num_classes, names, device, precision) if stage == "distill" else None
+        model = model.to(device)
+        loader = finetune_loader(train_items, train_index, cfg, dist, device, decoder)
+        val_loader = (eval_loader(val_items, val_index, cfg, dist, device, decoder, mode="val",
+                                  batch_size=max(1, int(1.5 * cfg.batch_size))) if cfg.validate else None)
+        cls_stage = ClassifyStage(model, cfg, device, dist, val_loader, teacher, run_config)
+        trainer, info = build_trainer(cfg, cls_stage, model, loader, device, dist, run_config,
+                                      layer_decay=cfg.layer_decay)
+        if dist.is_main:
+            log.info("%s: model %s, %.3fM parameters, %d classes, %d train / %d val videos, %d steps/epoch, "
+                     "total batch %d videos x %d views, lr %.3e (base %.2e per 256 videos), layer decay "
+                     "%.2f, precision %s", stage, cfg.model, count_parameters(model) / 1e6, num_classes,
+                     len(train_items), len(val_items), info["steps_per_epoch"], info["total_batch"],
+                     cfg.num_sample, info["lr"], cfg.lr, cfg.layer_decay, precision)
+        trainer.resume(cfg.resume)
+        record = trainer.fit()
+        summary = {"final_loss": record.get("loss"), "best_top1": cls_stage.best_top1,
+                   "global_step": trainer.global_step, "wall_s": time.time() - t0,
+                   "output_dir": cfg.output_dir, "num_classes": num_classes}
+        if dist.is_main:
+            log.info("done: %d steps in %.0f s, best single-view top-1 %.2f %%, checkpoints in %s",
+                     trainer.global_step, summary["wall_s"], cls_stage.best_top1, cfg.output_dir)
+        return summary

@@ -1,0 +1,121 @@
+"""Sliding-window clip features of a folder of videos, one ``<video name>.npy`` per video
+(shape ``(num_windows, width)``, float32), for temporal action detectors such as ActionFormer.
+
+    python -m vmae2_fast.extract_features --checkpoint vit_g_k710.pth --model vit_g \
+        --videos /data/thumos14/videos --out /data/thumos14/features
+
+THUMOS14-style defaults (the official extract_tad_feature.py): windows of 16 consecutive frames
+(--window, --frame-stride 1) starting every 4 frames (--stride; FineAction uses 16), frames resized
+to --input-size square without keeping the aspect ratio, the feature is the classifier's pooled
+``forward_features`` (fc_norm of the token mean). Windows lie fully inside the video; a video
+shorter than one window gives one window padded with its last frame. Frames are decoded once,
+streaming (memory holds one window, not the video). Pixels are ImageNet-normalised, as in
+training; --no-imagenet-norm reproduces the released script, which feeds [0, 1] pixels.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..cli import setup_logging
+from ..config import FeaturesConfig
+from ..data.pyav.video_io import VideoDecodeError, iter_frames, open_video
+from ..data.transforms import normalize
+from ..models import build_classifier
+from ..models.weights import extract_state_dict, load_classifier_weights, normalize_keys, read_checkpoint
+from .build import pick_device
+
+log = logging.getLogger("vmae2_fast")
+VIDEO_EXT = (".mp4", ".webm", ".avi", ".mkv", ".mov", ".m4v")
+
+
+def window_starts(n_frames: int, span: int, stride: int) -> list:
+    return list(range(0, n_frames - span + 1, stride)) if n_frames >= span else [0]
+
+
+def iter_windows(path: str, window: int, stride: int, frame_stride: int, size: int):
+    """Yield ``(start_frame, uint8 tensor (window, 3, size, size))`` streaming through the video."""
+    span = (window - 1) * frame_stride + 1
+    buf: deque = deque(maxlen=span)
+    container, stream = open_video(path, 1)
+    n = 0
+    try:
+        for i, frame in enumerate(iter_frames(container, stream, path)):
+            x = torch.from_numpy(frame.to_ndarray(format="rgb24")).permute(2, 0, 1)[None].float()
+            buf.append(F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)[0])
+            n = i + 1
+            start = i - span + 1
+            if start >= 0 and start % stride == 0:
+                yield start, torch.stack(list(buf)[::frame_stride])
+    finally:
+        container.close()
+    if n == 0:
+        raise VideoDecodeError(f"no decodable frames in {path}")
+    if n < span:
+        frames = list(buf)[::frame_stride]
+        frames += [frames[-1]] * (window - len(frames))
+        yield 0, torch.stack(frames)
+
+
+def prepare(clip: torch.Tensor, imagenet_norm: bool) -> torch.Tensor:
+    """(T, 3, S, S) 0..255 -> (3, T, S, S)."""
+    if imagenet_norm:
+        return normalize(clip)
+    return (clip / 255.0).permute(1, 0, 2, 3).contiguous()
+
+
+def run(a: FeaturesConfig) -> dict:
+    """One ``<video name>.npy`` of pooled window features per video of ``a.videos``."""
+    raw = read_checkpoint(a.checkpoint)
+    cfg = raw.get("config", {}) if isinstance(raw, dict) else {}
+    model_name = a.model or cfg.get("model")
+    if not model_name:
+        raise ValueError(f"{a.checkpoint} does not record its model; pass --model")
+    sd, _ = normalize_keys(extract_state_dict(raw)[0])
+    del raw
+    n_cls = sd["head.weight"].shape[0] if "head.weight" in sd else 0
+    size = a.input_size or cfg.get("input_size", 224)
+    videos = sorted(p for p in Path(a.videos).rglob("*") if p.suffix.lower() in VIDEO_EXT)
+    if not videos:
+        raise FileNotFoundError(f"no videos ({', '.join(VIDEO_EXT)}) under {a.videos}")
+    setup_logging(None, True)
+    device = pick_device(a.device)
+    model = build_classifier(model_name, n_cls, img_size=size, num_frames=a.window,
+                             tubelet_size=cfg.get("tubelet_size", 2))
+    load_classifier_weights(model, a.checkpoint)
+    model = model.to(device).eval()
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    done, t0 = 0, time.time()
+    for path in videos:
+        target = out / (path.stem + ".npy")
+        if target.exists() and not a.overwrite:
+            continue
+        feats, batch = [], []
+
+        def flush():
+            with torch.no_grad(), torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
+                x = torch.stack([prepare(c, a.imagenet_norm) for c in batch]).to(device)
+                feats.append(model.forward_features(x).float().cpu())
+            batch.clear()
+
+        try:
+            for _, clip in iter_windows(str(path), a.window, a.stride, a.frame_stride, size):
+                batch.append(clip)
+                if len(batch) == a.batch_size:
+                    flush()
+            if batch:
+                flush()
+        except VideoDecodeError as exc:
+            log.warning("skipping %s: %s", path, exc)
+            continue
+        np.save(target, torch.cat(feats).numpy().astype(np.float32))
+        done += 1
+        log.info("%s: %d windows -> %s", path.name, sum(f.shape[0] for f in feats), target)
+    return {"videos": done, "wall_s": time.time() - t0}

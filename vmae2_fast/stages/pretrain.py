@@ -1,0 +1,130 @@
+"""Stage 1: self-supervised pre-training with dual masking.
+
+The stage draws the masks on the device (index tensors, no host sync), runs the autoencoder and
+the masked MSE, and renders a reconstruction preview every `preview_every` epochs; everything
+else is the shared set-up (`build.py`) and loop (`train/loop.py`).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import torch
+
+from .. import ops
+from ..config import PretrainConfig, replace
+from ..data.loaders import choose_decoder, load_list, pretrain_loader
+from ..masking import DualMasking
+from ..models import build_pretrain_model, count_parameters
+from ..train.distributed import DistInfo, all_reduce_sum
+from .build import build_trainer, embedded_dataset, seed_everything, session
+
+log = logging.getLogger("vmae2_fast")
+
+
+class PretrainStage:
+    """Masks on the device, the autoencoder forward, the masked MSE, the preview."""
+
+    def __init__(self, model, cfg: PretrainConfig, device, dist: DistInfo, preview_source=None):
+        self.model, self.cfg, self.device, self.dist = model, cfg, device, dist
+        self.masking = DualMasking(model.grid, cfg.mask_ratio, cfg.decoder_mask_ratio, device=device)
+        # One generator, seeded identically on every rank, draws the masks of the GLOBAL batch;
+        # each rank takes its slice, so a run's masks do not depend on the number of processes.
+        self.mask_gen = torch.Generator(device=device).manual_seed(cfg.seed)
+        self.preview_source = preview_source
+
+    def compute_loss(self, model, batch):
+        video = batch[0].to(self.device, non_blocking=True)
+        b = video.shape[0]
+        vis, dec = self.masking(b * self.dist.world_size, self.mask_gen)
+        denominator = None
+        if self.dist.enabled:
+            lo = self.dist.rank * b
+            vis, dec = vis[lo:lo + b], dec[lo:lo + b]
+            # Token-weighted mean over the global batch (see ops.reference.masked_mse).
+            count = ops.loss_token_count(vis, dec, self.model.num_tokens).float()
+            denominator = all_reduce_sum(count, self.dist) / self.dist.world_size
+        pred = model(video, vis, dec)
+        return self.model.loss(pred, video, vis, dec, denominator), b
+
+    def state_dict(self):
+        return {"mask_gen": self.mask_gen.get_state()}
+
+    def load_state_dict(self, state):
+        self.mask_gen.set_state(state["mask_gen"])
+
+    @torch.no_grad()
+    def on_epoch_end(self, epoch, trainer):
+        every = self.cfg.preview_every
+        if not every or (epoch + 1) % every or not self.dist.is_main or self.preview_source is None:
+            return {}
+        from .preview import save_reconstruction_preview
+        clips, _ = self.preview_source()
+        video = clips[:1].to(self.device)
+        vis, dec = self.masking(1, torch.Generator(device=self.device).manual_seed(1234))
+        was_training = self.model.training
+        self.model.eval()
+        pred = self.model(video, vis, dec).float()
+        self.model.train(was_training)
+        path = Path(self.cfg.output_dir) / f"preview-epoch{epoch}.png"
+        save_reconstruction_preview(path, video[0].cpu(), vis[0].cpu(), dec[0].cpu(), pred[0].cpu(),
+                                    patch_size=self.model.patch_size, tubelet_size=self.model.tubelet_size)
+        log.info("reconstruction preview: %s", path)
+        return {"preview": str(path)}
+
+
+def build_model(cfg: PretrainConfig):
+    return build_pretrain_model(
+        cfg.model, img_size=cfg.input_size, num_frames=cfg.num_frames, tubelet_size=cfg.tubelet_size,
+        decoder_depth=cfg.decoder_depth, drop_path_rate=cfg.drop_path,
+        normalize_target=cfg.normalize_target, activation_checkpointing=cfg.activation_checkpointing)
+
+
+def run(cfg: PretrainConfig) -> dict:
+    """Train stage 1 as `cfg` says; returns a summary (final loss, steps, skipped videos, ...)."""
+    with session(cfg.device, cfg.output_dir) as (device, dist):
+        t_start = time.time()
+        seed_everything(cfg.seed, dist.rank)
+        ops.use_backend(cfg.kernels)  # fused ops: logs which face runs, once
+
+        # Everything that can fail on bad input is checked before any compute is spent.
+        model = build_model(cfg).to(device)
+        decoder = choose_decoder(cfg.decoder, device, log_choice=dist.is_main)
+        list_file, root = cfg.data, cfg.data_root
+        if list_file is None:
+            synth = embedded_dataset(dist)
+            list_file, root = synth.pretrain_list, synth.root
+        entries, index = load_list(list_file, root, decoder=decoder, labels=False,
+                                   build=cfg.data is None)
+        first = entries[0].path
+        if not Path(first).exists():
+            raise FileNotFoundError(f"the first video of {list_file}, {first}, does not exist; is "
+                                    f"--data-root ({root or 'not set'}) right?")
+        loader = pretrain_loader(entries, index, replace(cfg, decoder=decoder), dist, device, decoder)
+
+        def preview_source():                  # one CPU-decoded clip, whatever the decoder
+            from ..data.pyav.pretrain import PretrainVideoDataset
+            return PretrainVideoDataset(entries[:1], num_frames=cfg.num_frames, sampling_rate=cfg.sampling_rate,
+                                        input_size=cfg.input_size, seed=cfg.seed)[0]
+
+        stage = PretrainStage(model, cfg, device, dist, preview_source)
+        trainer, info = build_trainer(cfg, stage, model, loader, device, dist, cfg.to_dict())
+        if dist.is_main:
+            log.info("model %s: %.3fM parameters, %d tokens (%d visible, %d decoded) on %s, precision %s, "
+                     "fused ops: %s", cfg.model, count_parameters(model) / 1e6, model.num_tokens,
+                     stage.masking.num_visible, stage.masking.num_decoded, device, info["precision"],
+                     ops.active_backend())
+            log.info("data: %d videos, %d optimiser steps/epoch, total batch %d videos x %d views, "
+                     "lr %.3e (base %.2e per 256 videos)", len(entries), info["steps_per_epoch"],
+                     info["total_batch"], cfg.num_sample, info["lr"], cfg.lr)
+        trainer.resume(cfg.resume)
+        record = trainer.fit()
+        summary = {"final_loss": record.get("loss"), "global_step": trainer.global_step,
+                   "skipped_videos": trainer.skipped_videos, "wall_s": time.time() - t_start,
+                   "output_dir": cfg.output_dir}
+        if dist.is_main:
+            loss = summary["final_loss"]
+            log.info("done: %d steps in %.0f s, last loss %s, checkpoints in %s", trainer.global_step,
+                     summary["wall_s"], f"{loss:.4f}" if loss is not None else "n/a", cfg.output_dir)
+        return summary
