@@ -16,12 +16,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine_name, report_main  # noqa: E402
 
 from vmae2_fast.data import VideoEntry, PretrainVideoDataset, ensure_synthetic_dataset, pretrain_collate
 from vmae2_fast.data.dali.pipeline import DaliVideoLoader, dali_status
@@ -29,17 +31,6 @@ from vmae2_fast.data.index import DALI_CPU_CODECS, build_index
 from vmae2_fast.data.sampler import EpochIndexed, GlobalBatchSampler
 
 VIDEO_EXT = (".mp4", ".webm", ".mkv", ".avi", ".mov")
-
-
-def machine_name() -> str:
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name(0)
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        model = platform.processor() or platform.machine()
-    return f"cpu {model} x{os.cpu_count()}"
 
 
 def list_folder(folder: str, out_dir: Path, max_videos: int) -> tuple:
@@ -165,11 +156,7 @@ def main(argv=None):
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--work-dir", default=os.path.join(os.path.expanduser("~"), ".cache", "vmae2_fast", "bench"))
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
-    args = p.parse_args(argv)
-    report = run(args)
-    path = write(report, Path(args.out))
-    print(path.with_suffix(".md").read_text())
-    return 0
+    return report_main(p, run, write, argv)
 
 
 if __name__ == "__main__":

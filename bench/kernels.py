@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from throughput import machine_name  # noqa: E402
+from common import machine_name  # noqa: E402
 
 # name: (patch, embed dim, decoder dim); 16 frames of 224^2, tubelet 2, ratios 0.9 / 0.5
 SHAPES = {"vit_b": (16, 768, 384), "vit_g": (14, 1408, 512)}

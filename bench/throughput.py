@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import time
@@ -30,24 +29,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine_name, report_main  # noqa: E402
+
 from vmae2_fast import ops
 from vmae2_fast.testing import baseline
 from vmae2_fast.masking import DualMasking
 from vmae2_fast.models import build_pretrain_model, count_parameters
 from vmae2_fast.models.zoo import model_spec
 from vmae2_fast.train.optim import build_adamw
-
-
-def machine_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return f"cpu-{line.split(':', 1)[1].strip()}"
-    except OSError:
-        pass
-    return f"cpu-{platform.processor() or platform.machine()}"
 
 
 def sync(device):
@@ -161,11 +151,7 @@ def main(argv=None):
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--activation-checkpointing", action="store_true")
     p.add_argument("--out", default=str(Path(__file__).parent / "results"))
-    args = p.parse_args(argv)
-    report = run(args)
-    stem = write(report, Path(args.out))
-    print(stem.with_suffix(".md").read_text())
-    return 0
+    return report_main(p, run, write, argv)
 
 
 if __name__ == "__main__":

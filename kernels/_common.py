@@ -48,3 +48,10 @@ def cube_row_base(tok, b, GH, GW, TUB: tl.constexpr, P: tl.constexpr, s_b, s_t, 
     hh = (tok // GW) % GH
     ww = tok % GW
     return b.to(tl.int64) * s_b + tt * (TUB * s_t) + hh * (P * s_h) + ww * (P * s_w)
+
+
+@triton.jit
+def tile(axis, BLOCK: tl.constexpr, limit):
+    """This program's indices along one grid axis, and which of them are in range."""
+    r = tl.program_id(axis) * BLOCK + tl.arange(0, BLOCK)
+    return r, r < limit

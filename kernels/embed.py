@@ -11,7 +11,7 @@ import triton
 import triton.language as tl
 
 from ._common import (acc_dtype, mma_dtype, check_device, check_video, compute_dtype, cube_row_base,
-                      table_grad, tl_dtype)
+                      table_grad, tile, tl_dtype)
 
 BM, BN, BK = 64, 64, 32
 
@@ -31,12 +31,8 @@ def _embed_fwd(video, w, bias, pos, idx, out, M, NV, CE, K, GH, GW,
                TUB: tl.constexpr, P: tl.constexpr, HAS_BIAS: tl.constexpr,
                DOT: tl.constexpr, MMA: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
-    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    mm = rm < M
-    mn = rn < CE
+    rm, mm = tile(0, BLOCK_M, M)
+    rn, mn = tile(1, BLOCK_N, CE)
     b = rm // NV
     tok = tl.load(idx + b.to(tl.int64) * s_ib + (rm % NV) * s_ij, mask=mm, other=0)
     base = cube_row_base(tok, b, GH, GW, TUB, P, s_b, s_t, s_h, s_w)
@@ -65,12 +61,8 @@ def _embed_bwd_w(video, g, idx, gw, M, NV, CE, K, GH, GW,
                  PREC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                  BLOCK_K: tl.constexpr):
     """grad_w[n, k] = sum_m g[m, n] * cube[m, k], the cubes re-gathered from the video."""
-    pid_n = tl.program_id(0)
-    pid_k = tl.program_id(1)
-    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    rk = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
-    mn = rn < CE
-    mk = rk < K
+    rn, mn = tile(0, BLOCK_N, CE)
+    rk, mk = tile(1, BLOCK_K, K)
     koff = _k_offsets(rk, K, s_c, s_t, s_h, s_w, TUB, P)
     acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=ACC)
     for m0 in range(0, M, BLOCK_M):

@@ -17,7 +17,7 @@ to ``short_side_size``, centre crop. Randomness: ``default_rng([seed, epoch, ind
 from __future__ import annotations
 
 import logging
-from typing import List, Sequence, Tuple
+from typing import Sequence, Tuple
 
 import numpy as np
 import torch
@@ -27,6 +27,7 @@ from torch.utils.data import Dataset
 from ..clip_sampling import (finetune_frame_indices, random_resized_crop_box, sparse_frame_indices,
                              test_crop_offsets, test_frame_indices)
 from ..transforms import cube_random_erasing, normalize, resize_short_side, to_float_tchw
+from .base import VideoDataset
 from .randaugment import VideoRandAugment
 from .video_io import VideoDecodeError, count_frames, decode_frames
 
@@ -35,7 +36,7 @@ __all__ = ["VideoClsDataset", "VideoTestDataset", "cls_collate", "eval_collate"]
 logger = logging.getLogger(__name__)
 
 
-class VideoClsDataset(Dataset):
+class VideoClsDataset(VideoDataset):
     """Training items ``(clips (K, 3, T, S, S), label, n_skipped)``, K = ``num_sample``;
     validation items ``(clip (1, 3, T, S, S), label, n_skipped, path)``.
 
@@ -48,9 +49,7 @@ class VideoClsDataset(Dataset):
                  num_sample: int = 2, flip: bool = True, aa: str = "rand-m7-n4-mstd0.5-inc1",
                  reprob: float = 0.25, min_crop_scale: float = 0.08, sparse: bool = False,
                  seed: int = 0, max_retries: int = 10):
-        if len(items) == 0:
-            raise ValueError("the annotation list is empty: it needs one 'path label' line per video")
-        self.items: List[Tuple[str, int]] = list(items)
+        super().__init__(items, seed, max_retries)
         self.train = train
         self.num_frames, self.sampling_rate = int(num_frames), int(sampling_rate)
         self.input_size, self.short_side_size = int(input_size), int(short_side_size)
@@ -58,24 +57,9 @@ class VideoClsDataset(Dataset):
         self.flip, self.reprob, self.sparse = flip, float(reprob), sparse
         self.min_crop_scale = float(min_crop_scale)
         self.randaug = VideoRandAugment.from_policy(aa) if train else None
-        self.seed, self.max_retries = int(seed), int(max_retries)
-        self.epoch = 0
-        self._counted: dict = {}
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def _frame_count(self, path: str) -> int:
-        n = self._counted.get(path)
-        if n is None:
-            n = self._counted[path] = count_frames(path)
-        return n
 
     def _indices(self, path: str, rng) -> np.ndarray:
-        n = self._frame_count(path)
+        n = self.frame_count(path)
         if self.sparse:
             return sparse_frame_indices(n, self.num_frames, rng, self.train)
         return finetune_frame_indices(n, self.num_frames, self.sampling_rate, rng, self.train)
@@ -102,27 +86,23 @@ class VideoClsDataset(Dataset):
             x = F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False)
         return normalize(x)
 
+    def _train_item(self, current: int, rng):
+        """The clips and the label of the video actually loaded (a replacement has its own)."""
+        path, label = self.items[current]
+        frames = decode_frames(path, self._indices(path, rng))
+        return torch.stack([self._train_view(frames, rng) for _ in range(self.num_sample)]), label
+
     def __getitem__(self, index: int):
-        index = int(index)
-        current, n_skipped, last_error = index, 0, ""
-        for attempt in range(self.max_retries + 1):
-            rng = np.random.default_rng([self.seed, self.epoch, index, attempt])
-            path, label = self.items[current]
-            try:
-                frames = decode_frames(path, self._indices(path, rng))
-                if not self.train:
-                    return self._val_view(frames)[None], label, n_skipped, path
-                return torch.stack([self._train_view(frames, rng) for _ in range(self.num_sample)]), \
-                    label, n_skipped
-            except VideoDecodeError as exc:
-                n_skipped += 1
-                last_error = f"{path} ({exc})"
-                logger.warning("skipping unreadable video %s", last_error)
-                if not self.train:
-                    return None, label, n_skipped, path
-                current = int(rng.integers(len(self.items)))
-        raise RuntimeError(f"too many unreadable videos: item {index} and {self.max_retries} random "
-                           f"replacements failed (last: {last_error}); check the list and --data-root")
+        if self.train:
+            (clips, label), n_skipped = self.with_replacement(index, self._train_item)
+            return clips, label, n_skipped
+        path, label = self.items[int(index)]
+        try:
+            frames = decode_frames(path, self._indices(path, self.rng(index)))
+            return self._val_view(frames)[None], label, 0, path
+        except VideoDecodeError as exc:
+            logger.warning("skipping unreadable video %s (%s)", path, exc)
+            return None, label, 1, path
 
 
 def cls_collate(batch):

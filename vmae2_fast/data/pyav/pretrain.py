@@ -16,60 +16,42 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import List, Sequence, Tuple
+from typing import Sequence, Tuple
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
 from ..clip_sampling import multiscale_crop_box, pretrain_frame_indices
 from ..lists import VideoEntry
 from ..transforms import crop_resize_normalize
-from .video_io import VideoDecodeError, count_frames, decode_frames
+from .base import VideoDataset
+from .video_io import decode_frames
 
 __all__ = ["PretrainVideoDataset", "pretrain_collate"]
 
 logger = logging.getLogger(__name__)
 
 
-class PretrainVideoDataset(Dataset):
+class PretrainVideoDataset(VideoDataset):
     """Returns ``(clips, n_skipped)``: float32 ``(num_sample, 3, num_frames, S, S)`` and an int."""
 
     def __init__(self, items: Sequence[VideoEntry], num_frames: int = 16, sampling_rate: int = 4,
                  input_size: int = 224, num_sample: int = 1, seed: int = 0, max_retries: int = 10):
-        if len(items) == 0:
-            raise ValueError("PretrainVideoDataset needs at least one item")
+        super().__init__(items, seed, max_retries)
         if num_sample < 1:
             raise ValueError(f"num_sample must be >= 1, got {num_sample}")
-        if max_retries < 0:
-            raise ValueError(f"max_retries must be >= 0, got {max_retries}")
-        if seed < 0:
-            raise ValueError(f"seed must be >= 0 (it seeds numpy's SeedSequence), got {seed}")
-        self.items: List[VideoEntry] = list(items)
         self.num_frames = int(num_frames)
         self.sampling_rate = int(sampling_rate)
         self.input_size = int(input_size)
         self.num_sample = int(num_sample)
-        self.seed = int(seed)
-        self.max_retries = int(max_retries)
-        self.epoch = 0
-        # Frame counts found by decoding (lists with total_frames = -1; WebM stores no count).
-        # Each DataLoader worker keeps its own memo, so a video is counted once per worker.
-        self._counted: dict = {}
 
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch's random stream (call before iterating, like DistributedSampler)."""
-        self.epoch = int(epoch)
-
-    def _load(self, item: VideoEntry, rng: np.random.Generator) -> torch.Tensor:
-        n_frames = item.total
-        if n_frames <= 0:
-            n_frames = self._counted.get(item.path)
-            if n_frames is None:
-                n_frames = self._counted[item.path] = count_frames(item.path)
+    def _load(self, current: int, rng: np.random.Generator) -> torch.Tensor:
+        item = self.items[current]
+        if os.path.isdir(item.path):
+            # Skipping would silently drop a whole raw-frame dataset: fail loudly instead.
+            raise NotImplementedError(f"{item.path} is a directory of frames; raw-frame datasets are "
+                                      "not supported yet, list video files instead")
+        n_frames = self.frame_count(item.path, item.total)
         indices = pretrain_frame_indices(n_frames, self.num_frames, self.sampling_rate, rng)
         frames = decode_frames(item.path, indices)  # (T, H, W, 3) uint8, decoded once
         h, w = frames.shape[1:3]
@@ -80,27 +62,7 @@ class PretrainVideoDataset(Dataset):
         return torch.stack(views)
 
     def __getitem__(self, index: int) -> Tuple[torch.Tensor, int]:
-        index = int(index)
-        current = index
-        n_skipped = 0
-        for attempt in range(self.max_retries + 1):
-            rng = np.random.default_rng([self.seed, self.epoch, index, attempt])
-            item = self.items[current]
-            try:
-                return self._load(item, rng), n_skipped
-            except VideoDecodeError as exc:
-                if os.path.isdir(item.path):
-                    # Skipping would silently drop a whole raw-frame dataset: fail loudly instead.
-                    raise NotImplementedError(
-                        f"{item.path} is a directory of frames; raw-frame datasets are not "
-                        f"supported yet, list video files instead") from exc
-                n_skipped += 1
-                last_error = f"{item.path} ({exc})"
-                logger.warning("skipping unreadable video %s", last_error)
-                current = int(rng.integers(len(self.items)))
-        raise RuntimeError(
-            f"too many unreadable videos: item {index} and {self.max_retries} random replacements "
-            f"all failed to load (last: {last_error}); check the list file and --data-root")
+        return self.with_replacement(index, self._load)
 
 
 def pretrain_collate(batch: Sequence[Tuple[torch.Tensor, int]]
