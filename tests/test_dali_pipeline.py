@@ -158,3 +158,49 @@ def test_cli_pretrain_with_dali(tiny_synthetic, tmp_path):
     build_index(str(lst), tiny_synthetic.root, progress=False)
     assert main(argv) == 0
     assert (tmp_path / "run" / "checkpoint-last.pth").exists()
+
+
+def _labelled(videos, n):
+    return [IndexedVideo(v.path, v.rel, v.frames, v.fps, v.codec, v.width, v.height, label=k % 6)
+            for k, v in enumerate(videos[:n])]
+
+
+def test_val_and_test_views_equal_the_cpu_path(videos):
+    """DALI's val mode (one centred view) and test mode (S x C views from one decode) follow the
+    same frame and crop rules as the PyAV datasets (`clip_sampling`): same frames, same places,
+    up to the decoders' colour conversion and crop-then-resize vs resize-then-crop."""
+    from vmae2_fast.data.pyav.classify import VideoClsDataset, VideoTestDataset
+    labelled = _labelled(videos, 5)
+    items = [(v.path, v.label) for v in labelled]
+    val = list(loader(labelled, mode="val", batch_size=2, num_views=1)(0))
+    cpu_val = VideoClsDataset(items, False, num_frames=T, sampling_rate=R, input_size=S, short_side_size=S)
+    test = list(loader(labelled, mode="test", batch_size=2, num_views=3, test_segments=2)(0))
+    cpu_test = VideoTestDataset(items, T, R, S, S, segments=2, crops=3)
+    for batches, cpu, views in ((val, cpu_val, 1), (test, cpu_test, 6)):
+        assert [p for b in batches for p in b[3]] == [v.path for v in labelled]    # every video once
+        assert torch.cat([b[1] for b in batches]).tolist() == [v.label for v in labelled]
+        got = torch.cat([b[0] for b in batches])
+        ref = torch.cat([cpu[i][0] for i in range(len(items))])
+        assert got.shape == ref.shape == (len(items) * views, 3, T, S, S)
+        diff = (got - ref).abs().mean()
+        assert diff < 0.08, diff
+        # the views are not interchangeable: a wrong segment or crop order is far off
+        if views > 1:
+            shifted = torch.roll(ref.view(len(items), views, 3, T, S, S), 1, dims=1).view_as(ref)
+            assert (got - shifted).abs().mean() > 3 * diff
+
+
+def test_eval_modes_drop_unreadable_videos_instead_of_replacing_them(videos, tmp_path):
+    labelled = _labelled(videos, 4)
+    data = open(labelled[0].path, "rb").read()
+    (tmp_path / "trunc.webm").write_bytes(data[: len(data) // 3])
+    bad = IndexedVideo(str(tmp_path / "trunc.webm"), "trunc.webm", 24, 12.0, "vp9", 48, 48, label=5)
+    order = labelled[:1] + [bad] + labelled[1:]
+    dl = loader(order, mode="test", batch_size=2, num_views=1, test_segments=1)
+    batches = list(dl(0))
+    paths = [p for b in batches for p in b[3]]
+    assert paths == [v.path for v in labelled]                 # the bad file is left out, no stand-in
+    assert sum(int(b[2]) for b in batches) == 1 == dl.skipped_total
+    assert dl.bad == {bad.path}
+    again = list(dl(0))                                        # known bad: dropped without decoding
+    assert [p for b in again for p in b[3]] == paths and dl.skipped_total == 2

@@ -68,3 +68,14 @@ def test_dataset_items(tiny_synthetic):
     assert va[0][0].shape == (1, 3, 4, 32, 32)
     with pytest.raises(ValueError, match="empty"):
         VideoClsDataset([], True)
+
+
+def test_sparse_test_views_take_different_frames_of_each_segment():
+    """Official sparse test (SSv2): view s takes the frame at (s + 0.5) / S of every segment, so
+    the S views differ and interleave (`buffer[s::S]`); dense views are windows of the stride."""
+    from vmae2_fast.data.clip_sampling import test_frame_indices
+    sparse = test_frame_indices(64, 8, 4, 2, sparse=True)
+    assert sparse.tolist() == [[2, 10, 18, 26, 34, 42, 50, 58], [6, 14, 22, 30, 38, 46, 54, 62]]
+    dense = test_frame_indices(100, 4, 4, 3)
+    assert dense.tolist() == [[0, 4, 8, 12], [40, 44, 48, 52], [84, 88, 92, 96]]
+    assert test_frame_indices(100, 4, 4, 1).tolist() == [[40, 44, 48, 52]]   # centred; official: 1/0

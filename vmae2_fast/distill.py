@@ -1,4 +1,4 @@
-"""Distillation (paper Table 16): the student minimises KL(teacher || student) over the logits;
+r"""Distillation (paper Table 16): the student minimises KL(teacher || student) over the logits;
 the teacher (a classifier over the same classes) is frozen, in eval mode, run without gradients
 in the training dtype. Mixup/cutmix mix the inputs both models see; labels are not used.
 

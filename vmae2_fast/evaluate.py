@@ -1,4 +1,4 @@
-"""Multi-view testing: S temporal clips x C spatial crops per video, each video decoded ONCE,
+r"""Multi-view testing: S temporal clips x C spatial crops per video, each video decoded ONCE,
 softmax per view then the mean over views (the official 'prob' fusion); top-1, top-5 and mean
 class accuracy, and a per-video predictions file. Any S and C work, 1 x 1 included (the official
 code divides by zero there). Kinetics: 5 x 3; SSv2: 2 x 3 with --sparse-sample.

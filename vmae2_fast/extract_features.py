@@ -1,4 +1,4 @@
-"""Sliding-window clip features of a folder of videos, one ``<video name>.npy`` per video
+r"""Sliding-window clip features of a folder of videos, one ``<video name>.npy`` per video
 (shape ``(num_windows, width)``, float32), for temporal action detectors such as ActionFormer.
 
     python -m vmae2_fast.extract_features --checkpoint vit_g_k710.pth --model vit_g \

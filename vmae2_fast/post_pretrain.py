@@ -1,4 +1,4 @@
-"""Stage 2: supervised post-pre-training on Kinetics-710 (paper Table 11), from a stage-1
+r"""Stage 2: supervised post-pre-training on Kinetics-710 (paper Table 11), from a stage-1
 checkpoint (the encoder is kept, the decoder dropped).
 
     python -m vmae2_fast.post_pretrain --model vit_g --init runs/pt/checkpoint-last.pth \
