@@ -7,7 +7,6 @@ import torch
 import torch.nn as nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.checkpoint import checkpoint
-from torch.utils.flop_counter import FlopCounterMode
 
 from vmae2_fast import ops
 from vmae2_fast.flops import (PARTS, forward_macs, macs_breakdown, main, mfu, peak_flops,
@@ -31,6 +30,13 @@ def test_fvcore_count_reproduces_the_paper(model, decoder_ratio, paper_g):
     assert forward_macs(model, 0.9, decoder_ratio) < got * 1e9
 
 
+def _flop_counter():
+    # Imported late: torch.utils.flop_counter imports triton, and the Triton kernel tests must set
+    # TRITON_INTERPRET=1 (when they are collected) before triton is first imported.
+    from torch.utils.flop_counter import FlopCounterMode
+    return FlopCounterMode(display=False)
+
+
 @contextmanager
 def _measured():
     """FlopCounterMode around plain-PyTorch ops: the reference fused ops (F.linear) and the math
@@ -38,7 +44,7 @@ def _measured():
     previous = ops.active_backend()
     ops.use_backend("reference")
     try:
-        with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        with sdpa_kernel(SDPBackend.MATH), _flop_counter() as counter:
             yield counter
     finally:
         ops.use_backend(previous)
@@ -207,7 +213,7 @@ def test_flop_counter_sees_flash_attention_on_gpu():
     previous = ops.active_backend()
     ops.use_backend("reference")
     try:
-        with torch.autocast("cuda", torch.bfloat16), FlopCounterMode(display=False) as counter:
+        with torch.autocast("cuda", torch.bfloat16), _flop_counter() as counter:
             model(torch.randn(2, 3, 8, 64, 64, device="cuda"), vis, dec)
     finally:
         ops.use_backend(previous)
