@@ -236,8 +236,7 @@ def reencode_list(list_file, data_root: str, out_root: str,
     workers = (os.cpu_count() or 1) if workers is None else int(workers)
     if workers < 1:
         raise ValueError(f"--workers must be at least 1, got {workers}")
-    threads = max(1, (os.cpu_count() or 1) // workers) if threads is None else int(threads)
-    if threads < 1:
+    if threads is not None and threads < 1:
         raise ValueError(f"--threads must be at least 1, got {threads}")
     data_root = os.fspath(data_root or "")
     out_root = os.path.abspath(out_root)
@@ -255,8 +254,11 @@ def reencode_list(list_file, data_root: str, out_root: str,
     jobs, job_of_entry, failed = _plan(entries, data_root, out_root, settings.ext)
     _check_settings(out_root, settings)
 
+    workers = min(workers, max(1, len(jobs)))
+    # codec threads per process: the cores the processes leave free (many files: one each)
+    threads = max(1, (os.cpu_count() or 1) // workers) if threads is None else int(threads)
     t0 = time.perf_counter()
-    results = _run_jobs(jobs, settings, min(workers, max(1, len(jobs))), threads, progress)
+    results = _run_jobs(jobs, settings, workers, threads, progress)
     res = ReencodeResult(out_list, out_list + ".failed.jsonl", failed=failed)
     res.seconds = time.perf_counter() - t0
     for r in results:
