@@ -179,24 +179,49 @@ def test_vp9_output_and_dali_cpu_decode(sources, tmp_path):
     ok, why = dali_status()
     if not ok:
         pytest.skip(f"DALI part needs nvidia-dali: {why}")
-    import nvidia.dali.fn as fn
-    import nvidia.dali.types as types
-    from nvidia.dali import pipeline_def
-    want = np.array([0, 17, 31, 39], np.int32)   # across GOPs: DALI seeks to keyframes
-
-    @pipeline_def(batch_size=1, num_threads=1, device_id=None)
-    def pipe():
-        enc = fn.external_source(name="enc", dtype=types.UINT8, ndim=1)
-        return fn.decoders.video(enc, device="cpu", frames=want.tolist())
-    p = pipe()
-    p.build()
-    p.feed_input("enc", [np.fromfile(path, np.uint8)])
-    (frames,) = p.run()
-    dali = np.asarray(frames[0]).astype(np.float32)
+    want = np.array([0, 17, 31, 39])   # across GOPs: DALI seeks to keyframes
+    dali = dali_decode(path, want, "cpu")
     assert dali.shape == (4, 64, 106, 3)
     # same frames up to the decoders' chroma upsampling (DALI bilinear, PyAV nearest)
     assert np.abs(dali - dst["frames"][want]).mean() < 3.0
     assert np.abs(dali - dst["frames"][want[::-1]]).mean() > 6.0   # and not other frames
+
+
+def dali_decode(path, frames, device):
+    """Frames ``frames`` of ``path`` decoded by DALI (``cpu`` or ``mixed``), float32 RGB."""
+    import nvidia.dali.fn as fn
+    import nvidia.dali.types as types
+    from nvidia.dali import pipeline_def
+
+    @pipeline_def(batch_size=1, num_threads=1, device_id=0 if device == "mixed" else None)
+    def pipe():
+        enc = fn.external_source(name="enc", dtype=types.UINT8, ndim=1)
+        return fn.decoders.video(enc, device=device, frames=[int(i) for i in frames])
+    p = pipe()
+    p.build()
+    p.feed_input("enc", [np.fromfile(path, np.uint8)])
+    (out,) = p.run()
+    if device == "mixed":
+        out = out.as_cpu()
+    return np.asarray(out[0]).astype(np.float32)
+
+
+@pytest.mark.gpu
+def test_h264_output_decodes_on_nvdec(h264_run):
+    """The point of H.264 outputs: NVDEC reads them, including those made from 4:2:2 sources
+    and MPEG-4 Part 2 AVIs, which it cannot read as they were."""
+    from vmae2_fast.data.dali_pipeline import dali_status
+    ok, why = dali_status()
+    if not ok:
+        pytest.skip(f"needs nvidia-dali: {why}")
+    _, out, _ = h264_run
+    want = np.array([1, 16, 30, 39])
+    for name in ("chroma422.mp4", "divx.mp4"):
+        path = str(out / "sub" / name)
+        ref = read_back(path)["frames"][want]
+        got = dali_decode(path, want, "mixed")
+        assert got.shape == ref.shape
+        assert np.abs(got - ref).mean() < 3.0
 
 
 def test_failures_are_reported_and_left_out(sources, tmp_path, capsys):
@@ -279,6 +304,13 @@ def test_resume_redoes_nothing_and_replaces_leftovers(sources, tmp_path, monkeyp
     assert not os.path.exists(leftover)
     assert read_back(str(outs[1]))["keys"] == list(range(0, N_FRAMES, GOP))
     assert load_index(str(out / "pre.txt"), str(out)).videos[1].frames == N_FRAMES
+
+    # A final name that no longer opens (damaged later, by someone else): redone as well.
+    calls.clear()
+    outs[2].write_bytes(b"not a video any more")
+    fourth = reencode_list(*args, workers=1, progress=False)
+    assert (fourth.encoded, fourth.reused, calls) == (1, 2, [str(root / "sub" / "small_odd444.mp4")])
+    assert read_back(str(outs[2]))["size"] == (74, 50)
 
     # Other settings would mix two kinds of output in one root: refused.
     with pytest.raises(ValueError, match="other settings: gop 16 .now 8."):

@@ -31,11 +31,11 @@ import multiprocessing
 import os
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
-from .index import VideoIndex, build_index, probe_video
+from .index import VideoIndex, build_index
 from .lists import _PATH_COLS, _TOTAL_COLS, _is_int, VideoEntry, detect_kind, read_list
 from .transcode import PRESETS, EncodeSettings, TranscodeError, transcode
 
@@ -119,14 +119,29 @@ def _write_list(list_file: str, kind: str, n_entries: int, outputs: List[Optiona
 
 
 # ------------------------------------------------------------------------------- the run
-def _one(src: str, dst: str, settings: EncodeSettings, threads: int) -> dict:
-    """One video, in a worker: keep a complete earlier output, else transcode. Never raises for
-    a bad video: the failure is returned with its reason, so that the run goes on."""
-    if os.path.isfile(dst):
-        probe = probe_video(dst)
-        if probe["readable"]:
-            return dict(status="reused", frames=probe["frames"])
-        os.remove(dst)      # damaged after it was written (the rename makes a partial one impossible)
+def _finished(dst: str) -> Optional[int]:
+    """Frame count of a complete output of an earlier run, or None if there is none. The rename
+    makes any file with the final name complete, so this only reads the header (MP4 stores the
+    count; WebM does not, and its packets are counted). An output that no longer opens is
+    removed, to be redone."""
+    if not os.path.isfile(dst):
+        return None
+    import av
+    try:
+        with av.open(dst) as c:
+            s = c.streams.video[0]
+            n = int(s.frames or 0) or sum(1 for p in c.demux(s) if p.size > 0)
+    except (av.FFmpegError, OSError, ValueError, IndexError):
+        n = 0
+    if n <= 0:
+        os.remove(dst)
+        return None
+    return n
+
+
+def _encode_one(src: str, dst: str, settings: EncodeSettings, threads: int) -> dict:
+    """One video, in a worker. Never raises for a bad video: the failure is returned with its
+    reason, so that the run goes on."""
     try:
         info = transcode(src, dst, settings, threads)
     except TranscodeError as exc:
@@ -184,9 +199,10 @@ def _plan(entries: List[VideoEntry], data_root: str, out_root: str, ext: str):
     return jobs, job_of_entry, failed
 
 
-def _run_jobs(jobs, settings: EncodeSettings, workers: int, threads: int, progress: bool):
-    """Run every job (in ``workers`` processes, or here for one) with a progress bar; returns
-    one result dict per job, in job order."""
+def _run_jobs(jobs, settings: EncodeSettings, workers: int, threads: Optional[int],
+              progress: bool):
+    """Keep the outputs an earlier run finished, transcode the others (in ``workers``
+    processes, or here for one) with a progress bar; returns one result dict per job."""
     from tqdm import tqdm
     results: List[Optional[dict]] = [None] * len(jobs)
     bar = tqdm(total=len(jobs), desc="re-encoding", unit="video", dynamic_ncols=True,
@@ -201,15 +217,22 @@ def _run_jobs(jobs, settings: EncodeSettings, workers: int, threads: int, progre
         bar.set_postfix(frames_per_s=f"{frames / max(time.perf_counter() - t0, 1e-9):.0f}",
                         refresh=False)
     try:
+        with ThreadPoolExecutor(8) as probes:        # file reads: threads are enough
+            for i, n in enumerate(probes.map(lambda job: _finished(job[1]), jobs)):
+                if n is not None:
+                    done(i, dict(status="reused", frames=n))
+        todo = [i for i, r in enumerate(results) if r is None]
+        workers = min(workers, max(1, len(todo)))
+        # codec threads per process: the cores the processes leave free (many files: one each)
+        threads = max(1, (os.cpu_count() or 1) // workers) if threads is None else threads
         if workers == 1:
-            for i, (src, dst) in enumerate(jobs):
-                done(i, _one(src, dst, settings, threads))
-        else:
+            for i in todo:
+                done(i, _encode_one(*jobs[i], settings, threads))
+        elif todo:
             # spawn: workers start clean (no copied threads or locks of the parent)
             ctx = multiprocessing.get_context("spawn")
             with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
-                futures = {pool.submit(_one, src, dst, settings, threads): i
-                           for i, (src, dst) in enumerate(jobs)}
+                futures = {pool.submit(_encode_one, *jobs[i], settings, threads): i for i in todo}
                 try:
                     for fut in as_completed(futures):
                         done(futures[fut], fut.result())
@@ -254,9 +277,6 @@ def reencode_list(list_file, data_root: str, out_root: str,
     jobs, job_of_entry, failed = _plan(entries, data_root, out_root, settings.ext)
     _check_settings(out_root, settings)
 
-    workers = min(workers, max(1, len(jobs)))
-    # codec threads per process: the cores the processes leave free (many files: one each)
-    threads = max(1, (os.cpu_count() or 1) // workers) if threads is None else int(threads)
     t0 = time.perf_counter()
     results = _run_jobs(jobs, settings, workers, threads, progress)
     res = ReencodeResult(out_list, out_list + ".failed.jsonl", failed=failed)
