@@ -57,16 +57,17 @@ def _custom_pretrain(**kw):
                                      decoder_depth=2, decoder_num_heads=2, mlp_ratio=48 / 11, **kw)
 
 
+# name: (model, (encoder mask ratio, decoder mask ratio)); masks are drawn by DualMasking, not the model
 PRETRAIN_CASES = {
-    "micro-dual": lambda: build_pretrain_model("vit_micro", img_size=64, num_frames=8),
-    "micro-v1": lambda: build_pretrain_model("vit_micro", img_size=64, num_frames=8, decoder_mask_ratio=0.0),
-    "custom-0.75-0.25": lambda: _custom_pretrain(mask_ratio=0.75, decoder_mask_ratio=0.25),
+    "micro-dual": lambda: (build_pretrain_model("vit_micro", img_size=64, num_frames=8), (0.9, 0.5)),
+    "micro-v1": lambda: (build_pretrain_model("vit_micro", img_size=64, num_frames=8), (0.9, 0.0)),
+    "custom-0.75-0.25": lambda: (_custom_pretrain(), (0.75, 0.25)),
 }
 
 
-def _pretrain_step(model, batch=2, backward=False):
+def _pretrain_step(model, ratios, batch=2, backward=False):
     torch.manual_seed(0)
-    vis, dec = DualMasking(model.grid, model.mask_ratio, model.decoder_mask_ratio)(batch)
+    vis, dec = DualMasking(model.grid, *ratios)(batch)
     video = torch.randn(batch, 3, 8, 64, 64)
     with _measured() as counter:
         pred = model(video, vis, dec)
@@ -77,9 +78,9 @@ def _pretrain_step(model, batch=2, backward=False):
 
 @pytest.mark.parametrize("case", list(PRETRAIN_CASES))
 def test_forward_count_equals_flop_counter_pretrain(case):
-    model = PRETRAIN_CASES[case]()
+    model, ratios = PRETRAIN_CASES[case]()
     # Exact: 2 FLOPs per MAC for every matmul; the counter skips norms and elementwise ops too.
-    assert _pretrain_step(model) == 2 * forward_macs(model)
+    assert _pretrain_step(model, ratios) == 2 * forward_macs(model, *ratios)
 
 
 @pytest.mark.parametrize("name,img_size,patch", [("vit_micro", 64, None), ("custom", 48, 8)])
@@ -98,8 +99,8 @@ def test_forward_count_equals_flop_counter_classifier(name, img_size, patch):
 def test_training_flops_against_forward_and_backward():
     """Measured forward + backward = 6 x MACs - 2 x embedding MACs (the video needs no gradient,
     so the embedding's backward is one matmul); with math attention there is no other residual."""
-    model = PRETRAIN_CASES["micro-dual"]()
-    measured = _pretrain_step(model, backward=True)
+    model, ratios = PRETRAIN_CASES["micro-dual"]()
+    measured = _pretrain_step(model, ratios, backward=True)
     train = train_flops(model)
     assert train.hardware == train.model
     assert measured == train.model - 2 * macs_breakdown(model)["patch_embed"]
@@ -118,23 +119,23 @@ class _Checkpointed(nn.Module):
 def test_recompute_equals_flop_counter(every, reentrant):
     """Checkpointing blocks k, 2k, ... of each stack costs what the counter measures in addition
     (the non-reentrant checkpoint, the engine's, does not re-run a block's last matmul)."""
-    model = PRETRAIN_CASES["micro-dual"]()      # encoder 2 blocks, decoder 4
-    baseline = _pretrain_step(model, backward=True)
+    model, ratios = PRETRAIN_CASES["micro-dual"]()      # encoder 2 blocks, decoder 4
+    baseline = _pretrain_step(model, ratios, backward=True)
     k = 1 if every == "full" else every
     for stack in (model.encoder.blocks, model.decoder.blocks):
         for i in range(k - 1, len(stack), k):
             stack[i] = _Checkpointed(stack[i], reentrant)
-    extra = _pretrain_step(model, backward=True) - baseline
-    train = train_flops(PRETRAIN_CASES["micro-dual"](), checkpointing=every, reentrant=reentrant)
+    extra = _pretrain_step(model, ratios, backward=True) - baseline
+    train = train_flops(PRETRAIN_CASES["micro-dual"]()[0], checkpointing=every, reentrant=reentrant)
     assert extra > 0 and train.hardware - train.model == extra
 
 
 def test_engine_checkpointing_flag_recomputes_as_counted():
-    model = PRETRAIN_CASES["micro-dual"]()
-    baseline = _pretrain_step(model, backward=True)
+    model, ratios = PRETRAIN_CASES["micro-dual"]()
+    baseline = _pretrain_step(model, ratios, backward=True)
     model.activation_checkpointing = True          # what --activation-checkpointing sets
     train = train_flops(model, checkpointing="full")
-    assert _pretrain_step(model, backward=True) - baseline == train.hardware - train.model
+    assert _pretrain_step(model, ratios, backward=True) - baseline == train.hardware - train.model
 
 
 def test_breakdown_parts_and_built_models_agree_with_names():

@@ -158,7 +158,7 @@ def test_new_list_and_index(h264_run):
 
 
 def test_vp9_output_and_dali_cpu_decode(sources, tmp_path):
-    from vmae2_fast.data.dali_pipeline import dali_status
+    from vmae2_fast.data.dali.pipeline import dali_status
     root, _ = sources
     lst = tmp_path / "vp9.txt"
     lst.write_text("sub/chroma422.mp4 3\nsub/divx.avi 5\n")       # path label
@@ -210,7 +210,7 @@ def dali_decode(path, frames, device):
 def test_h264_output_decodes_on_nvdec(h264_run):
     """The point of H.264 outputs: NVDEC reads them, including those made from 4:2:2 sources
     and MPEG-4 Part 2 AVIs, which it cannot read as they were."""
-    from vmae2_fast.data.dali_pipeline import dali_status
+    from vmae2_fast.data.dali.pipeline import dali_status
     ok, why = dali_status()
     if not ok:
         pytest.skip(f"needs nvidia-dali: {why}")

@@ -101,8 +101,7 @@ def _shape_of(model, frames, img_size, num_classes) -> _Shape:
         pe = model.encoder.patch_embed
         head = model.decoder.head
         shape = _Shape(pe.grid, pe.proj.weight[0].numel(), _stack_of(model.encoder.blocks, pe.proj.out_channels),
-                       _stack_of(model.decoder.blocks, head.in_features), head.out_features,
-                       (model.mask_ratio, model.decoder_mask_ratio))
+                       _stack_of(model.decoder.blocks, head.in_features), head.out_features)
     elif isinstance(model, VisionTransformer):
         pe = model.patch_embed
         head = model.head.out_features if hasattr(model.head, "out_features") else 0
@@ -137,8 +136,8 @@ def macs_breakdown(model, encoder_mask_ratio: float | None = None, decoder_mask_
     """MACs per clip of one forward pass, per part (keys: `PARTS`).
 
     model: a zoo name or alias, a `ModelSpec` (with `num_classes`: its classifier), or a built
-    `PretrainVisionTransformer` / `VisionTransformer` (its own shapes; unset ratios default to
-    the model's own). Defaults: ratios 0.9 / 0.5, 16 frames of 224^2. decoder_linear includes
+    `PretrainVisionTransformer` / `VisionTransformer` (its own shapes; masks are not a model
+    property, so pass the ratios the run uses). Defaults: ratios 0.9 / 0.5, 16 frames of 224^2. decoder_linear includes
     encoder_to_decoder; "norm" is fvcore's LayerNorm estimate (0 in the engine count).
     """
     if count not in COUNTS:

@@ -25,8 +25,8 @@ from typing import List, Optional, Tuple
 __all__ = ["VideoEntry", "KINDS", "read_list", "read_pretrain_list", "read_cls_list", "detect_kind"]
 
 KINDS = ("auto", "pretrain", "cls", "rawframes", "csv")
-_PATH_COLS = ("path", "video", "filename", "file")
-_TOTAL_COLS = ("total", "frames", "total_frames", "num_frames")
+PATH_COLUMNS = ("path", "video", "filename", "file")
+TOTAL_COLUMNS = ("total", "frames", "total_frames", "num_frames")
 _SHAPES = {"pretrain": ((3, 4), "path start_idx total_frames"), "cls": ((2,), "path label"),
            "rawframes": ((3,), "frame_dir total_frames label")}
 
@@ -71,7 +71,7 @@ def detect_kind(list_file: str, labels: bool = False) -> str:
                      f"(expected 'path label', 'path start total', 'frame_dir total label' or a CSV)")
 
 
-def _is_int(text: str) -> bool:
+def is_int(text: str) -> bool:
     try:
         int(text)
         return True
@@ -93,15 +93,15 @@ def _read_csv(list_file: str, root: str) -> List[VideoEntry]:
         return []
     header = [c.strip().lower() for c in rows[0][1]]
     # A first row without any integer is a header; a header must name the path column.
-    named = not any(_is_int(c) for c in header)
-    if named and not any(c in _PATH_COLS for c in header):
+    named = not any(is_int(c) for c in header)
+    if named and not any(c in PATH_COLUMNS for c in header):
         raise ValueError(f"{list_file}: the CSV header {rows[0][1]} has no path column "
-                         f"(one of {', '.join(_PATH_COLS)})")
+                         f"(one of {', '.join(PATH_COLUMNS)})")
     if named:
         col = {c: i for i, c in enumerate(header)}
-        path_i = next(col[c] for c in _PATH_COLS if c in col)
+        path_i = next(col[c] for c in PATH_COLUMNS if c in col)
         label_i, start_i = col.get("label"), col.get("start")
-        total_i = next((col[c] for c in _TOTAL_COLS if c in col), None)
+        total_i = next((col[c] for c in TOTAL_COLUMNS if c in col), None)
         rows = rows[1:]
     out = []
     for lineno, row in rows:

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 from .index import VideoIndex, build_index
-from .lists import _PATH_COLS, _TOTAL_COLS, _is_int, VideoEntry, detect_kind, read_list
+from .lists import PATH_COLUMNS, TOTAL_COLUMNS, is_int, VideoEntry, detect_kind, read_list
 from .transcode import PRESETS, EncodeSettings, TranscodeError, transcode
 
 __all__ = ["ReencodeResult", "reencode_list", "output_rel", "main", "SETTINGS_FILE"]
@@ -80,10 +80,10 @@ def _records(list_file: str, kind: str):
     with open(list_file, "r", encoding="utf-8", newline="") as f:
         rows = [r for r in csv.reader(f) if any(c.strip() for c in r)]
     first = [c.strip().lower() for c in rows[0]]
-    if any(_is_int(c) for c in first):          # headerless: path,label or path,start,total
+    if any(is_int(c) for c in first):          # headerless: path,label or path,start,total
         return None, rows, 0, 2
-    path_i = next(first.index(c) for c in _PATH_COLS if c in first)
-    total_i = next((first.index(c) for c in _TOTAL_COLS if c in first), None)
+    path_i = next(first.index(c) for c in PATH_COLUMNS if c in first)
+    total_i = next((first.index(c) for c in TOTAL_COLUMNS if c in first), None)
     body = [r for r in rows[1:] if path_i < len(r) and r[path_i].strip()]
     return rows[0], body, path_i, total_i
 
