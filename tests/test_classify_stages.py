@@ -56,13 +56,39 @@ def test_post_pretrain_then_finetune_then_evaluate(tiny_synthetic, tmp_path, sta
                         tiny_synthetic.root, "--num-segments", "2", "--num-crops", "3",
                         "--output-dir", str(tmp_path / "ev")])
     assert res["videos"] == 6 and res["views"] == "2x3"
-    rows = [json.loads(x) for x in (tmp_path / "ev" / "predictions.jsonl").read_text().splitlines()]
-    truth = expected_probs(best3, tiny_synthetic, segments=2, crops=3)
-    assert [r["video"] for r in rows] == sorted(truth)
-    for r in rows:
-        np.testing.assert_allclose(r["probs"], truth[r["video"]][0], rtol=1e-4, atol=1e-6)
-    probs = np.stack([truth[r["video"]][0] for r in rows])
-    labels = np.array([truth[r["video"]][1] for r in rows])
+    check_evaluation(res, tmp_path / "ev", view_logits(best3, tiny_synthetic, 2, 3))
+
+
+def test_evaluate_fuses_the_softmax_of_every_view(tiny_synthetic, tmp_path):
+    """A classifier whose logits spread over several units, and frames larger than the crop so the
+    three crops differ: every view counts, and the fusion is the mean of the softmaxes."""
+    torch.manual_seed(0)
+    clf = build_classifier("vit_micro", 6, img_size=32, num_frames=4)
+    with torch.no_grad():
+        for q in clf.parameters():
+            q.add_(0.05 * torch.randn_like(q))
+        clf.head.weight.normal_(0, 1.0)
+    ckpt = tmp_path / "c.pth"
+    torch.save({"model": clf.state_dict(), "config": {"model": "vit_micro", "input_size": 32,
+                "num_frames": 4, "sampling_rate": 2, "short_side_size": 40}}, ckpt)
+    res = evaluate.run(["--checkpoint", str(ckpt), "--data", tiny_synthetic.val_list, "--data-root",
+                        tiny_synthetic.root, "--num-segments", "2", "--num-crops", "3",
+                        "--output-dir", str(tmp_path / "ev")])
+    logits = view_logits(ckpt, tiny_synthetic, 2, 3)
+    check_evaluation(res, tmp_path / "ev", logits)
+    # the rule is observable here: crops differ, and averaging logits would give other numbers
+    x = torch.stack([v for v, _ in logits.values()])                       # (videos, views, K)
+    assert (x[:, 0] - x[:, 1]).abs().max() > 0.1
+    assert (x.softmax(-1).mean(1) - x.mean(1).softmax(-1)).abs().max() > 1e-2
+
+
+def check_evaluation(res, out_dir, logits):
+    """predictions.jsonl and the metrics equal those of the hand-made views' logits."""
+    rows = [json.loads(x) for x in (out_dir / "predictions.jsonl").read_text().splitlines()]
+    assert [r["video"] for r in rows] == sorted(logits)
+    probs = np.stack([logits[r["video"]][0].softmax(-1).mean(0).numpy() for r in rows])
+    labels = np.array([logits[r["video"]][1] for r in rows])
+    np.testing.assert_allclose([r["probs"] for r in rows], probs, rtol=1e-4, atol=1e-6)
     order = np.argsort(-probs, 1)
     hit1, hit5 = order[:, 0] == labels, (order[:, :5] == labels[:, None]).any(1)
     assert res["top1"] == pytest.approx(100 * hit1.mean())
@@ -71,30 +97,29 @@ def test_post_pretrain_then_finetune_then_evaluate(tiny_synthetic, tmp_path, sta
         100 * np.mean([hit1[labels == c].mean() for c in np.unique(labels)]))
 
 
-def expected_probs(checkpoint, ds, segments, crops):
-    """{video: (probabilities, label)} rebuilt by hand from the README's rule: frames every
-    `sampling_rate`, short side resized, S clips and C crops spread evenly, softmax per view,
-    then the mean over the S x C views."""
+def view_logits(checkpoint, ds, segments, crops):
+    """{video: (logits of its S x C views, label)}, the views rebuilt by hand from the README's
+    rule: frames every `sampling_rate`, short side resized, S clips spread evenly over them, C
+    crops spread evenly along the long side (the width, for the tiny set's square frames)."""
     from pyav_truth import all_frames, to_model_input
     from vmae2_fast.data import read_cls_list
     ck = load_checkpoint(checkpoint)
     cfg = ck["config"]
-    size, T, rate = cfg["input_size"], cfg["num_frames"], cfg["sampling_rate"]
+    size, T, rate, short = cfg["input_size"], cfg["num_frames"], cfg["sampling_rate"], cfg["short_side_size"]
     model = build_classifier("vit_micro", 6, img_size=size, num_frames=T).eval()
     model.load_state_dict(ck["model"])
     out = {}
     for path, label in read_cls_list(ds.val_list, ds.root):
         frames = all_frames(path)[::rate]
-        assert frames.shape[-1] == frames.shape[-2] and cfg["short_side_size"] == size   # square
-        frames = torch.nn.functional.interpolate(frames, size=(cfg["short_side_size"],) * 2,
-                                                 mode="bilinear", align_corners=False)
-        starts = [int(s * (len(frames) - T) / (segments - 1)) for s in range(segments)]
-        views = []
-        for s in starts:
-            for c in range(crops):        # square frames of the crop size: every crop is the frame
-                views.append(to_model_input(frames[s:s + T]))
+        assert frames.shape[-1] == frames.shape[-2]                        # square videos
+        frames = torch.nn.functional.interpolate(frames, size=(short, short), mode="bilinear",
+                                                 align_corners=False)
+        y0 = (short - size) // 2
+        views = [to_model_input(frames[s:s + T, :, y0:y0 + size, x0:x0 + size])
+                 for s in (int(i * (len(frames) - T) / (segments - 1)) for i in range(segments))
+                 for x0 in (int(c * (short - size) / (crops - 1)) for c in range(crops))]
         with torch.no_grad():
-            out[path] = (model(torch.stack(views)).softmax(-1).mean(0).numpy(), label)
+            out[path] = (model(torch.stack(views)), label)
     return out
 
 

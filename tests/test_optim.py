@@ -185,11 +185,13 @@ def test_optimizer_state_moves_across_wrappers_and_training_continues_identicall
     torch.save(opt.state_dict(), buf)
     buf.seek(0)
     opt2.load_state_dict(torch.load(buf, weights_only=True))
+    mine, theirs = dict(model.named_parameters()), dict(twin.named_parameters())
+    for name, p in mine.items():         # each parameter got its own moments back
+        if p.requires_grad:
+            for key in ("exp_avg", "exp_avg_sq"):
+                assert torch.equal(opt.state[p][key], opt2.state[theirs[name]][key]), (name, key)
     for m, o in ((model, opt), (twin, opt2)):
         _set_grads(m, 3)
         o.step()
-    mine, theirs = dict(model.named_parameters()), dict(twin.named_parameters())
     for name, p in mine.items():
         assert torch.equal(p, theirs[name]), name
-        if p.requires_grad:
-            assert torch.equal(opt.state[p]["exp_avg_sq"], opt2.state[theirs[name]]["exp_avg_sq"]), name
