@@ -1,5 +1,13 @@
-"""Shared pytest fixtures."""
+"""Shared pytest fixtures, and the rules for skips (see needs.py for the packages)."""
 import pytest
+import torch
+
+from kernel_cases import enable_interpreter
+from needs import on_ci
+
+# Before any test module imports vmae2_fast.kernels: without CUDA the Triton kernels can only run
+# on the interpreter, and triton fixes that choice when the kernels are first imported.
+enable_interpreter()
 
 
 @pytest.fixture(scope="session")
@@ -19,10 +27,50 @@ def tiny_synthetic(tmp_path_factory):
 
 def pytest_collection_modifyitems(config, items):
     """GPU tests skip cleanly, with a reason, where no CUDA device exists."""
-    import torch
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA device (run `pytest -m gpu` on a GPU machine)")
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def _is_gpu_skip(report) -> bool:
+    return "gpu" in getattr(report, "keywords", {})
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """On CI, on a machine without CUDA, a skip of a test not marked `gpu` is a failure: it means
+    something the suite should have run did not (a package, a compiler, a set-up mistake).
+    (On a GPU machine the CPU-interpreter tests legitimately skip.)"""
+    outcome = yield
+    report = outcome.get_result()
+    if (report.skipped and not hasattr(report, "wasxfail") and on_ci()
+            and not torch.cuda.is_available() and "gpu" not in item.keywords):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = (f"CI=true: {item.nodeid} skipped ({reason}); on CI only tests marked "
+                           "`gpu` may skip on a machine without CUDA")
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """The closing summary says how many tests skipped, and whether any was not a `gpu` test."""
+    skipped = terminalreporter.stats.get("skipped", [])
+    gpu = sum(1 for r in skipped if _is_gpu_skip(r))
+    other = len(skipped) - gpu
+    terminalreporter.write_sep(
+        "-", f"skipped: {gpu} marked gpu (no CUDA device here)" if not other else
+        f"skipped: {gpu} marked gpu, {other} OTHER (a missing package or set-up; see the reasons above)",
+        yellow=bool(other), bold=bool(other))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """On CI, a non-gpu skip the report hook cannot turn into a failure (a whole module skipped
+    at collection) still fails the run."""
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if not (on_ci() and reporter and not torch.cuda.is_available()):
+        return
+    other = [r for r in reporter.stats.get("skipped", []) if not _is_gpu_skip(r)]
+    if other and session.exitstatus == 0:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

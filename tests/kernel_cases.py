@@ -48,18 +48,6 @@ def enable_interpreter() -> None:
         os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
-def triton_face():
-    """(kernels module, None) or (None, reason to skip)."""
-    try:
-        import triton  # noqa: F401
-    except Exception as exc:
-        return None, f"triton is not installed ({exc}); pip install -e '.[test]' brings it"
-    from vmae2_fast import kernels
-    if not torch.cuda.is_available() and not kernels.interpreter_active():
-        return None, "no CUDA and the kernels were imported without TRITON_INTERPRET=1"
-    return kernels, None
-
-
 def rel(a, b):
     return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
 

@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+import needs
 from vmae2_fast.models.weights import (CheckpointMismatchError, interpolate_pos_table,
                                    load_classifier_weights)
 from vmae2_fast.models import build_classifier, build_pretrain_model, sinusoid_table
@@ -119,13 +120,9 @@ def test_head_map_selects_rows(tmp_path):
 
 
 def test_hf_export_gives_the_same_logits(tmp_path):
-    pytest.importorskip("safetensors")
-    from vmae2_fast.integrations.hf_export import export_to_hf, import_transformers
-    try:
-        tf = import_transformers()
-        hf_cls = tf.VideoMAEForVideoClassification
-    except Exception as exc:  # pragma: no cover - transformers absent or broken
-        pytest.skip(f"transformers unavailable: {exc}")
+    needs.module("safetensors")          # not installed: skip locally, fail on CI; broken: fail
+    hf_cls = needs.transformers().VideoMAEForVideoClassification
+    from vmae2_fast.integrations.hf_export import export_to_hf
     torch.manual_seed(0)
     ours = build_classifier("vit_micro", 5, img_size=32, num_frames=4).eval()
     with torch.no_grad():

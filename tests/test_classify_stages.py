@@ -12,9 +12,8 @@ from vmae2_fast.cli import config_for, run_command
 from vmae2_fast.data.clip_sampling import spread_offsets
 from vmae2_fast.data.pyav.classify import VideoTestDataset
 from vmae2_fast.stages.evaluate import metrics
-from vmae2_fast.stages.features import window_starts
 from vmae2_fast.models import build_classifier, build_pretrain_model
-from vmae2_fast.models.weights import read_checkpoint
+from vmae2_fast.models.weights import read_checkpoint as load_checkpoint
 
 
 def flags(ds, out, **extra):
@@ -48,17 +47,81 @@ def test_presets_resolve():
 def test_post_pretrain_then_finetune_then_evaluate(tiny_synthetic, tmp_path, stage1):
     assert post_pretrain.main(flags(tiny_synthetic, tmp_path / "s2", init=stage1)) == 0
     best = tmp_path / "s2" / "checkpoint-best.pth"
-    ck = read_checkpoint(best)                          # ours: no pickled code
+    ck = load_checkpoint(best)                          # ours: no pickled code
     assert ck["config"]["class_names"] == list(tiny_synthetic.class_names)
     recs = [json.loads(x) for x in (tmp_path / "s2" / "metrics.jsonl").read_text().splitlines()]
     assert any("val_top1" in r for r in recs)
     assert finetune.main(flags(tiny_synthetic, tmp_path / "s3", init=best, clip_grad=1.0)) == 0
-    res = run_command("evaluate", ["--checkpoint", str(tmp_path / "s3" / "checkpoint-best.pth"), "--data",
-                        tiny_synthetic.val_list, "--data-root", tiny_synthetic.root, "--num-segments",
-                        "2", "--num-crops", "3", "--output-dir", str(tmp_path / "ev")])
-    assert res["videos"] == 6 and res["views"] == "2x3" and 0 <= res["top1"] <= 100
-    rows = (tmp_path / "ev" / "predictions.jsonl").read_text().splitlines()
-    assert len(rows) == 6 and abs(sum(json.loads(rows[0])["probs"]) - 1) < 1e-5
+    best3 = tmp_path / "s3" / "checkpoint-best.pth"
+    res = run_command("evaluate", ["--checkpoint", str(best3), "--data", tiny_synthetic.val_list, "--data-root",
+                        tiny_synthetic.root, "--num-segments", "2", "--num-crops", "3",
+                        "--output-dir", str(tmp_path / "ev")])
+    assert res["videos"] == 6 and res["views"] == "2x3"
+    check_evaluation(res, tmp_path / "ev", view_logits(best3, tiny_synthetic, 2, 3))
+
+
+def test_evaluate_fuses_the_softmax_of_every_view(tiny_synthetic, tmp_path):
+    """A classifier whose logits spread over several units, and frames larger than the crop so the
+    three crops differ: every view counts, and the fusion is the mean of the softmaxes."""
+    torch.manual_seed(0)
+    clf = build_classifier("vit_micro", 6, img_size=32, num_frames=4)
+    with torch.no_grad():
+        for q in clf.parameters():
+            q.add_(0.05 * torch.randn_like(q))
+        clf.head.weight.normal_(0, 1.0)
+    ckpt = tmp_path / "c.pth"
+    torch.save({"model": clf.state_dict(), "config": {"model": "vit_micro", "input_size": 32,
+                "num_frames": 4, "sampling_rate": 2, "short_side_size": 40}}, ckpt)
+    res = run_command("evaluate", ["--checkpoint", str(ckpt), "--data", tiny_synthetic.val_list, "--data-root",
+                        tiny_synthetic.root, "--num-segments", "2", "--num-crops", "3",
+                        "--output-dir", str(tmp_path / "ev")])
+    logits = view_logits(ckpt, tiny_synthetic, 2, 3)
+    check_evaluation(res, tmp_path / "ev", logits)
+    # the rule is observable here: crops differ, and averaging logits would give other numbers
+    x = torch.stack([v for v, _ in logits.values()])                       # (videos, views, K)
+    assert (x[:, 0] - x[:, 1]).abs().max() > 0.1
+    assert (x.softmax(-1).mean(1) - x.mean(1).softmax(-1)).abs().max() > 1e-2
+
+
+def check_evaluation(res, out_dir, logits):
+    """predictions.jsonl and the metrics equal those of the hand-made views' logits."""
+    rows = [json.loads(x) for x in (out_dir / "predictions.jsonl").read_text().splitlines()]
+    assert [r["video"] for r in rows] == sorted(logits)
+    probs = np.stack([logits[r["video"]][0].softmax(-1).mean(0).numpy() for r in rows])
+    labels = np.array([logits[r["video"]][1] for r in rows])
+    np.testing.assert_allclose([r["probs"] for r in rows], probs, rtol=1e-4, atol=1e-6)
+    order = np.argsort(-probs, 1)
+    hit1, hit5 = order[:, 0] == labels, (order[:, :5] == labels[:, None]).any(1)
+    assert res["top1"] == pytest.approx(100 * hit1.mean())
+    assert res["top5"] == pytest.approx(100 * hit5.mean())
+    assert res["mean_class_accuracy"] == pytest.approx(
+        100 * np.mean([hit1[labels == c].mean() for c in np.unique(labels)]))
+
+
+def view_logits(checkpoint, ds, segments, crops):
+    """{video: (logits of its S x C views, label)}, the views rebuilt by hand from the README's
+    rule: frames every `sampling_rate`, short side resized, S clips spread evenly over them, C
+    crops spread evenly along the long side (the width, for the tiny set's square frames)."""
+    from pyav_truth import all_frames, to_model_input
+    from vmae2_fast.data import read_cls_list
+    ck = load_checkpoint(checkpoint)
+    cfg = ck["config"]
+    size, T, rate, short = cfg["input_size"], cfg["num_frames"], cfg["sampling_rate"], cfg["short_side_size"]
+    model = build_classifier("vit_micro", 6, img_size=size, num_frames=T).eval()
+    model.load_state_dict(ck["model"])
+    out = {}
+    for path, label in read_cls_list(ds.val_list, ds.root):
+        frames = all_frames(path)[::rate]
+        assert frames.shape[-1] == frames.shape[-2]                        # square videos
+        frames = torch.nn.functional.interpolate(frames, size=(short, short), mode="bilinear",
+                                                 align_corners=False)
+        y0 = (short - size) // 2
+        views = [to_model_input(frames[s:s + T, :, y0:y0 + size, x0:x0 + size])
+                 for s in (int(i * (len(frames) - T) / (segments - 1)) for i in range(segments))
+                 for x0 in (int(c * (short - size) / (crops - 1)) for c in range(crops))]
+        with torch.no_grad():
+            out[path] = (model(torch.stack(views)), label)
+    return out
 
 
 def test_evaluate_views():
@@ -77,15 +140,6 @@ def test_video_views_shapes(tiny_synthetic):
     assert views(40, 5, 3).shape == (15, 3, 4, 32, 32)
     assert views(32, 1, 1).shape == (1, 3, 4, 32, 32)
     assert views(32, 2, 3, sparse=True).shape == (6, 3, 4, 32, 32)
-
-
-def test_distill_runs_with_a_frozen_teacher(tiny_synthetic, tmp_path):
-    teacher = build_classifier("vit_micro", 6, img_size=32, num_frames=4)
-    path = tmp_path / "teacher.pth"
-    torch.save({"model": teacher.state_dict(), "config": {"class_names": list(tiny_synthetic.class_names)}}, path)
-    assert distill.main(flags(tiny_synthetic, tmp_path / "d", teacher=path, teacher_model="vit_micro",
-                              max_steps=2)) == 0
-    assert read_checkpoint(tmp_path / "d" / "checkpoint-last.pth")["global_step"] == 2
 
 
 def bad(capsys, tmp_path, ds, **extra):
@@ -117,16 +171,3 @@ def test_bad_inputs(tiny_synthetic, tmp_path, capsys, stage1):
     torch.save({"model": build_classifier("vit_micro", 5, img_size=32, num_frames=4).state_dict()}, t5)
     rc = distill.main(flags(ds, tmp_path / "bad", teacher=t5, teacher_model="vit_micro"))
     assert rc == 2 and "same" in capsys.readouterr().err
-
-
-def test_extract_features(tiny_synthetic, tmp_path):
-    clf = build_classifier("vit_micro", 6, img_size=32, num_frames=4)
-    torch.save({"model": clf.state_dict(), "config": {"model": "vit_micro", "input_size": 32}},
-               tmp_path / "c.pth")
-    videos = Path(tiny_synthetic.root) / "videos"
-    res = run_command("extract_features", ["--checkpoint", str(tmp_path / "c.pth"), "--videos", str(videos),
-                                "--out", str(tmp_path / "f"), "--window", "4", "--stride", "4"])
-    assert res["videos"] == 18
-    feats = np.load(tmp_path / "f" / (sorted(videos.iterdir())[0].stem + ".npy"))
-    assert feats.shape == (len(range(0, 24 - 4 + 1, 4)), 64) and feats.dtype == np.float32
-    assert window_starts(30, 16, 4) == [0, 4, 8, 12]

@@ -3,17 +3,22 @@ import numpy as np
 import pytest
 import torch
 
-from vmae2_fast.data.dali.pipeline import DaliVideoLoader, dali_status
+import needs
+from vmae2_fast.data.dali.pipeline import DaliVideoLoader
 from vmae2_fast.data.dali.transfer import PinnedStager, transfer_plan
 from vmae2_fast.data.index import IndexedVideo, build_index
 
-_ok, _why = dali_status()
-needs_dali = pytest.mark.skipif(not _ok, reason=f"DALI tests need nvidia-dali: {_why}")
 T, R, S = 4, 2, 32
 
 
 @pytest.fixture(scope="module")
-def videos(tiny_synthetic):
+def dali():
+    return needs.dali()     # not installed: skip locally, fail on CI; broken: fail
+
+
+@pytest.fixture(scope="module")
+def videos(dali, tiny_synthetic):
+    """The tiny set's index; every test that decodes takes it, and with it needs DALI."""
     return build_index(tiny_synthetic.pretrain_list, tiny_synthetic.root, progress=False,
                        output=str(tiny_synthetic.root) + "/../dali_instances.index.json").videos
 
@@ -36,7 +41,6 @@ def same(a, b):
                 assert u.shape == v.shape and torch.equal(u, v)
 
 
-@needs_dali
 def test_two_instances_give_the_same_batches_in_the_same_order(videos):
     one = loader(videos)
     assert one.instances == 1
@@ -53,7 +57,6 @@ def test_two_instances_give_the_same_batches_in_the_same_order(videos):
     assert not torch.equal(list(loader(videos, decoder_instances=2)(4))[0][0], ref[0][0])
 
 
-@needs_dali
 def test_instances_in_test_and_finetune_modes(videos):
     labelled = [IndexedVideo(v.path, v.rel, v.frames, v.fps, v.codec, v.width, v.height, label=k % 6)
                 for k, v in enumerate(videos[:5])]
@@ -66,7 +69,6 @@ def test_instances_in_test_and_finetune_modes(videos):
     same(list(loader(labelled, decoder_instances=2, **ft)(1)), a)
 
 
-@needs_dali
 def test_bad_files_with_two_instances(videos, tmp_path):
     good = videos[:8]
     data = open(good[0].path, "rb").read()
@@ -82,7 +84,6 @@ def test_bad_files_with_two_instances(videos, tmp_path):
     assert one.skipped_total == two.skipped_total >= 2
 
 
-@needs_dali
 def test_leaving_an_epoch_early_does_not_leak_into_the_next(videos):
     dl = loader(videos, decoder_instances=2)
     ref = list(loader(videos)(1))
@@ -103,7 +104,6 @@ def test_transfer_plan():
         transfer_plan("mixed", None)
 
 
-@needs_dali
 def test_cpu_only_training_uses_plain_host_copies(videos):
     dl = loader(videos, target_device=torch.device("cpu"))
     assert dl.transfer == "host"
@@ -126,7 +126,6 @@ def test_stager_reuses_its_buffers():
 
 
 @pytest.mark.gpu
-@needs_dali
 def test_cpu_decode_for_cuda_training_goes_through_pinned_memory(videos):
     ref = list(loader(videos)(2))
     dl = loader(videos, target_device=torch.device("cuda", 0), decoder_instances=2)

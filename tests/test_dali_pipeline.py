@@ -5,15 +5,20 @@ import numpy as np
 import pytest
 import torch
 
+import needs
 from vmae2_fast.data import VideoEntry, PretrainVideoDataset
-from vmae2_fast.data.dali.pipeline import DaliVideoLoader, dali_status
+from vmae2_fast.data.dali.pipeline import DaliVideoLoader
 from vmae2_fast.data.index import IndexedVideo, build_index
-from vmae2_fast.data.clip_sampling import multiscale_crop_box, pretrain_frame_indices
+from vmae2_fast.data.clip_sampling import pretrain_frame_indices
+from vmae2_fast.data.clip_sampling import multiscale_crop_box
 from vmae2_fast.data.pyav.video_io import decode_frames
 
-_ok, _why = dali_status()
-pytestmark = [pytest.mark.skipif(not _ok, reason=f"DALI tests need nvidia-dali: {_why}"),
-              pytest.mark.filterwarnings("ignore::DeprecationWarning")]  # DALI's RandAugment aliases
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # DALI's RandAugment aliases
+
+
+@pytest.fixture(autouse=True, scope="module")
+def dali():
+    return needs.dali()     # not installed: skip locally, fail on CI; broken: fail
 
 T, R, S = 4, 2, 32
 

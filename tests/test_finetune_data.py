@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 import torch
+from PIL import Image, ImageEnhance
 
 from vmae2_fast.data.clip_sampling import (finetune_frame_indices, random_resized_crop_box,
                                            sparse_frame_indices)
@@ -37,17 +38,71 @@ def test_random_resized_crop_box_fits():
         assert 0 <= y0 and y0 + ch <= 60 and 0 <= x0 and x0 + cw <= 90 and ch > 0 and cw > 0
 
 
-def test_randaugment_applies_the_same_ops_to_every_frame():
+def _pil(frame, fn):
+    return np.asarray(fn(Image.fromarray(frame)))
+
+
+def _signed(fn):
+    """The op at +v or at -v: the sign is drawn per clip."""
+    return lambda f: [fn(f, 1), fn(f, -1)]
+
+
+# What one op at magnitude 7 (no jitter) does to a frame, from the published policy (rotate up to
+# 30 degrees, shear 0.3, translate 0.45 of the side, posterize to 4 - int(0.4 m) bits, solarize
+# above 256 - int(25.6 m), solarize-add int(11 m), enhance by 1 +- 0.09 m). Pixel ops in NumPy.
+_FILL = (128, 128, 128)
+_BICUBIC = Image.Resampling.BICUBIC
+OP_TRUTH = {
+    "Invert": lambda f: [255 - f],
+    "PosterizeIncreasing": lambda f: [f & 0b11000000],                               # 2 bits
+    "SolarizeIncreasing": lambda f: [np.where(f >= 77, 255 - f, f).astype(np.uint8)],
+    "SolarizeAdd": lambda f: [np.where(f < 128, np.minimum(f.astype(int) + 77, 255), f).astype(np.uint8)],
+    "Rotate": _signed(lambda f, s: _pil(f, lambda im: im.rotate(21 * s, resample=_BICUBIC, fillcolor=_FILL))),
+    "ShearX": _signed(lambda f, s: _pil(f, lambda im: im.transform(
+        im.size, Image.Transform.AFFINE, (1, 0.21 * s, 0, 0, 1, 0), resample=_BICUBIC, fillcolor=_FILL))),
+    "TranslateYRel": _signed(lambda f, s: _pil(f, lambda im: im.transform(
+        im.size, Image.Transform.AFFINE, (1, 0, 0, 0, 1, 0.315 * s * im.size[1]), resample=_BICUBIC,
+        fillcolor=_FILL))),
+    "BrightnessIncreasing": _signed(lambda f, s: _pil(f, lambda im: ImageEnhance.Brightness(im).enhance(1 + 0.63 * s))),
+}
+
+
+def test_randaugment_policy_parsing():
     assert parse_policy("rand-m7-n4-mstd0.5-inc1") == {"m": 7.0, "n": 4, "mstd": 0.5}
     assert parse_policy("none") is None
     with pytest.raises(ValueError):
         parse_policy("augmix-m3")
-    ra = VideoRandAugment(7, 4, 0.5, prob=1.0)
+
+
+def test_randaugment_ops_act_and_every_frame_gets_the_same_one():
+    """One op per clip (n=1, always applied, magnitude exactly 7) on three DIFFERENT frames: each
+    output frame must be that op applied to that frame with the clip's one parameter."""
+    ra = VideoRandAugment(7, 1, 0.0, prob=1.0)
+    frames = np.random.default_rng(0).integers(0, 256, (3, 32, 40, 3), dtype=np.uint8)
+    seen = set()
+    for seed in range(200):
+        name = ra.plan(np.random.default_rng(seed))[0][0]     # the op __call__ will draw
+        if name not in OP_TRUTH or name in seen:
+            continue
+        out = ra(frames, np.random.default_rng(seed))
+        assert out.shape == frames.shape and out.dtype == np.uint8
+        truths = [np.stack(per_sign) for per_sign in zip(*(OP_TRUTH[name](f) for f in frames))]
+        assert any(np.array_equal(out, t) for t in truths), f"{name} (seed {seed})"
+        assert not np.array_equal(out, frames), name
+        seen.add(name)
+    assert seen == set(OP_TRUTH)
+
+
+def test_randaugment_full_policy_changes_clips_identically_per_frame():
+    ra = VideoRandAugment.from_policy("rand-m7-n4-mstd0.5-inc1")
     frame = np.random.default_rng(0).integers(0, 255, (32, 40, 3), dtype=np.uint8)
+    changed = 0
     for seed in range(10):
         out = ra(np.stack([frame] * 3), np.random.default_rng(seed))
         assert out.shape == (3, 32, 40, 3) and out.dtype == np.uint8
-        assert (out == out[:1]).all()
+        assert (out == out[:1]).all()                 # identical frames stay identical
+        changed += not np.array_equal(out[0], frame)
+    assert changed >= 8                               # 4 ops at p=0.5: all skipped 1 time in 16
 
 
 def test_cube_erasing_same_box_every_frame():

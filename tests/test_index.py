@@ -52,14 +52,26 @@ def test_index_probes_excludes_and_goes_stale(tiny_synthetic, tmp_path, capsys):
         load_index(lst, str(tmp_path))
 
 
-def test_pyav_training_refuses_a_stale_index(tiny_synthetic, tmp_path):
+def test_pyav_training_refuses_a_stale_index(tiny_synthetic, tmp_path, capsys):
+    """The same flags train with a fresh index and stop, before any compute, with a stale one."""
     import shutil
+    from cli_runs import micro_flags
     from vmae2_fast.pretrain import main as pretrain
     lst = tmp_path / "p.csv"
     shutil.copy(tiny_synthetic.pretrain_list, lst)
     build_index(str(lst), tiny_synthetic.root, progress=False)
+
+    def train(out):
+        return pretrain(micro_flags(tiny_synthetic, tmp_path / out, data=lst, decoder="pyav",
+                                    max_steps=1, progress=False))
+
+    assert train("fresh") == 0, capsys.readouterr().err       # control: these flags do train
+    assert (tmp_path / "fresh" / "checkpoint-last.pth").exists()
+    capsys.readouterr()
     with open(lst, "a") as f:
         f.write("videos/extra.webm 0 -1\n")
-    rc = pretrain(["--model", "vit_micro", "--data", str(lst), "--data-root", tiny_synthetic.root,
-                   "--decoder", "pyav", "--output-dir", str(tmp_path / "run"), "--epochs", "1"])
-    assert rc == 2
+    assert train("stale") == 2
+    err = capsys.readouterr().err
+    assert "is stale" in err and "list has changed" in err
+    assert f"python -m vmae2_fast.data.index {lst} --data-root {tiny_synthetic.root}" in err
+    assert not (tmp_path / "stale" / "checkpoint-last.pth").exists()

@@ -5,7 +5,8 @@ import logging
 import pytest
 import torch
 
-from kernel_cases import CASES, enable_interpreter, make_inputs, triton_face
+import needs
+from kernel_cases import CASES, enable_interpreter, make_inputs
 from vmae2_fast import ops
 from vmae2_fast.ops import cpp as cpp_ops, reference
 
@@ -20,12 +21,11 @@ def restore_backend():
 
 
 def _backend_or_skip(name):
-    if name == "cpp" and not cpp_ops.available():
-        pytest.skip(cpp_ops._error)
+    """Skip (locally, package not installed) or fail (CI, or a broken install): see needs.py."""
+    if name == "cpp":
+        needs.cpp_ops()
     if name == "triton":
-        kernels, reason = triton_face()
-        if kernels is None:
-            pytest.skip(reason)
+        needs.triton_kernels()
 
 
 @pytest.mark.parametrize("backend", ["reference", "cpp", "triton", "auto"])

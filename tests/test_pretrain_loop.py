@@ -4,39 +4,26 @@ import os
 import signal
 import subprocess
 import sys
-import time
+import threading
 from pathlib import Path
 
 import pytest
 import torch
 
+from cli_runs import micro_flags, train_records
 from vmae2_fast.cli import config_for
 from vmae2_fast.pretrain import main
 from vmae2_fast.stages.pretrain import run
+from vmae2_fast.models.weights import read_checkpoint as load_checkpoint
+from vmae2_fast.train.loop import Trainer
 
 
 def make_config(argv):
     return config_for("pretrain", argv)
-from vmae2_fast.models.weights import read_checkpoint
-
-
-def micro_flags(ds, out, **extra):
-    flags = dict(model="vit_micro", preset="cpu_demo", data=ds.pretrain_list, data_root=ds.root,
-                 output_dir=str(out), input_size=32, num_frames=4, sampling_rate=2, num_sample=2,
-                 batch_size=4, epochs=2, warmup_epochs=1, num_workers=0, log_every=1, save_every=1,
-                 preview_every=0, mask_ratio=0.75, seed=3)
-    flags.update(extra)
-    argv = []
-    for k, v in flags.items():
-        if isinstance(v, bool):
-            argv.append(("--" if v else "--no-") + k.replace("_", "-"))
-        else:
-            argv += ["--" + k.replace("_", "-"), str(v)]
-    return argv
 
 
 def final_weights(out):
-    return read_checkpoint(Path(out) / "checkpoint-last.pth")["model"]
+    return load_checkpoint(Path(out) / "checkpoint-last.pth")["model"]
 
 
 def assert_same_weights(a, b, atol=0.0):
@@ -54,7 +41,7 @@ def test_cli_runs_and_writes_everything(tiny_synthetic, tmp_path):
             "preview-epoch0.png"} <= {p.name for p in out.iterdir()}
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["global_step"] for r in lines if "loss" in r] == [1, 2, 3]
-    ckpt = read_checkpoint(out / "checkpoint-0.pth")   # our checkpoints load without pickled code
+    ckpt = load_checkpoint(out / "checkpoint-0.pth")   # our checkpoints load without pickled code
     assert {"model", "optimizer", "epoch", "global_step", "rng_per_rank", "stage"} <= set(ckpt)
     assert not any("pos_embed" in k for k in ckpt["model"])
 
@@ -73,31 +60,65 @@ def test_warmup_starts_at_warmup_lr(tiny_synthetic, tmp_path):
 def test_resume_after_a_stop_is_exact(tiny_synthetic, tmp_path):
     run(make_config(micro_flags(tiny_synthetic, tmp_path / "a", no_progress=True)))
     run(make_config(micro_flags(tiny_synthetic, tmp_path / "b", no_progress=True, max_steps=4)))
-    assert read_checkpoint(tmp_path / "b" / "checkpoint-last.pth")["global_step"] == 4
+    assert load_checkpoint(tmp_path / "b" / "checkpoint-last.pth")["global_step"] == 4
     run(make_config(micro_flags(tiny_synthetic, tmp_path / "b", no_progress=True)))   # --resume auto
     assert_same_weights(final_weights(tmp_path / "a"), final_weights(tmp_path / "b"))
 
 
+# Runs the stage-1 CLI, but holds it (prints "paused", then sleeps) just before optimiser step
+# STOP + 1, so that the parent's SIGKILL lands mid-run at a known step, never after the end.
+_HELD_RUN = """
+import sys, time
+from vmae2_fast.train.loop import Trainer
+from vmae2_fast.pretrain import main
+stop = int(sys.argv[1])
+original = Trainer.train_step
+def held(self, batches):
+    if self.global_step == stop:
+        print("paused", flush=True)
+        time.sleep(600)
+    return original(self, batches)
+Trainer.train_step = held
+sys.exit(main(sys.argv[2:]))
+"""
+
+
 @pytest.mark.slow
-def test_kill_and_resume(tiny_synthetic, tmp_path):
-    """SIGKILL a real run mid-training; `--resume auto` must finish with the uninterrupted weights."""
+def test_kill_and_resume(tiny_synthetic, tmp_path, monkeypatch):
+    """SIGKILL a real run mid-epoch; `--resume auto` must do only the remaining steps and finish
+    with the uninterrupted run's weights."""
+    total, stop = 9, 4                       # 3 epochs x 3 steps; killed after epoch 1's first step
     run(make_config(micro_flags(tiny_synthetic, tmp_path / "a", no_progress=True, epochs=3)))
     out = tmp_path / "b"
     argv = micro_flags(tiny_synthetic, out, no_progress=True, epochs=3, save_every_steps=1)
-    proc = subprocess.Popen([sys.executable, "-m", "vmae2_fast.pretrain", *argv],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        last = out / "checkpoint-last.pth"
-        if last.exists() and read_checkpoint(last)["global_step"] >= 3:
-            break
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    killed_at = read_checkpoint(out / "checkpoint-last.pth")["global_step"]
-    assert 3 <= killed_at < 9 or killed_at == 9
-    assert not list(out.glob("*.tmp"))  or True  # a stray temp file is harmless: never loaded
-    run(make_config(argv))
+    proc = subprocess.Popen([sys.executable, "-c", _HELD_RUN, str(stop), *argv],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    timer = threading.Timer(120, proc.kill)          # a child that never pauses fails, not hangs
+    timer.start()
+    try:
+        line = proc.stdout.readline()
+        while line and "paused" not in line:
+            line = proc.stdout.readline()
+        paused = "paused" in line
+        if paused:
+            proc.send_signal(signal.SIGKILL)
+    finally:
+        timer.cancel()
+        if proc.poll() is None:
+            proc.kill()
+        _, err = proc.communicate(timeout=60)
+    assert paused, f"the run never reached step {stop}: {err[-3000:]}"
+    assert proc.returncode == -signal.SIGKILL
+    assert load_checkpoint(out / "checkpoint-last.pth")["global_step"] == stop < total
+    assert not list(out.glob("*.tmp"))                # killed between writes: nothing half-written
+
+    steps = []
+    original = Trainer.train_step
+    monkeypatch.setattr(Trainer, "train_step", lambda self, b: (steps.append(self.global_step),
+                                                                  original(self, b))[1])
+    assert run(make_config(argv))["global_step"] == total
+    assert steps == list(range(stop, total))          # resumed: steps 5..9 only, none redone
+    assert [r["global_step"] for r in train_records(out)] == list(range(1, total + 1))
     assert_same_weights(final_weights(tmp_path / "a"), final_weights(out))
 
 
@@ -137,10 +158,13 @@ def test_ddp_two_processes_match_one(tiny_synthetic, tmp_path):
                           "--nproc-per-node", "2", "-m", "vmae2_fast.pretrain", *argv],
                          env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
-    l1 = [json.loads(x)["loss"] for x in (one / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
-    l2 = [json.loads(x)["loss"] for x in (two / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
-    assert len(l1) == len(l2) == 3
-    assert l1 == pytest.approx(l2, rel=1e-5)
+    r1, r2 = train_records(one), train_records(two)
+    assert len(r1) == len(r2) == 3
+    assert [r["loss"] for r in r1] == pytest.approx([r["loss"] for r in r2], rel=1e-5)
+    # AdamW's first steps are close to lr * sign(g) and would hide a wrong gradient scale in the
+    # weights; the gradient norm of every step would not (test_ddp_gradients.py compares the
+    # gradients themselves).
+    assert [r["grad_norm"] for r in r1] == pytest.approx([r["grad_norm"] for r in r2], rel=1e-5)
     assert_same_weights(final_weights(one), final_weights(two), atol=1e-5)
 
 

@@ -54,12 +54,20 @@ EVAL_MODES = ("val", "test")      # every video of the shard once, bad files dro
 
 
 def dali_status():
-    """``(True, version)`` if DALI imports, else ``(False, reason)``."""
+    """``(True, version)`` if DALI imports, else ``(False, reason)``.
+
+    The reason tells a package that is not installed from one that is installed but fails to
+    import (a broken wheel, a missing system library): the second needs fixing, not installing,
+    and the tests fail on it instead of skipping (tests/needs.py)."""
     try:
         import nvidia.dali as dali
         import nvidia.dali.fn  # noqa: F401
-    except Exception as exc:  # ImportError, or a broken install raising at import
-        return False, f"nvidia-dali is not importable ({type(exc).__name__}: {exc})"
+    except ModuleNotFoundError as exc:
+        if exc.name in ("nvidia", "nvidia.dali"):
+            return False, "nvidia-dali is not installed"
+        return False, f"nvidia-dali is installed but broken ({type(exc).__name__}: {exc})"
+    except Exception as exc:  # a broken install can raise anything at import
+        return False, f"nvidia-dali is installed but broken ({type(exc).__name__}: {exc})"
     return True, dali.__version__
 
 

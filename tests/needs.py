@@ -1,0 +1,103 @@
+"""What the suite needs from the environment, and what a test does when it is not there.
+
+The packages of the `test` extra (triton, nvidia-dali, transformers, safetensors) and the C++ CPU
+ops are part of what the suite tests, so their absence must not look like success:
+
+- on CI (`CI=true`, set by `.ci/run`) a missing or broken one FAILS the test with the reason;
+- an installed package that raises on import (a broken install) fails everywhere: a skip would
+  hide it, and the engine itself would quietly fall back to a slower path;
+- locally, a package that is simply not installed skips, with the command that installs it.
+
+The only skips a CPU machine may show on CI are the tests marked `gpu` (see conftest.py).
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import shutil
+
+import pytest
+
+INSTALL = "pip install torch==2.13.0 -e '.[test]'"
+
+
+def on_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
+def unavailable(what: str, reason: str, *, missing: bool, install: str = INSTALL):
+    """Skip (missing, local) or fail (on CI, or installed but broken); usable at module level."""
+    state = "not installed" if missing else "installed but broken"
+    msg = f"{what} is {state}: {reason}; fix: {install}"
+    if on_ci() or not missing:
+        pytest.fail(("CI=true, so this is a failure, not a skip: " if on_ci() else "") + msg,
+                    pytrace=False)
+    pytest.skip(msg, allow_module_level=True)
+
+
+def _import(name: str, importer=None, install: str = INSTALL, package: str | None = None):
+    """Import `name`; it counts as missing only when `package` (default: `name`) itself is
+    absent: a module missing inside an installed package is breakage."""
+    package = package or name
+    try:
+        return importer() if importer else importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name and (package == exc.name or package.startswith(exc.name + ".")):
+            unavailable(name, str(exc), missing=True, install=install)
+        unavailable(name, f"{type(exc).__name__}: {exc}", missing=False, install=install)
+    except Exception as exc:  # noqa: BLE001 - a broken install can raise anything at import
+        unavailable(name, f"{type(exc).__name__}: {exc}", missing=False, install=install)
+
+
+def module(name: str, install: str = INSTALL):
+    """`import name`, or skip/fail as above."""
+    return _import(name, install=install)
+
+
+def transformers():
+    """transformers, imported the way the engine imports it (our `kernels/` folder must not
+    shadow Hugging Face's `kernels` package when the tests run from the repository root)."""
+    from vmae2_fast.integrations.hf_export import import_transformers
+    return _import("transformers", import_transformers)
+
+
+def triton_kernels():
+    """`vmae2_fast.kernels`, runnable here: on CUDA, or on the CPU under the Triton interpreter
+    (conftest.py sets TRITON_INTERPRET=1 before anything imports the kernels)."""
+    import torch
+    _import("triton")
+    from vmae2_fast import kernels
+    try:
+        kernels.load()
+    except ImportError as exc:
+        unavailable("triton", f"vmae2_fast.kernels could not load ({exc})", missing=False)
+    if not torch.cuda.is_available() and not kernels.interpreter_active():
+        unavailable("the Triton CPU interpreter",
+                    f"no CUDA device and TRITON_INTERPRET={os.environ.get('TRITON_INTERPRET')!r} "
+                    "when the kernels were imported", missing=False,
+                    install="unset TRITON_INTERPRET (tests/conftest.py sets it to 1 on CPU machines)")
+    return kernels
+
+
+def dali():
+    """`nvidia.dali`, and the engine agreeing that it is usable."""
+    install = "pip install nvidia-dali-cuda130 (or " + INSTALL + ")"
+    _import("nvidia.dali", install=install)
+    _import("nvidia.dali.fn", install=install, package="nvidia.dali")
+    from vmae2_fast.data.dali.pipeline import dali_status
+    ok, info = dali_status()
+    if not ok:
+        unavailable("nvidia-dali", info, missing=False, install=install)
+    return info
+
+
+def cpp_ops():
+    """The C++ CPU ops, compiled on first use: no compiler is 'missing', a failed build is broken."""
+    from vmae2_fast.ops import cpp as ops
+    if ops.available():
+        return ops
+    compiler = os.environ.get("CXX", "c++")
+    has_compiler = shutil.which(compiler) is not None
+    unavailable("the C++ CPU ops", ops._error or "unknown error", missing=not has_compiler,
+                install="install a C++ compiler and ninja (apt install g++; pip install ninja)"
+                if not has_compiler else "fix the build error above (csrc/fused_ops.cpp)")

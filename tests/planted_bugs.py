@@ -1,0 +1,210 @@
+"""Plant known bugs in the engine one at a time and check that the test meant to guard against
+each one fails. Run from the repository root (not collected by pytest):
+
+    python tests/planted_bugs.py            # every planted bug (a few minutes on 2 cores)
+    python tests/planted_bugs.py --list
+    python tests/planted_bugs.py ddp-grad-sum stale-index-ignored
+
+Each bug is a literal text replacement in one file, written to disk, the named tests run, and the
+original bytes put back (also on Ctrl-C). It refuses to touch a file with uncommitted changes.
+A bug "is caught" when pytest exits non-zero; one that is not caught makes this script exit 1.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Bug:
+    name: str
+    file: str
+    edits: tuple            # ((old, new), ...): each old text must occur exactly once
+    tests: tuple            # pytest node ids expected to fail
+    what: str
+
+
+def edit(old, new):
+    return ((old, new),)
+
+
+BUGS = [
+    Bug("stale-index-ignored", "vmae2_fast/data/loaders.py",
+        edit("        return None\n    return load_index(list_file, data_root)",
+             "        return None\n    return None"),
+        ("tests/test_index.py::test_pyav_training_refuses_a_stale_index",),
+        "an existing index is never read, so a stale one is not refused"),
+    Bug("resume-starts-over", "vmae2_fast/train/loop.py",
+        edit("path = self.out / LAST if (self.out / LAST).exists() else latest_checkpoint(self.out)",
+             "path = None"),
+        ("tests/test_pretrain_loop.py::test_kill_and_resume",),
+        "--resume auto ignores the checkpoint and retrains from step 0 (same final weights!)"),
+    Bug("ddp-per-process-denominator", "vmae2_fast/stages/pretrain.py",
+        edit("denominator = all_reduce_sum(count, self.dist) / self.dist.world_size",
+             "denominator = count"),
+        ("tests/test_ddp_gradients.py::test_two_processes_give_the_one_process_gradients[pretrain]",),
+        "each process divides by its own loss-token count (the official behaviour)"),
+    Bug("ddp-grad-sum", "vmae2_fast/train/loop.py",
+        edit("scaled = loss / len(batches)", "scaled = loss * self.dist.world_size / len(batches)"),
+        ("tests/test_pretrain_loop.py::test_ddp_two_processes_match_one",),
+        "gradients summed over processes instead of averaged (N times too large)"),
+    Bug("classify-loss-summed", "vmae2_fast/stages/classify.py",
+        edit("label_smoothing=self.cfg.smoothing)",
+             "label_smoothing=self.cfg.smoothing, reduction='sum')"),
+        ("tests/test_ddp_gradients.py::test_two_processes_give_the_one_process_gradients[classify]",),
+        "the classification loss sums over clips: its gradient depends on the per-process batch"),
+    Bug("tubelet-fixed-at-2", "vmae2_fast/models/pretrain.py",
+        edit("self.patch_size, self.tubelet_size,", "self.patch_size, 2,"),
+        ("tests/test_pretrain_options.py::test_model_loss_and_gradients_equal_the_official_computation",
+         "tests/test_pretrain_options.py::test_first_logged_loss_of_a_cli_run_is_the_official_loss[tubelet-4]"),
+        "the loss targets assume tubelet 2 (the official reshape)"),
+    Bug("model-always-normalises", "vmae2_fast/models/pretrain.py",
+        edit("normalize=self.normalize_target,", "normalize=True,"),
+        ("tests/test_pretrain_options.py::test_model_loss_and_gradients_equal_the_official_computation",),
+        "normalize_target=False is ignored by the model"),
+    Bug("cli-drops-normalize-target", "vmae2_fast/stages/pretrain.py",
+        edit("normalize_target=cfg.normalize_target,", "normalize_target=True,"),
+        ("tests/test_pretrain_options.py::test_first_logged_loss_of_a_cli_run_is_the_official_loss[no-normalize-target]",),
+        "--no-normalize-target is parsed but never reaches the model (the official bug)"),
+    Bug("decoder-choice-not-logged", "vmae2_fast/data/loaders.py",
+        edit("    if log_choice:\n", "    if False:\n"),
+        ("tests/test_decoder_choice.py",),
+        "--decoder auto chooses silently"),
+    Bug("auto-never-picks-dali", "vmae2_fast/data/loaders.py",
+        edit('choice, why = "dali", f"auto: training on a GPU', 'choice, why = "pyav", f"auto: training on a GPU'),
+        ("tests/test_decoder_choice.py::test_auto_chooses_and_says_why",),
+        "--decoder auto uses PyAV on a GPU even with DALI installed"),
+    Bug("kl-direction-swapped", "vmae2_fast/stages/classify.py",
+        edit("F.kl_div(F.log_softmax(logits.float() / tau, -1), F.log_softmax(t_logits.float() / tau, -1),",
+             "F.kl_div(F.log_softmax(t_logits.float() / tau, -1), F.log_softmax(logits.float() / tau, -1),"),
+        ("tests/test_distill.py::test_first_logged_loss_is_kl_teacher_to_student_at_the_temperature",),
+        "KL(student || teacher) instead of KL(teacher || student)"),
+    Bug("kl-without-tau-squared", "vmae2_fast/stages/classify.py",
+        edit('reduction="batchmean", log_target=True) * tau * tau', 'reduction="batchmean", log_target=True)'),
+        ("tests/test_distill.py::test_first_logged_loss_is_kl_teacher_to_student_at_the_temperature",),
+        "the tau^2 gradient correction is missing"),
+    Bug("teacher-not-frozen", "vmae2_fast/stages/classify.py",
+        edit("        p.requires_grad_(False)\n", "        p.requires_grad_(True)\n"),
+        ("tests/test_distill.py::test_the_teacher_stays_frozen_while_the_student_learns",),
+        "the teacher's parameters require grad"),
+    Bug("teacher-in-train-mode", "vmae2_fast/stages/classify.py",
+        edit("teacher = teacher.to(device=device, dtype=dtype).eval()",
+             "teacher = teacher.to(device=device, dtype=dtype).train()"),
+        ("tests/test_distill.py::test_the_teacher_stays_frozen_while_the_student_learns",),
+        "the teacher runs in train mode (dropout, drop path active)"),
+    Bug("features-ignore-no-imagenet-norm", "vmae2_fast/stages/features.py",
+        edit("    if imagenet_norm:\n", "    if True:\n"),
+        ("tests/test_extract_features.py",),
+        "--no-imagenet-norm has no effect"),
+    Bug("features-ignore-frame-stride", "vmae2_fast/stages/features.py",
+        edit("yield start, torch.stack(list(buf)[::frame_stride])", "yield start, torch.stack(list(buf)[-window:])"),
+        ("tests/test_extract_features.py",),
+        "windows take consecutive frames whatever --frame-stride says"),
+    Bug("evaluate-averages-logits", "vmae2_fast/stages/evaluate.py",
+        edit("    per_view = logits.log_softmax(-1).view(n_videos, -1, logits.shape[-1])\n"
+             "    return torch.logsumexp(per_view, dim=1) - math.log(per_view.shape[1])",
+             "    return logits.view(n_videos, -1, logits.shape[-1]).mean(1).log_softmax(-1)"),
+        ("tests/test_classify_stages.py::test_evaluate_fuses_the_softmax_of_every_view",),
+        "views are fused by averaging logits, not probabilities"),
+    Bug("evaluate-crops-centred", "vmae2_fast/data/clip_sampling.py",
+        edit("for c in spread_offsets(max(rw, rh), size, num_crops):",
+             "for c in spread_offsets(max(rw, rh), size, 1) * num_crops:"),
+        ("tests/test_classify_stages.py::test_evaluate_fuses_the_softmax_of_every_view",),
+        "the C spatial crops are all the centre crop"),
+    Bug("randaugment-does-nothing", "vmae2_fast/data/pyav/randaugment.py",
+        edit("        if not plan:\n", "        if True:\n"),
+        ("tests/test_finetune_data.py",),
+        "RandAugment returns the clip unchanged"),
+    Bug("optimizer-state-misrouted", "vmae2_fast/train/optim.py",
+        edit('        group["params"].append(p)\n',
+             '        group["params"].insert(0 if raw_name != name else len(group["params"]), p)\n'),
+        ("tests/test_optim.py",),
+        "a wrapped model's groups list their parameters in another order: a loaded state goes to "
+        "the wrong parameters (load_state_dict accepts it: same group sizes)"),
+    Bug("triton-accepts-cpu-tensors", "kernels/_common.py",
+        edit('if dev.type == "cpu" and not interpreter_active():', "if False:"),
+        ("tests/test_kernels_triton.py::test_triton_refuses_plain_cpu_tensors_without_the_interpreter",),
+        "the Triton ops take CPU tensors without the interpreter (and fail obscurely)"),
+    Bug("ci-missing-package-skips", "tests/needs.py",
+        edit("    if on_ci() or not missing:\n", "    if not missing:\n"),
+        ("tests/test_skip_policy.py",),
+        "on CI a missing package of the test extra skips instead of failing"),
+    Bug("ci-plain-skip-allowed", "tests/conftest.py",
+        edit('and not torch.cuda.is_available() and "gpu" not in item.keywords):', "and False):"),
+        ("tests/test_skip_policy.py::test_on_ci_only_gpu_tests_may_skip",),
+        "on CI a test that is not marked gpu may skip for any reason"),
+]
+
+
+def git_clean(path: Path) -> bool:
+    return subprocess.run(["git", "diff", "--quiet", "HEAD", "--", str(path)], cwd=ROOT).returncode == 0
+
+
+def plant_and_test(bug: Bug) -> tuple[bool, float, str]:
+    path = ROOT / bug.file
+    original = path.read_bytes()
+    text = original.decode()
+    for old, new in bug.edits:
+        if text.count(old) != 1:
+            raise SystemExit(f"{bug.name}: {old!r} occurs {text.count(old)} times in {bug.file}; "
+                             "update this bug to the current code")
+        text = text.replace(old, new)
+    t0 = time.time()
+    try:
+        path.write_text(text)
+        res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
+                              *bug.tests], cwd=ROOT, capture_output=True, text=True)
+    finally:
+        path.write_bytes(original)
+    failed = [ln for ln in res.stdout.splitlines() if ln.startswith(("FAILED", "ERROR"))]
+    if failed:
+        detail = failed[0]
+    elif res.returncode < 0:
+        detail = f"pytest crashed (signal {-res.returncode})"
+    else:
+        detail = f"pytest exit code {res.returncode}"
+    return res.returncode != 0, time.time() - t0, detail
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("names", nargs="*", help="bugs to plant (default: all)")
+    p.add_argument("--list", action="store_true", help="list the bugs and exit")
+    a = p.parse_args()
+    if a.list:
+        for b in BUGS:
+            print(f"{b.name:34s} {b.file}: {b.what}")
+        return 0
+    known = {b.name: b for b in BUGS}
+    unknown = [n for n in a.names if n not in known]
+    if unknown:
+        print(f"error: unknown bug(s) {unknown}; see --list", file=sys.stderr)
+        return 2
+    chosen = [known[n] for n in a.names] or BUGS
+    dirty = sorted({b.file for b in chosen if not git_clean(ROOT / b.file)})
+    if dirty:
+        print(f"error: uncommitted changes in {dirty}: commit or stash them first", file=sys.stderr)
+        return 2
+    os.environ.setdefault("OMP_NUM_THREADS", "2")
+    missed = []
+    print("| planted bug | file | caught by | s |\n|---|---|---|---|")
+    for bug in chosen:
+        caught, secs, detail = plant_and_test(bug)
+        print(f"| {bug.name}: {bug.what} | {bug.file} | "
+              f"{detail if caught else 'NOT CAUGHT by ' + ' '.join(bug.tests)} | {secs:.0f} |", flush=True)
+        if not caught:
+            missed.append(bug.name)
+    if missed:
+        print(f"\n{len(missed)} planted bug(s) not caught: {', '.join(missed)}")
+    return 1 if missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
