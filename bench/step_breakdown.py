@@ -8,15 +8,19 @@ one `step()`), multiplied by the number of times a training step runs it:
   selection, the encoder's final norm);
 - bridge + head: the whole model with every block taken out, minus the embedding row
   (encoder_to_decoder, decoder positions and mask tokens, the decoder's norm and head);
-- attention / MLP / norms and residuals: one block's `attn`, its `mlp`, and the rest of the
-  block (its two LayerNorms and residual adds = block - attn - mlp), times the depth;
+- attention / MLP / norms: one block's `attn`, its `mlp`, its `norm1` (twice: a block has two
+  LayerNorms), times the depth; the attention is split into its projections (the `qkv` and `proj` Linear layers, timed alone: the
+  same GEMMs in both implementations) and its core (attn - projections: softmax(QK^T)V, the
+  q/v bias and the reshapes);
 - target + loss: for the official code, its engine statements run with a stand-in model that
   returns a prepared prediction; for ours, `model.loss`;
 - optimiser: the official code's `torch.optim.AdamW` (default implementation) or our fused one.
 
 The last rows give the full step (timed as in bench/throughput.py) and what the parts do not
-account for (autograd bookkeeping, Python, allocation). The parts are interleaved (one
-repetition of each implementation in turn) and the median of `--reps` is kept.
+account for (residual adds, autograd bookkeeping, Python, allocation). The parts are interleaved
+(one repetition of each implementation in turn) and the FASTEST of `--reps` repetitions is kept:
+on a shared machine other processes only ever add time, so the minimum is the least disturbed
+estimate of what a part costs (a sum of medians would add up the noise).
 
     python bench/step_breakdown.py --official-repo ~/src/VideoMAEv2       # CPU: ViT-S, 2 clips 16x224^2
 
@@ -28,7 +32,6 @@ import argparse
 import contextlib
 import json
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -37,7 +40,6 @@ import torch
 from torch import nn
 
 from vmae2_fast import ops
-from vmae2_fast.cli import exit_code
 from vmae2_fast.masking import DualMasking
 from vmae2_fast.models import build_pretrain_model
 from vmae2_fast.models.zoo import model_spec
@@ -45,10 +47,12 @@ from vmae2_fast.train.optim import build_adamw
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from official_code import OfficialMasks, build_official_model, load_official_code  # noqa: E402
-from throughput import BETAS, LR, WEIGHT_DECAY, machine_name, official_adamw, sync  # noqa: E402
+from throughput import (BETAS, LR, WEIGHT_DECAY, add_step_flags, autocast_for, environment,  # noqa: E402
+                        official_adamw, result_stem, run_cli, sync)
 
-ROWS = ("embedding", "encoder attention", "encoder MLP", "encoder norms + residuals", "bridge + head",
-        "decoder attention", "decoder MLP", "decoder norms + residuals", "target + loss", "optimiser")
+ROWS = ("embedding", "encoder attention projections", "encoder attention core", "encoder MLP",
+        "encoder norms", "bridge + head", "decoder attention projections", "decoder attention core",
+        "decoder MLP", "decoder norms", "target + loss", "optimiser")
 
 
 @contextlib.contextmanager
@@ -94,8 +98,10 @@ def model_parts(parts: Parts, model: nn.Module, autocast, x_enc, x_dec, encoder_
     for where, blocks, x in (("encoder", model.encoder.blocks, x_enc), ("decoder", model.decoder.blocks, x_dec)):
         blk = blocks[0]
         parts.add(f"{where} attention", fwd_bwd(lambda b=blk, x=x: b.attn(x), autocast), len(blocks))
+        parts.add(f"{where} qkv", fwd_bwd(lambda b=blk, x=x: b.attn.qkv(x), autocast), len(blocks))
+        parts.add(f"{where} proj", fwd_bwd(lambda b=blk, x=x: b.attn.proj(x), autocast), len(blocks))
         parts.add(f"{where} MLP", fwd_bwd(lambda b=blk, x=x: b.mlp(x), autocast), len(blocks))
-        parts.add(f"{where} block", fwd_bwd(lambda b=blk, x=x: b(x), autocast), len(blocks))
+        parts.add(f"{where} norms", fwd_bwd(lambda b=blk, x=x: b.norm1(x), autocast), 2 * len(blocks))
 
 
 def our_parts(model, video, vis, dec, autocast) -> Parts:
@@ -136,7 +142,7 @@ def add_optimiser(parts: Parts, model: nn.Module, opt):
 
 
 def time_parts(impls: dict, models: list, reps: int, device) -> dict:
-    """{impl: {part: median seconds of one call}}; parts interleaved across implementations.
+    """{impl: {part: fastest seconds of one call}}; parts interleaved across implementations.
     Every part starts with no gradients on the models (as a step after zero_grad(set_to_none)),
     except the optimiser's, whose set-up puts them there; set-ups are not timed."""
     out = {name: {part: [] for part in parts} for name, parts in impls.items()}
@@ -153,7 +159,7 @@ def time_parts(impls: dict, models: list, reps: int, device) -> dict:
                 sync(device)
                 if rep:
                     out[name][part].append(time.perf_counter() - t0)
-    return {name: {part: statistics.median(t) for part, t in d.items()} for name, d in out.items()}
+    return {name: {part: min(t) for part, t in d.items()} for name, d in out.items()}
 
 
 def rows(parts: Parts, once: dict, full_step: float) -> dict:
@@ -163,10 +169,10 @@ def rows(parts: Parts, once: dict, full_step: float) -> dict:
          "bridge + head": per_step["embedding + bridge + head"] - per_step["embedding"],
          "target + loss": per_step["target + loss"], "optimiser": per_step["optimiser"]}
     for where in ("encoder", "decoder"):
-        r[f"{where} attention"] = per_step[f"{where} attention"]
+        r[f"{where} attention projections"] = per_step[f"{where} qkv"] + per_step[f"{where} proj"]
+        r[f"{where} attention core"] = per_step[f"{where} attention"] - r[f"{where} attention projections"]
         r[f"{where} MLP"] = per_step[f"{where} MLP"]
-        r[f"{where} norms + residuals"] = (per_step[f"{where} block"] - per_step[f"{where} attention"]
-                                           - per_step[f"{where} MLP"])
+        r[f"{where} norms"] = per_step[f"{where} norms"]
     r = {k: r[k] for k in ROWS}
     r["sum of the parts"] = sum(r.values())
     r["full step (measured)"] = full_step
@@ -180,9 +186,7 @@ def run(args) -> dict:
     torch.manual_seed(0)
     model = build_pretrain_model(args.model, img_size=args.size, num_frames=args.frames,
                                  mask_ratio=args.mask_ratio, decoder_mask_ratio=args.decoder_mask_ratio).to(device)
-    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.precision)
-    autocast = (lambda: torch.autocast(device.type, dtype=amp)) if amp else \
-        (lambda: torch.autocast(device.type, enabled=False))
+    autocast = autocast_for(device, args.precision)
     video = torch.randn(args.batch, 3, args.frames, args.size, args.size, device=device)
     vis, dec = DualMasking(model.grid, args.mask_ratio, args.decoder_mask_ratio, device=device)(
         args.batch, torch.Generator(device=device).manual_seed(0))
@@ -221,9 +225,7 @@ def run(args) -> dict:
     once = time_parts(impls, [model] + ([official] if args.official_repo else []), args.reps, device)
     table = {name: rows(impls[name], {k: v for k, v in once[name].items() if k != "full step"},
                         once[name]["full step"]) for name in impls}
-    return {"machine": machine_name(device), "device": str(device), "torch": torch.__version__,
-            "threads": torch.get_num_threads() if device.type == "cpu" else None,
-            "load_avg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+    return {**environment(device, load_before),
             "baseline": "official-code" if args.official_repo else None,
             "official_code": {"repo": str(code.repo), "commit": code.commit, "timm": code.timm}
             if args.official_repo else None,
@@ -233,19 +235,15 @@ def run(args) -> dict:
 
 
 def write(report: dict, out_dir: Path) -> Path:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    slug = "".join(c if c.isalnum() else "-" for c in report["machine"]).strip("-").lower()
-    shape = "" if (report["clip"], report["batch"]) == ("16x224x224", 2) else \
-        f"-{report['clip'].rsplit('x', 1)[0]}-b{report['batch']}"
-    stem = out_dir / f"step-breakdown-{slug}-{report['model']}-{report['precision']}{shape}"
+    stem = result_stem(report, out_dir, "step-breakdown")
     stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
     t = report["seconds_per_step"]
     names = list(t)
-    threads = f", {report['threads']} threads" if report["threads"] else ""
+    threads = f", {report['threads']} thread{'s' * (report['threads'] != 1)}" if report["threads"] else ""
     md = [f"# Where a pre-training step's time goes on {report['machine']}", "",
           f"{report['model']}, clips {report['clip']}, batch {report['batch']} ({report['num_visible']} visible, "
           f"{report['num_decoded']} decoded tokens per clip), {report['precision']}, fused ops "
-          f"`{report['fused_ops']}`, torch {report['torch']}{threads}, median of {report['reps']} interleaved "
+          f"`{report['fused_ops']}`, torch {report['torch']}{threads}, fastest of {report['reps']} interleaved "
           f"repetitions, 1-minute load average {report['load_avg_1m'][0]} before / {report['load_avg_1m'][1]} "
           "after. Each part is timed alone (forward + backward), in milliseconds per training step.", "",
           "| part | " + " | ".join(f"{n} (ms)" for n in names) + (" | official / ours |" if len(names) == 2 else " |"),
@@ -261,24 +259,9 @@ def write(report: dict, out_dir: Path) -> Path:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="vit_s")
-    p.add_argument("--batch", type=int, default=2)
-    p.add_argument("--frames", type=int, default=16)
-    p.add_argument("--size", type=int, default=224)
-    p.add_argument("--mask-ratio", type=float, default=0.9)
-    p.add_argument("--decoder-mask-ratio", type=float, default=0.5)
-    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--reps", type=int, default=5)
-    p.add_argument("--official-repo", metavar="PATH", help="a checkout of github.com/OpenGVLab/VideoMAEv2")
-    p.add_argument("--out", default=str(Path(__file__).parent / "results"))
-    args = p.parse_args(argv)
-
-    def body():
-        stem = write(run(args), Path(args.out))
-        print(stem.with_suffix(".md").read_text())
-
-    return exit_code(body)
+    add_step_flags(p)
+    p.add_argument("--reps", type=int, default=7)
+    return run_cli(p, argv, run, write)
 
 
 if __name__ == "__main__":

@@ -70,16 +70,70 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
+def autocast_for(device: torch.device, precision: str):
+    """A factory of autocast contexts for `precision` (fp32: autocast disabled)."""
+    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    if amp is None:
+        return lambda: torch.autocast(device.type, enabled=False)
+    return lambda: torch.autocast(device.type, dtype=amp)
+
+
+def environment(device: torch.device, load_before: float) -> dict:
+    """What a report says about where it ran: machine, torch, threads, load before and after."""
+    return {"machine": machine_name(device), "device": str(device), "torch": torch.__version__,
+            "threads": torch.get_num_threads() if device.type == "cpu" else None,
+            "load_avg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)]}
+
+
+def result_stem(report: dict, out_dir: Path, kind: str) -> Path:
+    """out_dir/<kind>-<machine>-<model>-<precision>[-<frames>x<size>-b<batch>] (shape only when not the default)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    slug = "".join(c if c.isalnum() else "-" for c in report["machine"]).strip("-").lower()
+    shape = "" if (report["clip"], report["batch"]) == ("16x224x224", 2) else \
+        f"-{report['clip'].rsplit('x', 1)[0]}-b{report['batch']}"
+    return out_dir / f"{kind}-{slug}-{report['model']}-{report['precision']}{shape}"
+
+
+def add_step_flags(p: argparse.ArgumentParser) -> None:
+    """The flags that fix the step (shared by bench/throughput.py and bench/step_breakdown.py)."""
+    p.add_argument("--model", default="vit_s")
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--frames", type=int, default=16)
+    p.add_argument("--size", type=int, default=224)
+    p.add_argument("--mask-ratio", type=float, default=0.9)
+    p.add_argument("--decoder-mask-ratio", type=float, default=0.5)
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--official-repo", metavar="PATH",
+                   help="a checkout of github.com/OpenGVLab/VideoMAEv2: time its real model and loss as the "
+                        "baseline (default: the re-statement vmae2_fast/testing/baseline.py)")
+    p.add_argument("--out", default=str(Path(__file__).parent / "results"))
+
+
+def run_cli(p: argparse.ArgumentParser, argv, run, write) -> int:
+    """Parse, run, write the report, print its Markdown; user errors print `error: ...`, exit 2."""
+    args = p.parse_args(argv)
+
+    def body():
+        stem = write(run(args), Path(args.out))
+        print(stem.with_suffix(".md").read_text())
+
+    return exit_code(body)
+
+
 def time_interleaved(steps: dict, n_steps: int, warmup: int, device) -> dict:
-    """{name: (step times, peak memory GiB or None)}, one step of each implementation in turn."""
+    """{name: (step times, peak memory GiB or None)}, one step of each implementation in turn;
+    the order rotates every round so that no implementation always runs first."""
     for _ in range(warmup):
         for step in steps.values():
             step()
     sync(device)
     times = {name: [] for name in steps}
     peaks = dict.fromkeys(steps, 0.0 if device.type == "cuda" else None)
-    for _ in range(n_steps):
-        for name, step in steps.items():
+    names = list(steps)
+    for r in range(n_steps):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            step = steps[name]
             if device.type == "cuda":
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats(device)
@@ -149,12 +203,10 @@ def run(args) -> dict:
     model = build_pretrain_model(args.model, img_size=args.size, num_frames=args.frames,
                                  mask_ratio=args.mask_ratio, decoder_mask_ratio=args.decoder_mask_ratio,
                                  activation_checkpointing=args.activation_checkpointing).to(device)
-    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.precision)
     video = torch.randn(args.batch, 3, args.frames, args.size, args.size, device=device)
     masking = DualMasking(model.grid, args.mask_ratio, args.decoder_mask_ratio, device=device)
     gen = torch.Generator(device=device).manual_seed(0)
-    autocast = (lambda: torch.autocast(device.type, dtype=amp)) if amp else \
-        (lambda: torch.autocast(device.type, enabled=False))
+    autocast = autocast_for(device, args.precision)
     steps, meta = baseline_steps(args, model, video, device, autocast)
     opt = build_adamw(model, LR, WEIGHT_DECAY, betas=BETAS)
 
@@ -177,10 +229,7 @@ def run(args) -> dict:
         return statistics.median(x / y for x, y in zip(results[a]["step_s"], results[b]["step_s"]))
 
     report = {
-        "machine": machine_name(device), "device": str(device), "torch": torch.__version__,
-        "threads": torch.get_num_threads() if device.type == "cpu" else None,
-        "load_avg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
-        **meta,
+        **environment(device, load_before), **meta,
         "model": args.model, "params_m": round(count_parameters(model) / 1e6, 3),
         "clip": f"{args.frames}x{args.size}x{args.size}", "batch": args.batch,
         "precision": args.precision, "mask_ratio": args.mask_ratio,
@@ -205,15 +254,11 @@ def baseline_title(report: dict) -> str:
 
 
 def write(report: dict, out_dir: Path) -> Path:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    slug = "".join(c if c.isalnum() else "-" for c in report["machine"]).strip("-").lower()
-    shape = "" if (report["clip"], report["batch"]) == ("16x224x224", 2) else \
-        f"-{report['clip'].rsplit('x', 1)[0]}-b{report['batch']}"
-    stem = out_dir / f"throughput-{slug}-{report['model']}-{report['precision']}{shape}"
+    stem = result_stem(report, out_dir, "throughput")
     stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
     r = report["results"]
     mem = lambda x: "n/a" if x["peak_mem_gib"] is None else f"{x['peak_mem_gib']:.2f}"  # noqa: E731
-    threads = f", {report['threads']} threads" if report["threads"] else ""
+    threads = f", {report['threads']} thread{'s' * (report['threads'] != 1)}" if report["threads"] else ""
     md = [f"# Pre-training step throughput on {report['machine']}: ours vs {baseline_title(report)}", "",
           f"Baseline: **{report['baseline']}**. {report['model']} ({report['params_m']} M params), clips "
           f"{report['clip']}, batch {report['batch']}, {report['precision']}, mask {report['mask_ratio']} / decoder "
@@ -236,28 +281,11 @@ def write(report: dict, out_dir: Path) -> Path:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="vit_s")
-    p.add_argument("--batch", type=int, default=2)
-    p.add_argument("--frames", type=int, default=16)
-    p.add_argument("--size", type=int, default=224)
-    p.add_argument("--mask-ratio", type=float, default=0.9)
-    p.add_argument("--decoder-mask-ratio", type=float, default=0.5)
-    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_step_flags(p)
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--activation-checkpointing", action="store_true")
-    p.add_argument("--official-repo", metavar="PATH",
-                   help="a checkout of github.com/OpenGVLab/VideoMAEv2: time its real model and loss as the "
-                        "baseline (default: the re-statement vmae2_fast/testing/baseline.py)")
-    p.add_argument("--out", default=str(Path(__file__).parent / "results"))
-    args = p.parse_args(argv)
-
-    def body():
-        stem = write(run(args), Path(args.out))
-        print(stem.with_suffix(".md").read_text())
-
-    return exit_code(body)
+    return run_cli(p, argv, run, write)
 
 
 if __name__ == "__main__":

@@ -159,15 +159,12 @@ def test_missing_files_name_what_to_fix(tmp_path):
         oc.load_official_code(root)
 
 
-def test_a_changed_engine_layout_is_reported(tmp_path, monkeypatch):
+@pytest.mark.parametrize("variant,message", [
+    (dict(loss_test="if loss_scaler is not None"), "if loss_scaler is None"),  # the engine's layout changed
+    (dict(extra_import="from not_installed_pkg import IMAGENET_DEFAULT_MEAN"), "not_installed_pkg"),  # a dependency
+])
+def test_a_checkout_that_cannot_run_here_is_reported(tmp_path, monkeypatch, variant, message):
     monkeypatch.setattr(oc, "_timm_importable", lambda: False)
-    root = make_fake_checkout(tmp_path / "changed", loss_test="if loss_scaler is not None")
-    with pytest.raises(ValueError, match="if loss_scaler is None"):
-        oc.load_official_code(root)
-
-
-def test_a_missing_dependency_of_the_step_is_reported(tmp_path, monkeypatch):
-    monkeypatch.setattr(oc, "_timm_importable", lambda: False)
-    root = make_fake_checkout(tmp_path / "dep", extra_import="from not_installed_pkg import IMAGENET_DEFAULT_MEAN")
-    with pytest.raises(ValueError, match="not_installed_pkg"):
+    root = make_fake_checkout(tmp_path / "VideoMAEv2", **variant)
+    with pytest.raises(ValueError, match=message):
         oc.load_official_code(root)

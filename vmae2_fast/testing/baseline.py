@@ -1,4 +1,4 @@
-"""An independent, deliberately naive re-statement of the official VideoMAE V2 computation.
+"""An independent re-statement of the official VideoMAE V2 computation, op for op.
 
 Written from the description of the official code (boolean-mask indexing, Conv3d on every token,
 explicit softmax attention, host-side position tables copied to the device every step, targets
@@ -6,8 +6,11 @@ for the whole video then selected, masks made with NumPy on the host). It never 
 `reference.py` or `models/`, so it serves two purposes:
 
 - the tests' independent truth at shapes the golden fixtures do not cover;
-- the baseline of `bench/throughput.py`: it runs on the parameters of one of our models
-  (`dict(model.named_parameters())`), so both are timed on the same weights and data.
+- the baseline of `bench/throughput.py` when no official checkout is given: it runs on the
+  parameters of one of our models (`dict(model.named_parameters())`), so both are timed on the
+  same weights and data. For that its operations, dtypes and order are the official ones, and it
+  must cost what the official code costs: `bench/throughput.py --official-repo PATH` times both
+  side by side and reports the ratio (`restatement_over_official`).
 """
 from __future__ import annotations
 
