@@ -43,6 +43,7 @@ import contextlib
 import importlib
 import importlib.util
 import itertools
+import math
 import subprocess
 import sys
 import types
@@ -91,13 +92,27 @@ def to_2tuple(x):
 def trunc_normal_(tensor: torch.Tensor, mean: float = 0.0, std: float = 1.0, a: float = -2.0,
                   b: float = 2.0) -> torch.Tensor:
     """Fill `tensor` in place from N(mean, std^2) truncated to [a, b] (absolute bounds, not in
-    units of std) and return it. timm's version is the inverse-CDF sampler PyTorch ships as
-    `nn.init.trunc_normal_` (same signature, same draws), so this delegates to PyTorch."""
-    return nn.init.trunc_normal_(tensor, mean=mean, std=std, a=a, b=b)
+    units of std) and return it.
+
+    Inverse-CDF sampling, as timm 0.4.12 does it (same draws for the same seed): a uniform value
+    between the normal CDF at a and at b, mapped back through the inverse CDF (written with
+    erfinv), then clamped against rounding. (`nn.init.trunc_normal_` of recent PyTorch samples by
+    rejection instead: same distribution, other draws.)
+    """
+    def cdf(z):
+        return 0.5 * (1.0 + math.erf(z / math.sqrt(2.0)))
+
+    with torch.no_grad():
+        lo, hi = cdf((a - mean) / std), cdf((b - mean) / std)
+        tensor.uniform_(2 * lo - 1, 2 * hi - 1)  # erf(z / sqrt 2) = 2 * cdf(z) - 1
+        tensor.erfinv_().mul_(std * math.sqrt(2.0)).add_(mean)
+        return tensor.clamp_(min=a, max=b)
 
 
 def register_model(fn):
-    """Record a model constructor under its function name and return it unchanged."""
+    """Record a model constructor under its function name and return it unchanged. (timm also
+    lists it in its module's `__all__` and a per-module index, which the official code never
+    reads.)"""
     MODEL_REGISTRY[fn.__name__] = fn
     return fn
 
@@ -114,11 +129,11 @@ def _timm_importable() -> bool:
 
 @contextlib.contextmanager
 def timm_shims():
-    """While active, `import timm...` of the five names the official code uses finds the
-    stand-ins above (if the real timm imports, nothing changes). Yields "timm <version>" or
-    "stand-ins". The stand-in modules are removed afterwards: modules imported meanwhile keep
-    the names they bound, and later `import timm` / `find_spec("timm")` elsewhere (transformers
-    probes it) sees the real state of the environment."""
+    """While active, `import timm...` of the names the official code uses (the four helpers and
+    the ImageNet mean and std) finds the stand-ins above (if the real timm imports, nothing
+    changes). Yields "timm <version>" or "stand-ins". The stand-in modules are removed
+    afterwards: modules imported meanwhile keep the names they bound, and a later `import timm`
+    or `find_spec("timm")` elsewhere (transformers probes it) sees the real environment."""
     if _timm_importable():
         yield f"timm {importlib.import_module('timm').__version__}"
         return
