@@ -317,9 +317,10 @@ def load_official_code(repo) -> OfficialCode:
 
 
 def build_official_model(code: OfficialCode, name: str, *, img_size: int = 224, num_frames: int = 16,
-                         tubelet_size: int = 2, decoder_depth: int = 4) -> nn.Module:
+                         tubelet_size: int = 2, decoder_depth: int = 4, with_cp: bool = False) -> nn.Module:
     """The official `PretrainVisionTransformer` with the shapes of our zoo model `name` (the
-    arguments its registered `pretrain_videomae_*` functions pass, for any size we know)."""
+    arguments its registered `pretrain_videomae_*` functions pass, for any size we know);
+    `with_cp` is its activation checkpointing (the official `--with_checkpoint`)."""
     s = model_spec(name)
     return code.modeling_pretrain.PretrainVisionTransformer(
         img_size=img_size, patch_size=s.patch_size, encoder_embed_dim=s.embed_dim, encoder_depth=s.depth,
@@ -327,7 +328,7 @@ def build_official_model(code: OfficialCode, name: str, *, img_size: int = 224, 
         decoder_num_classes=3 * tubelet_size * s.patch_size ** 2, decoder_embed_dim=s.decoder_embed_dim,
         decoder_depth=decoder_depth, decoder_num_heads=s.decoder_num_heads, mlp_ratio=s.mlp_ratio,
         qkv_bias=True, norm_layer=partial(nn.LayerNorm, eps=1e-6), tubelet_size=tubelet_size,
-        all_frames=num_frames)
+        all_frames=num_frames, **({"with_cp": True} if with_cp else {}))  # passed only when asked for
 
 
 class OfficialMasks:

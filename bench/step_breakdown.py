@@ -9,22 +9,22 @@ one `step()`), multiplied by the number of times a training step runs it:
 - bridge + head: the whole model with every block taken out, minus the embedding row
   (encoder_to_decoder, decoder positions and mask tokens, the decoder's norm and head);
 - attention / MLP / norms: one block's `attn`, its `mlp`, its `norm1` (twice: a block has two
-  LayerNorms), times the depth; the attention is split into its projections (the `qkv` and `proj` Linear layers, timed alone: the
-  same GEMMs in both implementations) and its core (attn - projections: softmax(QK^T)V, the
-  q/v bias and the reshapes);
+  LayerNorms), times the depth; the attention is split into its projections (the `qkv` and
+  `proj` Linear layers, timed alone: the same GEMMs in both implementations) and its core
+  (attn - projections: softmax(QK^T)V, the q/v bias and the reshapes);
 - target + loss: for the official code, its engine statements run with a stand-in model that
   returns a prepared prediction; for ours, `model.loss`;
 - optimiser: the official code's `torch.optim.AdamW` (default implementation) or our fused one.
 
 The last rows give the full step (timed as in bench/throughput.py) and what the parts do not
-account for (residual adds, autograd bookkeeping, Python, allocation). The parts are interleaved
-(one repetition of each implementation in turn) and the FASTEST of `--reps` repetitions is kept:
+account for (residual adds, autograd bookkeeping, Python, allocation). Parts and full steps are
+interleaved (one repetition of each implementation in turn) and the FASTEST of `--reps` is kept:
 on a shared machine other processes only ever add time, so the minimum is the least disturbed
 estimate of what a part costs (a sum of medians would add up the noise).
 
     python bench/step_breakdown.py --official-repo ~/src/VideoMAEv2       # CPU: ViT-S, 2 clips 16x224^2
 
-Writes bench/results/step-breakdown-<machine>-<model>-<precision>[-<size>-b<batch>].json and .md.
+Writes bench/results/step-breakdown-<machine>-<model>-<precision>[-<frames>x<size>-b<batch>].json and .md.
 """
 from __future__ import annotations
 

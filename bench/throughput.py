@@ -22,8 +22,10 @@ turn) so that a machine whose speed drifts slows them alike.
     python bench/throughput.py --device cuda --model vit_b --batch 32 --precision bf16
     python bench/throughput.py --device cuda --model vit_g --batch 8 --activation-checkpointing
 
-Writes bench/results/throughput-<machine>-<model>-<precision>[-<size>-b<batch>].json and .md
-(machine = GPU name or CPU model; the size and batch appear when they are not the defaults).
+Writes bench/results/throughput-<machine>-<model>-<precision>[-<frames>x<size>-b<batch>].json and
+.md (machine = GPU name or CPU model; the clip and batch appear when they are not the defaults).
+On a GPU the peak memory is what a step allocates above what is resident when it starts (all the
+models and optimiser states the run holds), so that the implementations compare.
 """
 from __future__ import annotations
 
@@ -122,7 +124,7 @@ def run_cli(p: argparse.ArgumentParser, argv, run, write) -> int:
 
 
 def time_interleaved(steps: dict, n_steps: int, warmup: int, device) -> dict:
-    """{name: (step times, peak memory GiB or None)}, one step of each implementation in turn;
+    """{name: (step times, peak GiB above the resident memory, or None)}, one step of each in turn;
     the order rotates every round so that no implementation always runs first."""
     for _ in range(warmup):
         for step in steps.values():
@@ -137,12 +139,13 @@ def time_interleaved(steps: dict, n_steps: int, warmup: int, device) -> dict:
             if device.type == "cuda":
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats(device)
+                resident = torch.cuda.memory_allocated(device)  # every model and optimiser state
             t0 = time.perf_counter()
             step()
             sync(device)
             times[name].append(time.perf_counter() - t0)
-            if device.type == "cuda":
-                peaks[name] = max(peaks[name], torch.cuda.max_memory_allocated(device) / 2 ** 30)
+            if device.type == "cuda":  # what the step adds on top of what all of them keep resident
+                peaks[name] = max(peaks[name], (torch.cuda.max_memory_allocated(device) - resident) / 2 ** 30)
     return {name: (times[name], peaks[name]) for name in steps}
 
 
@@ -176,7 +179,8 @@ def baseline_steps(args, model, video, device, autocast) -> tuple[dict, dict]:
         return {"official": step_restatement}, {"baseline": "re-statement", "official_code": None}
 
     code = load_official_code(args.official_repo)
-    official = build_official_model(code, args.model, img_size=args.size, num_frames=args.frames)
+    official = build_official_model(code, args.model, img_size=args.size, num_frames=args.frames,
+                                    with_cp=args.activation_checkpointing)
     official.load_state_dict(model.state_dict(), strict=True)  # same weights; key names are official
     official.to(device).train()
     official_opt = official_adamw(official)
@@ -265,7 +269,8 @@ def write(report: dict, out_dir: Path) -> Path:
           f"{report['decoder_mask_ratio']}, fused ops `{report['fused_ops']}`, {report['steps']} interleaved steps "
           f"each, torch {report['torch']}{threads}, 1-minute load average {report['load_avg_1m'][0]} before / "
           f"{report['load_avg_1m'][1]} after.", "",
-          "| implementation | median step (s) | range (s) | clips/s | peak memory (GiB) |", "|---|---|---|---|---|"]
+          "| implementation | median step (s) | range (s) | clips/s | step peak above resident memory (GiB) |",
+          "|---|---|---|---|---|"]
     for name, x in r.items():
         label = f"official ({report['baseline']})" if name == "official" else name
         md.append(f"| {label} | {x['median_step_s']:.4f} | {x['min_step_s']:.3f}-{x['max_step_s']:.3f} "
