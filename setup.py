@@ -44,6 +44,8 @@ setup(
         "test": ["pytest>=7", "triton>=3.2; platform_system == 'Linux'", "transformers>=4.46,<6", "safetensors>=0.4", "nvidia-dali-cuda130>=2.0"],
         "dali": ["nvidia-dali-cuda130>=2.0"],
         "tensorboard": ["tensorboard"],
+        # bench/throughput.py --official-repo: the official code imports einops
+        "bench": ["einops"],
     },
     entry_points={"console_scripts": ["vmae2-pretrain=vmae2_fast.pretrain:main",
                                       "vmae2-post-pretrain=vmae2_fast.post_pretrain:main",

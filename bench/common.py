@@ -26,9 +26,13 @@ def machine_name(device: torch.device | None = None) -> str:
 
 
 def report_main(parser, run, write, argv=None) -> int:
-    """Parse ``argv``, ``report = run(args)``, ``write(report, out) -> path stem``, print it."""
+    """Parse ``argv``, ``report = run(args)``, ``write(report, out) -> path stem``, print its
+    Markdown; a user error prints ``error: ...`` and gives exit code 2 (vmae2_fast.cli.exit_code)."""
+    from vmae2_fast.cli import exit_code
     args = parser.parse_args(argv)
-    report = run(args)
-    stem = write(report, Path(args.out))
-    print(Path(stem).with_suffix(".md").read_text())
-    return 0
+
+    def body():
+        stem = write(run(args), Path(args.out))
+        print(Path(stem).with_suffix(".md").read_text())
+
+    return exit_code(body)
