@@ -102,6 +102,9 @@ class Trainer:
         self.recoveries, self._failed_at = 0, -1
         self._warned_copy = False
         self.metrics = JsonlLogger(self.out / METRICS) if dist_info.is_main else None
+        if dist_info.is_main:   # partial writes of a killed run: never read, only taking space
+            for tmp in self.out.glob(".checkpoint-*.tmp"):
+                tmp.unlink(missing_ok=True)
         self.tb = TensorBoardLogger(self.out / "tensorboard") if settings.tensorboard and dist_info.is_main else None
 
     @property
