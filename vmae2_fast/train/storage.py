@@ -53,10 +53,10 @@ def prepare_output_dir(path, flag: str = "--output-dir") -> Path:
 
     Raises `OutputDirError` naming ``flag`` and what to change."""
     out = Path(path)
-    if out.exists() and not out.is_dir():
-        raise OutputDirError(f"{flag} {out} exists and is a file, not a folder; pass another "
-                             f"{flag} or move the file away")
     try:
+        if out.exists() and not out.is_dir():
+            raise OutputDirError(f"{flag} {out} exists and is a file, not a folder; pass another "
+                                 f"{flag} or move the file away")
         out.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
         blocker = next((p for p in out.parents if p.exists() and not p.is_dir()), out)
