@@ -128,10 +128,26 @@ def require_some_video(entries: List[VideoEntry], list_file: str, data_root: str
 _DEAD_WORKER = re.compile(r"DataLoader worker \(pids?(?:\(s\))? ([\d, ]+)\)")
 
 
+def dead_worker_error(exc: BaseException, board=None) -> Optional[DataPlaneError]:
+    """The `DataPlaneError` for torch's "DataLoader worker (pid ...) is killed / exited
+    unexpectedly" error, naming the file the worker was reading (from ``board``, a
+    `pyav.base.WorkerBoard`); None for any other exception. torch raises that error within
+    seconds of the death (its SIGCHLD handler, asynchronously, wherever the main thread is; or
+    its status check while waiting for a batch), so nothing hangs."""
+    found = _DEAD_WORKER.search(str(exc)) if isinstance(exc, RuntimeError) else None
+    if found is None:
+        return None
+    pids = {int(p) for p in found.group(1).replace(",", " ").split()}
+    files = board.files_of(pids) if board is not None else []
+    what = (f"while reading {', '.join(files)}" if files else
+            "between videos (no file was being read)" if board is not None else
+            "(the file it was reading is not known)")
+    return DataPlaneError(f"a data loader worker died {what} "
+                          f"({str(exc).splitlines()[0].strip().rstrip('.')})", files)
+
+
 def guarded(batches, board=None):
-    """Iterate a DataLoader; a worker that died (a signal, the out-of-memory killer) becomes a
-    `DataPlaneError` naming the file it was reading (from ``board``, a `pyav.base.WorkerBoard`).
-    torch's own checks make the death an error within seconds: no hang."""
+    """Iterate a DataLoader, a dead worker raised as `dead_worker_error`."""
     it = iter(batches)
     while True:
         try:
@@ -139,17 +155,11 @@ def guarded(batches, board=None):
         except StopIteration:
             return
         except RuntimeError as exc:
-            found = _DEAD_WORKER.search(str(exc))
-            if found is None:
+            err = dead_worker_error(exc, board)
+            if err is None:
                 raise
-            pids = {int(p) for p in found.group(1).replace(",", " ").split()}
-            files = board.files_of(pids) if board is not None else []
-            what = (f"while reading {', '.join(files)}" if files else
-                    "between videos (no file was being read)" if board is not None else
-                    "(the file it was reading is not known)")
             del it                               # shuts the other workers down
-            raise DataPlaneError(f"a data loader worker died {what}: "
-                                 f"{str(exc).splitlines()[0].strip()}", files) from None
+            raise err from None
         yield batch
 
 
@@ -173,6 +183,10 @@ class PyAVLoader:
         self.num_videos = len(dataset)
         self.num_workers, self.pin = cfg.num_workers, device.type == "cuda"
         self.board = _board(dataset, self.num_workers)
+
+    def data_plane_error(self, exc: BaseException) -> Optional[DataPlaneError]:
+        """For the trainer: torch may raise a worker's death anywhere in the main thread."""
+        return dead_worker_error(exc, self.board)
 
     def __call__(self, epoch: int = 0, skip: int = 0):
         self.sampler.set_epoch(epoch, skip)

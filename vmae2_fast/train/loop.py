@@ -290,6 +290,12 @@ class Trainer:
             except DataPlaneError as exc:
                 self._recover(exc)
                 continue
+            except RuntimeError as exc:         # a worker's death, raised wherever we were
+                fault = getattr(self.make_loader, "data_plane_error", lambda e: None)(exc)
+                if fault is None:
+                    raise
+                self._recover(fault)
+                continue
             if stopped:
                 break
         return last_record
