@@ -20,6 +20,7 @@ def flags(ds, out, **extra):
     return micro_flags(ds, out, no_progress=True, kernels="reference", **extra)
 
 
+@pytest.mark.slow
 def test_resume_after_a_crash_continues_the_records(tiny_synthetic, tmp_path, monkeypatch):
     truth, out = tmp_path / "truth", tmp_path / "run"
     argv = flags(tiny_synthetic, out, epochs=3, save_every_steps=3)
@@ -65,6 +66,7 @@ def bad_corpus(ds, tmp_path, n_good=27):
     return path, bad
 
 
+@pytest.mark.slow
 def test_a_corpus_with_ten_percent_bad_videos_trains_to_the_end(tiny_synthetic, tmp_path):
     corpus, bad = bad_corpus(tiny_synthetic, tmp_path)
     out = tmp_path / "run"

@@ -77,25 +77,25 @@ def test_output_dir_without_write_permission(tiny_synthetic):
     assert_user_error(code, err, "not writable", "--output-dir")
 
 
-@needs_mounts
-def test_output_dir_on_a_read_only_file_system(tiny_synthetic, tmp_path):
+def run_on_tmpfs(ds, tmp_path, options: str, then: str):
+    """The CLI with --output-dir MNT/run on a fresh tmpfs (``options``), after ``then`` (shell,
+    MNT for the mount point), in a private mount namespace."""
     mnt = tmp_path / "mnt"
     mnt.mkdir()
-    before = (f"mount -t tmpfs tmpfs {mnt} && mkdir {mnt}/run && "
-              f"mount -o remount,ro {mnt} &&")
-    code, err = run_cli(flags(tiny_synthetic, mnt / "run"), before,
-                        ("--user", "--map-root-user", "--mount"))
+    before = f"mount -t tmpfs {options} tmpfs {mnt} && {then.replace('MNT', str(mnt))} &&"
+    return run_cli(flags(ds, mnt / "run"), before, ("--user", "--map-root-user", "--mount"))
+
+
+@needs_mounts
+def test_output_dir_on_a_read_only_file_system(tiny_synthetic, tmp_path):
+    code, err = run_on_tmpfs(tiny_synthetic, tmp_path, "", "mkdir MNT/run && mount -o remount,ro MNT")
     assert_user_error(code, err, "read-only file system")
 
 
 @needs_mounts
 def test_output_dir_on_a_full_disk(tiny_synthetic, tmp_path):
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    before = (f"mount -t tmpfs -o size=256k tmpfs {mnt} && "
-              f"(head -c 1048576 /dev/zero > {mnt}/filler 2>/dev/null; true) &&")
-    code, err = run_cli(flags(tiny_synthetic, mnt / "run"), before,
-                        ("--user", "--map-root-user", "--mount"))
+    code, err = run_on_tmpfs(tiny_synthetic, tmp_path, "-o size=256k",
+                             "(head -c 1048576 /dev/zero > MNT/filler 2>/dev/null; true)")
     assert_user_error(code, err, "no space")
 
 

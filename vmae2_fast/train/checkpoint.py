@@ -9,6 +9,7 @@ an unloadable checkpoint is caught at save time rather than at resume time.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import random
@@ -85,28 +86,34 @@ def save_checkpoint(path: PathLike, state: dict) -> Path:
         raise TypeError(f"state must be a dict, got {type(state).__name__}")
     _check_weights_only_safe(state)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as f:
+    with _replacing(path) as tmp:
+        with open(tmp, "wb") as f:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        tmp.unlink(missing_ok=True)
-        _raise_if_no_space(exc, path)
-        raise
-    _fsync_dir(path.parent)
     return path
 
 
-def _raise_if_no_space(exc: BaseException, path: Path) -> None:
-    if is_no_space(exc):
-        raise DiskFullError(f"no space left on the device of {path.parent} while writing {path.name}; "
-                            f"the partial file was removed and {path.name}, if it existed, is "
-                            "unchanged. Free some space, then run the same command again to "
-                            "resume.") from None
+@contextlib.contextmanager
+def _replacing(path: Path):
+    """A temp name in ``path``'s folder (same file system: the rename is atomic) for the caller to
+    fill; then renamed onto ``path`` and the folder fsynced. On any failure the temp file is
+    removed and ``path`` is untouched; a full disk is raised as `DiskFullError`."""
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if is_no_space(exc):
+            raise DiskFullError(
+                f"no space left on the device of {path.parent} while writing {path.name}; the "
+                f"partial file was removed and {path.name}, if it existed, is unchanged. Free "
+                "some space, then run the same command again to resume.") from None
+        raise
+    _fsync_dir(path.parent)
 
 
 # Hard links are impossible on some file systems (FAT/exFAT, some network and object stores).
@@ -122,11 +129,8 @@ def link_or_copy(src: PathLike, dst: PathLike) -> str:
     Never writes into ``dst`` in place, so an old ``dst`` that is itself a hard link to another
     checkpoint is never changed."""
     src, dst = Path(src), Path(dst)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        tmp.unlink()
+    with _replacing(dst) as tmp:
+        tmp.unlink()                    # os.link needs a free name
         try:
             os.link(src, tmp)
             how = "link"
@@ -138,12 +142,6 @@ def link_or_copy(src: PathLike, dst: PathLike) -> str:
                 fout.flush()
                 os.fsync(fout.fileno())
             how = "copy"
-        os.replace(tmp, dst)
-    except BaseException as exc:
-        tmp.unlink(missing_ok=True)
-        _raise_if_no_space(exc, dst)
-        raise
-    _fsync_dir(dst.parent)
     return how
 
 
