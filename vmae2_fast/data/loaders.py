@@ -140,8 +140,7 @@ def dead_worker_error(exc: BaseException, board=None) -> Optional[DataPlaneError
     pids = {int(p) for p in found.group(1).replace(",", " ").split()}
     files = board.files_of(pids) if board is not None else []
     what = (f"while reading {', '.join(files)}" if files else
-            "between videos (no file was being read)" if board is not None else
-            "(the file it was reading is not known)")
+            "(not while reading a video of this loader)")
     return DataPlaneError(f"a data loader worker died {what} "
                           f"({str(exc).splitlines()[0].strip().rstrip('.')})", files)
 
