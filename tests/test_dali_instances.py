@@ -35,7 +35,7 @@ def same(a, b):
     for x, y in zip(a, b):
         assert len(x) == len(y)
         for u, v in zip(x, y):
-            if isinstance(u, list):                      # the video paths of evaluation batches
+            if isinstance(u, (list, tuple)):   # evaluation paths; skipped (path, reason) pairs
                 assert u == v
             else:
                 assert u.shape == v.shape and torch.equal(u, v)

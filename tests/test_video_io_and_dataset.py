@@ -1,5 +1,4 @@
 """PyAV decoding of our VP9 files, and the pre-training dataset (repeated augmentation, skips)."""
-import logging
 import os
 from pathlib import Path
 
@@ -77,10 +76,10 @@ def test_item_shapes_and_repeated_augmentation_decodes_once(tiny_synthetic, monk
 
     monkeypatch.setattr(pd_module, "decode_frames", counting_decode)
     ds = make_dataset(items)
-    clips, n_skipped = ds[3]
+    clips, skipped = ds[3]
     assert len(calls) == 1                      # one decode for the K views
     assert clips.dtype == torch.float32 and clips.shape == (3, 3, 8, 32, 32)
-    assert n_skipped == 0
+    assert skipped == []
     assert torch.isfinite(clips).all()
     # The K views are different crops of the same clip.
     assert not torch.equal(clips[0], clips[1]) or not torch.equal(clips[1], clips[2])
@@ -90,11 +89,11 @@ def test_collate_is_sample_major(tiny_synthetic):
     items = read_pretrain_list(tiny_synthetic.pretrain_list, tiny_synthetic.root)
     ds = make_dataset(items, num_sample=2)
     batch = [ds[0], ds[5]]
-    video, n_skipped = pretrain_collate(batch)
+    video, skipped = pretrain_collate(batch)
     assert video.shape == (4, 3, 8, 32, 32)
     assert torch.equal(video[0], batch[0][0][0]) and torch.equal(video[1], batch[0][0][1])
     assert torch.equal(video[2], batch[1][0][0]) and torch.equal(video[3], batch[1][0][1])
-    assert n_skipped.dtype == torch.int64 and int(n_skipped) == 0
+    assert skipped == ()
 
 
 def test_same_seed_epoch_index_reproduces(tiny_synthetic):
@@ -108,7 +107,7 @@ def test_same_seed_epoch_index_reproduces(tiny_synthetic):
     assert not torch.equal(make_dataset(items, seed=1)[4][0], b[4][0])
 
 
-def test_bad_videos_are_skipped_and_counted(tiny_synthetic, tmp_path, caplog):
+def test_bad_videos_are_skipped_and_counted(tiny_synthetic, tmp_path):
     good = [VideoEntry(video_path(tiny_synthetic, "train", c, 0), 0, -1) for c in range(6)]
     junk = tmp_path / "junk.webm"
     junk.write_bytes(np.random.default_rng(1).bytes(3000))
@@ -119,32 +118,33 @@ def test_bad_videos_are_skipped_and_counted(tiny_synthetic, tmp_path, caplog):
            VideoEntry(str(tmp_path / "missing.webm"), 0, -1),
            VideoEntry(str(truncated), 0, 24)]    # the list promises 24 frames: too short
     ds = make_dataset(good + bad, num_sample=1)
-    with caplog.at_level(logging.WARNING, logger=pd_module.__name__):
-        results = [ds[i] for i in range(len(ds))]
-    for i, (clips, n_skipped) in enumerate(results):
+    results = [ds[i] for i in range(len(ds))]
+    for i, (clips, skipped) in enumerate(results):
         assert clips.shape == (1, 3, 8, 32, 32)
-        assert (n_skipped == 0) if i < 6 else (n_skipped >= 1)
-    logged = caplog.text
-    assert "junk.webm" in logged and "missing.webm" in logged and "too short" in logged
-    # And through a DataLoader with the collate, the skips are summed.
+        assert (skipped == []) if i < 6 else (skipped[0][0] == bad[i - 6].path)
+    reasons = " ".join(r for _, sk in results for _, r in sk)   # each skip says why
+    assert "junk.webm" in reasons and "missing.webm" in reasons and "too short" in reasons
+    # And through a DataLoader with the collate, the skips are gathered with their reasons.
     loader = torch.utils.data.DataLoader(ds, batch_size=9, collate_fn=pretrain_collate)
-    video, n_skipped = next(iter(loader))
-    assert video.shape[0] == 9 and int(n_skipped) == sum(n for _, n in results)
+    video, skipped = next(iter(loader))
+    assert video.shape[0] == 9 and list(skipped) == [s for _, sk in results for s in sk]
 
 
 def test_truncated_video_without_known_length_uses_decodable_frames(tiny_synthetic, tmp_path):
     data = Path(video_path(tiny_synthetic, "train", 2, 0)).read_bytes()
     truncated = tmp_path / "cut.webm"
     truncated.write_bytes(data[: len(data) // 2])
-    clips, n_skipped = make_dataset([VideoEntry(str(truncated), 0, -1)])[0]
-    assert n_skipped == 0 and clips.shape == (3, 3, 8, 32, 32)
+    clips, skipped = make_dataset([VideoEntry(str(truncated), 0, -1)])[0]
+    assert skipped == [] and clips.shape == (3, 3, 8, 32, 32)
 
 
-def test_all_bad_raises(tmp_path):
+def test_all_bad_gives_no_clip_and_every_try(tmp_path):
     items = [VideoEntry(str(tmp_path / f"missing{i}.webm"), 0, -1) for i in range(3)]
     ds = make_dataset(items, max_retries=4)
-    with pytest.raises(RuntimeError, match="too many unreadable videos"):
-        ds[0]
+    clips, skipped = ds[0]
+    assert clips is None and len(skipped) == 5 and skipped[0][0] == items[0].path
+    video, batch_skipped = pretrain_collate([ds[0], ds[1]])   # the trainer stops on None
+    assert video is None and len(batch_skipped) == 10
 
 
 def test_frame_directory_is_reported_not_skipped(tmp_path):

@@ -29,18 +29,30 @@ def setup_logging(output_dir: str | None, is_main: bool) -> None:
     handler.setFormatter(fmt)
     root.addHandler(handler)
     if output_dir and is_main:
-        Path(output_dir).mkdir(parents=True, exist_ok=True)
-        fh = logging.FileHandler(Path(output_dir) / "log.txt")
+        from .train.storage import prepare_output_dir
+        prepare_output_dir(output_dir)          # a folder problem is `error: ...` before compute
+        path = Path(output_dir) / "log.txt"
+        try:
+            fh = logging.FileHandler(path)
+        except OSError as exc:
+            from .errors import OutputDirError
+            raise OutputDirError(f"cannot open {path} for writing ({exc.strerror}); pass another "
+                                 "--output-dir") from None
+        # where this process's lines start: a resumed run cuts the killed run's tail out of the
+        # log up to here (train/records.py), so the log continues from the checkpoint
+        fh.start_offset = path.stat().st_size
         fh.setFormatter(fmt)
         root.addHandler(fh)
 
 
 def exit_code(fn, *args) -> int:
-    """Run a CLI body; a user error (bad flag value, missing file, unusable checkpoint) prints
-    `error: ...` and gives exit code 2 instead of a traceback."""
+    """Run a CLI body; a user error (bad flag value, missing file, unusable checkpoint or output
+    folder) or a clean stop (`errors.RunStopped`: disk full, a data worker that keeps dying)
+    prints `error: ...` and gives exit code 2 instead of a traceback."""
+    from .errors import RunStopped
     try:
         fn(*args)
-    except (ValueError, FileNotFoundError) as e:        # CheckpointError is a ValueError
+    except (ValueError, FileNotFoundError, RunStopped) as e:   # CheckpointError is a ValueError
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -34,6 +34,7 @@ class RunConfig:
     num_workers: int = 8
     decoder: str = "auto"              # auto (DALI on a GPU, PyAV otherwise) | dali | pyav
     dali_instances: int = 1            # independent DALI pipelines per process (several NVDECs)
+    max_bad_fraction: float = 0.5      # stop when more of an epoch's videos than this cannot be read
     # optimisation
     batch_size: int = 16               # videos per process per micro-batch
     accum_steps: int = 1
@@ -52,6 +53,7 @@ class RunConfig:
     # run
     output_dir: str = "runs/out"
     resume: str = "auto"               # auto | a checkpoint path | none
+    trust_checkpoint: bool = False     # unpickle code in --init/--resume/--teacher files (trusted only)
     save_every: int = 5                # epochs between numbered checkpoints (and the last one)
     save_every_steps: int = 0          # also checkpoint-last.pth every N optimiser steps (0: off)
     keep_last: int = 0                 # keep only the newest K numbered checkpoints (0: all)
@@ -77,6 +79,8 @@ class RunConfig:
         one_of("decoder", self.decoder, DECODERS)
         if self.clip_grad is not None and self.clip_grad <= 0:
             raise ValueError("--clip-grad must be positive (omit it to disable clipping)")
+        if not 0 <= self.max_bad_fraction <= 1:
+            raise ValueError(f"--max-bad-fraction must be in [0, 1], got {self.max_bad_fraction}")
         for name in ("num_workers", "keep_last", "save_every_steps", "max_steps", "warmup_epochs"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{flag(name)} must be >= 0, got {getattr(self, name)}")

@@ -45,7 +45,6 @@ class FinetuneConfig(RunConfig):
 
     STAGE: ClassVar[str] = "finetune"
     HELP: ClassVar[dict] = {
-        "model": "vit_s | vit_b | vit_l | vit_h | vit_g | vit_micro",
         "init": "checkpoint to start from: stage-1 (decoder dropped), stage-2, official or ours",
         "head_map": "JSON list mapping each class to a row of the checkpoint's head (K710 -> K400/600)",
         "data": "folder with train.csv and val.csv (`path label`); omit for the embedded dataset",

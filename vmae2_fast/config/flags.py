@@ -9,7 +9,7 @@ from typing import Callable, Mapping, Optional
 
 from .base import replace
 
-__all__ = ["add_config_flags", "given_flags", "parse_config"]
+__all__ = ["add_config_flags", "common_help", "given_flags", "parse_config"]
 
 
 def add_config_flags(parser: argparse.ArgumentParser, cls, help_text: dict[str, str] | None = None):
@@ -33,6 +33,21 @@ def add_config_flags(parser: argparse.ArgumentParser, cls, help_text: dict[str, 
             parser.add_argument(flag, type=base, default=argparse.SUPPRESS, help=h)
 
 
+def common_help() -> dict[str, str]:
+    """Help of the fields several commands share; the model list comes from the zoo, so that
+    every command's --help names every model (vit_micro included)."""
+    from ..models.zoo import MODEL_SPECS
+    return {
+        "model": " | ".join(MODEL_SPECS) + " (vit_micro: a 2-block model for smoke tests, not a "
+                 "paper model)",
+        "trust_checkpoint": "unpickle Python objects (code) in the checkpoint files this command "
+                            "reads; only for files you trust (default: refused, weights only)",
+        "keep_last": "keep only the newest K numbered checkpoints (0: all); checkpoint-best.pth "
+                     "is kept apart",
+        "max_bad_fraction": "stop when more than this fraction of an epoch's videos cannot be read",
+    }
+
+
 def given_flags(ns: argparse.Namespace) -> dict:
     out = dict(vars(ns))
     for k, v in out.items():
@@ -49,6 +64,8 @@ def parse_config(cls, argv=None, *, prog: str, description: str | None = None,
     parser = argparse.ArgumentParser(prog=prog, description=description,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     help_text = dict(help_text or {})
+    for name, text in common_help().items():       # the same words for a field in every command
+        help_text.setdefault(name, text)
     if presets is not None:
         help_text.setdefault("preset", "recipe: " + " | ".join(presets))
     add_config_flags(parser, cls, help_text)

@@ -32,7 +32,6 @@ class PretrainConfig(RunConfig):
     preset: str = "table10"
 
     HELP: ClassVar[dict] = {
-        "model": "vit_s | vit_b | vit_l | vit_h | vit_g, or vit_micro (a 2-block model for smoke tests)",
         "data": "pre-training list (any list format; official `path start total`); omit for the "
                 "embedded synthetic dataset",
         "data_root": "folder that relative paths in --data are joined to",

@@ -35,6 +35,7 @@ class EvaluateConfig:
     device: str = "auto"
     precision: str = "auto"            # auto (bf16 on GPU) | bf16 | fp32
     seed: int = 0
+    trust_checkpoint: bool = False     # unpickle code in --checkpoint (trusted files only)
 
     def check(self) -> None:
         _required(self, "checkpoint")
@@ -60,6 +61,7 @@ class FeaturesConfig:
     batch_size: int = 16               # windows per forward pass
     overwrite: bool = False            # redo videos whose .npy exists
     device: str = "auto"
+    trust_checkpoint: bool = False     # unpickle code in --checkpoint (trusted files only)
 
     def check(self) -> None:
         _required(self, "checkpoint", "videos", "out")
@@ -76,6 +78,7 @@ class ExportConfig:
     input_size: int = 0                # default: the checkpoint's config, else 224
     num_frames: int = 0                # default: the checkpoint's config, else 16
     layout: str = "auto"               # auto (the installed transformers) | v4 | v5
+    trust_checkpoint: bool = False     # unpickle code in --checkpoint (trusted files only)
 
     def check(self) -> None:
         _required(self, "checkpoint", "model", "out")

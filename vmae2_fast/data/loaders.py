@@ -3,10 +3,15 @@ interface over both decoders.
 
 A loader has ``steps_per_epoch`` and is called as ``loader(epoch, skip_steps)``; it yields
 
-* ``pretrain``: ``(video (B*K, 3, T, S, S), n_skipped)``;
-* ``finetune``: ``(video (B*K, ...), labels (B*K,), n_skipped)``;
+* ``pretrain``: ``(video (B*K, 3, T, S, S), skipped)``;
+* ``finetune``: ``(video (B*K, ...), labels (B*K,), skipped)``;
 * ``val`` / ``test`` (every video of this process's shard once, in list order; unreadable videos
-  dropped and counted): ``(video (B*V, ...), labels (B,), n_skipped, paths)``, V views per video.
+  dropped and reported): ``(video (B*V, ...), labels (B,), skipped, paths)``, V views per video.
+
+``skipped`` holds the ``(path, reason)`` of every unreadable video the batch passed over (the
+trainer lists each file once); a training ``video`` is None when an item found no readable video
+at all. A loader also has ``num_videos``. A DataLoader worker that dies (killed, out of memory)
+raises `errors.DataPlaneError` naming the file it was reading, never a hang.
 
 Training order comes from `sampler.GlobalBatchSampler` on both paths, so a run's batches do not
 depend on the decoder or on the number of processes. ``dist`` is anything with ``rank`` and
@@ -16,10 +21,12 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from typing import List, Optional
 
 import torch
 
+from ..errors import BadDataError, DataPlaneError
 from .index import VideoIndex, build_index, index_path, load_index, rebuild_hint
 from .lists import VideoEntry, read_list
 from .sampler import EpochIndexed, GlobalBatchSampler
@@ -92,6 +99,7 @@ def load_list(list_file: str, data_root: str, *, decoder: str, labels: bool,
     entries = read_list(list_file, data_root, labels=labels)
     index = apply_index(list_file, data_root, required=decoder == "dali", build=build)
     if index is None:
+        require_some_video(entries, list_file, data_root)
         return entries, None
     if index.excluded:
         log.warning("%d videos of %s are excluded by its index (unreadable, truncated, ...)",
@@ -102,6 +110,67 @@ def load_list(list_file: str, data_root: str, *, decoder: str, labels: bool,
     return [VideoEntry(v.path, v.start, v.frames, v.label, v.rel) for v in index.videos], index
 
 
+def require_some_video(entries: List[VideoEntry], list_file: str, data_root: str,
+                       sample: int = 64) -> None:
+    """Refuse a list none of whose videos exists (a wrong --data-root, the usual cause), before
+    any compute. Missing files among others are skipped during training like any bad video, so
+    only ``sample`` entries spread over the list are looked at, and the whole list only when none
+    of those exists."""
+    step = max(1, len(entries) // sample)
+    if any(os.path.exists(e.path) for e in entries[::step]):
+        return
+    if any(os.path.exists(e.path) for e in entries):
+        return
+    raise BadDataError(f"none of the {len(entries)} videos of {list_file} exists (first: "
+                       f"{entries[0].path}); is --data-root ({data_root or 'not set'}) right?")
+
+
+_DEAD_WORKER = re.compile(r"DataLoader worker \(pids?(?:\(s\))? ([\d, ]+)\)")
+
+
+def dead_worker_error(exc: BaseException, board=None) -> Optional[DataPlaneError]:
+    """The `DataPlaneError` for torch's "DataLoader worker (pid ...) is killed / exited
+    unexpectedly" error, naming the file the worker was reading (from ``board``, a
+    `pyav.base.WorkerBoard`); None for any other exception. torch raises that error within
+    seconds of the death (its SIGCHLD handler, asynchronously, wherever the main thread is; or
+    its status check while waiting for a batch), so nothing hangs."""
+    found = _DEAD_WORKER.search(str(exc)) if isinstance(exc, RuntimeError) else None
+    if found is None:
+        return None
+    pids = {int(p) for p in found.group(1).replace(",", " ").split()}
+    files = board.files_of(pids) if board is not None else []
+    what = (f"while reading {', '.join(files)}" if files else
+            "(not while reading a video of this loader)")
+    return DataPlaneError(f"a data loader worker died {what} "
+                          f"({str(exc).splitlines()[0].strip().rstrip('.')})", files)
+
+
+def guarded(batches, board=None):
+    """Iterate a DataLoader, a dead worker raised as `dead_worker_error`."""
+    it = iter(batches)
+    while True:
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        except RuntimeError as exc:
+            err = dead_worker_error(exc, board)
+            if err is None:
+                raise
+            del it                               # shuts the other workers down
+            raise err from None
+        yield batch
+
+
+def _board(dataset, num_workers: int):
+    """A `WorkerBoard` for the dataset's workers (PyAV datasets only; None without workers)."""
+    from .pyav.base import VideoDataset, WorkerBoard
+    if not num_workers or not isinstance(dataset, VideoDataset):
+        return None
+    dataset.board = WorkerBoard(num_workers)
+    return dataset.board
+
+
 class PyAVLoader:
     """Training batches of a map-style dataset (PyAV decoding in DataLoader workers), in the
     global batch order."""
@@ -110,14 +179,20 @@ class PyAVLoader:
         self.dataset, self.collate = EpochIndexed(dataset), collate
         self.sampler = GlobalBatchSampler(len(dataset), cfg.batch_size, dist.world_size, dist.rank, cfg.seed)
         self.steps_per_epoch = self.sampler.steps_per_epoch
+        self.num_videos = len(dataset)
         self.num_workers, self.pin = cfg.num_workers, device.type == "cuda"
+        self.board = _board(dataset, self.num_workers)
+
+    def data_plane_error(self, exc: BaseException) -> Optional[DataPlaneError]:
+        """For the trainer: torch may raise a worker's death anywhere in the main thread."""
+        return dead_worker_error(exc, self.board)
 
     def __call__(self, epoch: int = 0, skip: int = 0):
         self.sampler.set_epoch(epoch, skip)
-        return torch.utils.data.DataLoader(
+        return guarded(torch.utils.data.DataLoader(
             self.dataset, batch_sampler=self.sampler, num_workers=self.num_workers,
             collate_fn=self.collate, pin_memory=self.pin,
-            prefetch_factor=4 if self.num_workers else None)
+            prefetch_factor=4 if self.num_workers else None), self.board)
 
 
 class PyAVEvalLoader:
@@ -127,14 +202,17 @@ class PyAVEvalLoader:
         from .pyav.classify import eval_collate
         per_rank = -(-len(dataset) // dist.world_size)
         shard = range(dist.rank * per_rank, min(len(dataset), (dist.rank + 1) * per_rank))
+        self.board = _board(dataset, num_workers)
         self.dataset = torch.utils.data.Subset(dataset, list(shard))
         self.batch_size, self.num_workers, self.collate = batch_size, num_workers, eval_collate
         self.steps_per_epoch = -(-len(self.dataset) // batch_size)
+        self.num_videos = len(self.dataset)
 
     def __call__(self, epoch: int = 0, skip: int = 0):
-        return torch.utils.data.DataLoader(
+        return guarded(torch.utils.data.DataLoader(
             torch.utils.data.Subset(self.dataset, list(range(skip * self.batch_size, len(self.dataset)))),
-            batch_size=self.batch_size, num_workers=self.num_workers, collate_fn=self.collate)
+            batch_size=self.batch_size, num_workers=self.num_workers, collate_fn=self.collate),
+            self.board)
 
 
 def _dali(index: VideoIndex, mode: str, cfg, dist, device: torch.device, **kw):

@@ -22,6 +22,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from typing import List, Optional
 
@@ -278,12 +279,15 @@ def ensure_synthetic_dataset(root: Optional[str] = None, *, videos_per_class_tra
     parent = os.path.dirname(root)
     os.makedirs(parent, exist_ok=True)
     n_videos = len(CLASS_NAMES) * (videos_per_class_train + videos_per_class_val)
-    print(f"vmae2_fast: generating the synthetic dataset ({len(CLASS_NAMES)} classes, "
-          f"{n_videos} videos, {num_frames} frames of {size}x{size}, {codec}) in {root}",
+    print(f"vmae2_fast: generating the synthetic dataset once ({len(CLASS_NAMES)} classes, "
+          f"{n_videos} videos, {num_frames} frames of {size}x{size}, {codec}) in {root} ...",
           file=sys.stderr, flush=True)
+    t0 = time.perf_counter()
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(root)}.tmp-", dir=parent)
     try:
         _generate_into(tmp, params, progress)
+        print(f"vmae2_fast: synthetic dataset generated in {time.perf_counter() - t0:.0f} s",
+              file=sys.stderr, flush=True)
         try:
             os.replace(tmp, root)   # atomic; also succeeds over an empty directory
         except OSError:

@@ -111,7 +111,9 @@ def export(cfg: ExportConfig) -> Path:
     """Load ``cfg.checkpoint`` into the classifier and write the transformers folder ``cfg.out``."""
     from ..models import build_classifier
     from ..models.weights import extract_state_dict, load_classifier_weights, normalize_keys, read_checkpoint
-    raw = read_checkpoint(cfg.checkpoint)
+    from ..train.storage import prepare_output_dir
+    prepare_output_dir(cfg.out, "--out")         # a folder problem is reported before any work
+    raw = read_checkpoint(cfg.checkpoint, trust_code=cfg.trust_checkpoint)
     ckpt = raw.get("config") if isinstance(raw.get("config"), dict) else {}
     sd, _ = normalize_keys(extract_state_dict(raw)[0])
     n = cfg.num_classes or (sd["head.weight"].shape[0] if "head.weight" in sd else 0)
@@ -120,7 +122,7 @@ def export(cfg: ExportConfig) -> Path:
     model = build_classifier(cfg.model, n, img_size=cfg.input_size or ckpt.get("input_size", 224),
                              num_frames=cfg.num_frames or ckpt.get("num_frames", 16),
                              tubelet_size=ckpt.get("tubelet_size", 2))
-    load_classifier_weights(model, cfg.checkpoint)
+    load_classifier_weights(model, cfg.checkpoint, trust_code=cfg.trust_checkpoint)
     out = export_to_hf(model.eval(), cfg.out, ckpt.get("class_names"), cfg.layout)
     print(f"wrote {out}/config.json and {out}/model.safetensors")
     return out

@@ -2,8 +2,11 @@
 VideoMAE V2 layout into our classifier with a plain-words report.
 
 Reading (`read_checkpoint`): every file loads with ``torch.load(weights_only=True)``. The released
-official files pickle an ``argparse.Namespace`` (their run arguments); that one harmless class is
-allowed. Anything else that would unpickle code is refused with a message naming it; only
+official files pickle an ``argparse.Namespace`` (their run arguments), and the official DeepSpeed
+fine-tuning files (fp16, ZeRO stage 0) pickle DeepSpeed's loss-scaler object inside the optimizer
+state; these are allowed, the loss scalers as data-only stand-ins (`DeepSpeedLossScaler`: the
+unpickler only sets their attributes, nothing of DeepSpeed is imported or run). Anything else
+that would unpickle code is refused with a message naming it; only
 ``trust_code=True`` (the CLIs' ``--trust-checkpoint``) loads such a file, for files the user trusts.
 Empty, garbage, truncated and zip-but-not-torch files each get their own message.
 
@@ -45,8 +48,22 @@ log = logging.getLogger("vmae2_fast")
 
 _DECODER = ("decoder.", "encoder_to_decoder.", "mask_token")
 _PREFIXES = ("module.", "backbone.", "encoder.")
-# Classes the released checkpoints pickle and that cannot run code when unpickled.
-SAFE_GLOBALS = [argparse.Namespace]
+
+
+class DeepSpeedLossScaler:
+    """Stands in for DeepSpeed's fp16 loss scalers when a DeepSpeed checkpoint is read: unpickling
+    creates this plain object and sets the saved attributes (``cur_scale``, ``cur_iter``, ...)."""
+
+    def __repr__(self) -> str:
+        return f"DeepSpeedLossScaler({vars(self)})"
+
+
+# What the released checkpoints pickle that cannot run code when unpickled: the official runs'
+# arguments, and the loss scaler DeepSpeed's FP16_Optimizer.state_dict() stores as an object
+# (dynamic, the official `loss_scale 0`, or static). (name, stand-in) pairs are matched by name.
+SAFE_GLOBALS = [argparse.Namespace,
+                (DeepSpeedLossScaler, "deepspeed.runtime.fp16.loss_scaler.DynamicLossScaler"),
+                (DeepSpeedLossScaler, "deepspeed.runtime.fp16.loss_scaler.LossScaler")]
 
 
 class CheckpointError(ValueError):
@@ -121,7 +138,7 @@ def _unsafe_globals(path: Path) -> list:
         names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
     except Exception:  # not a zip checkpoint: the caller reports the file as unreadable
         return []
-    allowed = {f"{c.__module__}.{c.__qualname__}" for c in SAFE_GLOBALS}
+    allowed = {c[1] if isinstance(c, tuple) else f"{c.__module__}.{c.__qualname__}" for c in SAFE_GLOBALS}
     return [n for n in names if n not in allowed]
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -53,11 +54,17 @@ def load():
         from torch.utils import cpp_extension
         out = build_dir()
         out.mkdir(parents=True, exist_ok=True)
-        if not list(out.glob("vmae2_fast_cpu_ops*.so")):
-            log.info("fused ops: compiling the C++ CPU ops once into %s (about a minute)", out)
+        first = not list(out.glob("vmae2_fast_cpu_ops*.so"))
+        if first:   # on stderr, not the log: also seen by API users, and before logging is set up
+            print(f"vmae2_fast: compiling the C++ CPU ops once into {out} (about a minute on 2 "
+                  "cores) ...", file=sys.stderr, flush=True)
+        t0 = time.perf_counter()
         _module = cpp_extension.load(name="vmae2_fast_cpu_ops", sources=[str(src)],
                                      extra_cflags=["-O3", "-fopenmp"], extra_ldflags=["-fopenmp"],
                                      build_directory=str(out), verbose=False)
+        if first:
+            print(f"vmae2_fast: C++ CPU ops compiled in {time.perf_counter() - t0:.0f} s",
+                  file=sys.stderr, flush=True)
     except Exception as exc:  # no compiler, no ninja, a build error, ...
         _error = f"the C++ CPU ops could not be built or loaded ({type(exc).__name__}: {exc})"
         raise RuntimeError(_error) from exc

@@ -97,7 +97,7 @@ def build_trainer(cfg, stage, model: torch.nn.Module, loader, device: torch.devi
         epochs=cfg.epochs, steps_per_epoch=steps_per_epoch, accum_steps=cfg.accum_steps,
         clip_grad=cfg.clip_grad, precision=precision, max_nonfinite=cfg.max_nonfinite,
         log_every=cfg.log_every, save_every=cfg.save_every, save_every_steps=cfg.save_every_steps,
-        keep_last=cfg.keep_last, output_dir=cfg.output_dir, progress=cfg.progress,
+        keep_last=cfg.keep_last, max_bad_fraction=cfg.max_bad_fraction, output_dir=cfg.output_dir, progress=cfg.progress,
         tensorboard=cfg.tensorboard, max_steps=cfg.max_steps)
     wrapped = parallelize(model, device, dist, compile=cfg.compile)
     trainer = Trainer(stage, wrapped, optimizer, loader, lr_schedule, wd_schedule, settings, device,

@@ -170,14 +170,14 @@ def build_model(cfg, num_classes: int, model_name: str | None = None, drop_path=
 def load_teacher(cfg, num_classes: int, class_names, device, precision: str):
     if not cfg.teacher:
         raise ValueError("distillation needs --teacher CHECKPOINT (a classifier over the same classes)")
-    t_names = checkpoint_class_names(cfg.teacher)
+    t_names = checkpoint_class_names(cfg.teacher, trust_code=cfg.trust_checkpoint)
     if t_names is not None and class_names is not None and list(t_names) != list(class_names):
         raise ValueError(f"the teacher {cfg.teacher} was trained on another class set "
                          f"({len(t_names)} classes: {', '.join(t_names[:4])}, ...) than the data "
                          f"({len(class_names)}: {', '.join(class_names[:4])}, ...); distil on the "
                          "teacher's classes")
     teacher = build_model(cfg, num_classes, cfg.teacher_model, drop_path=0.0)
-    report = load_classifier_weights(teacher, cfg.teacher)
+    report = load_classifier_weights(teacher, cfg.teacher, trust_code=cfg.trust_checkpoint)
     if report.head != "loaded":
         raise ValueError(f"the teacher {cfg.teacher} has no {num_classes}-class head (its head "
                          f"status: {report.head}); the teacher must classify the same "
@@ -206,13 +206,9 @@ def run(cfg: FinetuneConfig) -> dict:
         train_items, train_index = load_list(train_path, root, decoder=decoder, labels=True, build=build)
         val_items, val_index = load_list(val_path, root, decoder=decoder, labels=True, build=build)
         num_classes = check_lists(train_items, val_items, cfg.num_classes, names, train_path, val_path)
-        first = train_items[0].path
-        if not os.path.exists(first):
-            raise FileNotFoundError(f"the first video of {train_path}, {first}, does not exist; is "
-                                    f"--data-root ({root or 'not set'}) right?")
         model = build_model(cfg, num_classes)
         if cfg.init:
-            load_classifier_weights(model, cfg.init, cfg.head_map)
+            load_classifier_weights(model, cfg.init, cfg.head_map, trust_code=cfg.trust_checkpoint)
         elif cfg.head_map:
             raise ValueError("--head-map needs --init (the checkpoint whose head it selects from)")
         run_config = {**cfg.to_dict(), "num_classes": num_classes, "class_names": names, "stage": stage}
@@ -230,7 +226,7 @@ def run(cfg: FinetuneConfig) -> dict:
                      "%.2f, precision %s", stage, cfg.model, count_parameters(model) / 1e6, num_classes,
                      len(train_items), len(val_items), info["steps_per_epoch"], info["total_batch"],
                      cfg.num_sample, info["lr"], cfg.lr, cfg.layer_decay, precision)
-        trainer.resume(cfg.resume)
+        trainer.resume(cfg.resume, trust_code=cfg.trust_checkpoint)
         record = trainer.fit()
         summary = {"final_loss": record.get("loss"), "best_top1": cls_stage.best_top1,
                    "global_step": trainer.global_step, "wall_s": time.time() - t0,

@@ -18,6 +18,7 @@ import torch
 
 from ..config import EvaluateConfig
 from ..data.loaders import choose_decoder, eval_loader, load_list
+from ..errors import DataPlaneError, RunStopped
 from ..models import build_classifier
 from ..models.weights import CheckpointMismatchError, load_classifier_weights, read_checkpoint
 from ..train.distributed import all_gather_objects
@@ -61,7 +62,7 @@ def _view_settings(cfg: EvaluateConfig, ckpt: dict) -> SimpleNamespace:
 
 def run(cfg: EvaluateConfig) -> dict:
     """Evaluate ``cfg.checkpoint`` on the list; writes metrics.json and predictions.jsonl."""
-    raw = read_checkpoint(cfg.checkpoint)
+    raw = read_checkpoint(cfg.checkpoint, trust_code=cfg.trust_checkpoint)
     view = _view_settings(cfg, raw.get("config") if isinstance(raw.get("config"), dict) else {})
     if not view.model:
         raise ValueError(f"{cfg.checkpoint} does not record its model; pass --model")
@@ -82,7 +83,7 @@ def run(cfg: EvaluateConfig) -> dict:
                              f"{num_classes} classes")
         model = build_classifier(view.model, num_classes, img_size=view.input_size,
                                  num_frames=view.num_frames, tubelet_size=view.tubelet_size)
-        report = load_classifier_weights(model, cfg.checkpoint)
+        report = load_classifier_weights(model, cfg.checkpoint, trust_code=cfg.trust_checkpoint)
         if report.head != "loaded":
             raise CheckpointMismatchError(f"{cfg.checkpoint} has no {num_classes}-class head; pass the "
                                           "right --num-classes or a fine-tuned checkpoint")
@@ -93,14 +94,17 @@ def run(cfg: EvaluateConfig) -> dict:
                              crops=cfg.num_crops)
         bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
         t0, rows = time.time(), []
-        for video, labels, _, paths in loader(0):
-            if video is None:
-                continue
-            with torch.no_grad(), torch.autocast(device.type, torch.bfloat16, enabled=bf16):
-                probs = video_log_probs(model, video.to(device), len(labels), cfg.batch_views).exp().cpu()
-            for p, label, path in zip(probs.numpy(), labels.tolist(), paths):
-                rows.append({"video": path, "label": int(label), "pred": int(p.argmax()),
-                             "top5": [int(k) for k in np.argsort(-p)[:5]], "probs": p.tolist()})
+        try:
+            for video, labels, _, paths in loader(0):
+                if video is None:
+                    continue
+                with torch.no_grad(), torch.autocast(device.type, torch.bfloat16, enabled=bf16):
+                    probs = video_log_probs(model, video.to(device), len(labels), cfg.batch_views).exp().cpu()
+                for p, label, path in zip(probs.numpy(), labels.tolist(), paths):
+                    rows.append({"video": path, "label": int(label), "pred": int(p.argmax()),
+                                 "top5": [int(k) for k in np.argsort(-p)[:5]], "probs": p.tolist()})
+        except DataPlaneError as exc:          # a worker died: nothing to resume, run it again
+            raise RunStopped(f"{exc}; evaluation stopped, run the same command again") from None
         rows = [r for part in all_gather_objects(rows, dist) for r in part]
         if not rows:
             raise ValueError("no video could be decoded")

@@ -18,6 +18,7 @@ from ..data.pyav.video_io import VideoDecodeError, iter_frames, open_video
 from ..data.transforms import normalize
 from ..models import build_classifier
 from ..models.weights import extract_state_dict, load_classifier_weights, normalize_keys, read_checkpoint
+from ..train.storage import prepare_output_dir
 from .build import pick_device
 
 log = logging.getLogger("vmae2_fast")
@@ -61,7 +62,7 @@ def prepare(clip: torch.Tensor, imagenet_norm: bool) -> torch.Tensor:
 
 def run(a: FeaturesConfig) -> dict:
     """One ``<video name>.npy`` of pooled window features per video of ``a.videos``."""
-    raw = read_checkpoint(a.checkpoint)
+    raw = read_checkpoint(a.checkpoint, trust_code=a.trust_checkpoint)
     cfg = raw.get("config", {}) if isinstance(raw, dict) else {}
     model_name = a.model or cfg.get("model")
     if not model_name:
@@ -74,13 +75,12 @@ def run(a: FeaturesConfig) -> dict:
     if not videos:
         raise FileNotFoundError(f"no videos ({', '.join(VIDEO_EXT)}) under {a.videos}")
     setup_logging(None, True)
+    out = prepare_output_dir(a.out, "--out")       # before the model is built
     device = pick_device(a.device)
     model = build_classifier(model_name, n_cls, img_size=size, num_frames=a.window,
                              tubelet_size=cfg.get("tubelet_size", 2))
-    load_classifier_weights(model, a.checkpoint)
+    load_classifier_weights(model, a.checkpoint, trust_code=a.trust_checkpoint)
     model = model.to(device).eval()
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
     done, t0 = 0, time.time()
     for path in videos:
         target = out / (path.stem + ".npy")

@@ -97,10 +97,6 @@ def run(cfg: PretrainConfig) -> dict:
             list_file, root = synth.pretrain_list, synth.root
         entries, index = load_list(list_file, root, decoder=decoder, labels=False,
                                    build=cfg.data is None)
-        first = entries[0].path
-        if not Path(first).exists():
-            raise FileNotFoundError(f"the first video of {list_file}, {first}, does not exist; is "
-                                    f"--data-root ({root or 'not set'}) right?")
         loader = pretrain_loader(entries, index, replace(cfg, decoder=decoder), dist, device, decoder)
 
         def preview_source():                  # one CPU-decoded clip, whatever the decoder
@@ -118,7 +114,7 @@ def run(cfg: PretrainConfig) -> dict:
             log.info("data: %d videos, %d optimiser steps/epoch, total batch %d videos x %d views, "
                      "lr %.3e (base %.2e per 256 videos)", len(entries), info["steps_per_epoch"],
                      info["total_batch"], cfg.num_sample, info["lr"], cfg.lr)
-        trainer.resume(cfg.resume)
+        trainer.resume(cfg.resume, trust_code=cfg.trust_checkpoint)
         record = trainer.fit()
         summary = {"final_loss": record.get("loss"), "global_step": trainer.global_step,
                    "skipped_videos": trainer.skipped_videos, "wall_s": time.time() - t_start,

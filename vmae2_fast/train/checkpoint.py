@@ -9,9 +9,12 @@ an unloadable checkpoint is caught at save time rather than at resume time.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import random
 import re
+import shutil
 import tempfile
 import warnings
 from collections import OrderedDict
@@ -20,6 +23,9 @@ from typing import Any, Optional, Union
 
 import numpy as np
 import torch
+
+from ..errors import DiskFullError
+from .storage import is_no_space
 
 PathLike = Union[str, os.PathLike]
 
@@ -72,26 +78,71 @@ def save_checkpoint(path: PathLike, state: dict) -> Path:
     is atomic), flushes and fsyncs it, ``os.replace``s it onto ``path`` and
     fsyncs the directory. A crash leaves either the old file or the new one,
     never a truncated one; a leftover temp file is ignored by
-    :func:`latest_checkpoint`.
+    :func:`latest_checkpoint`. A full disk raises :class:`DiskFullError` (the
+    temp file removed, ``path`` unchanged).
     """
     path = Path(path)
     if not isinstance(state, dict):
         raise TypeError(f"state must be a dict, got {type(state).__name__}")
     _check_weights_only_safe(state)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as f:
+    with _replacing(path) as tmp:
+        with open(tmp, "wb") as f:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
+    return path
+
+
+@contextlib.contextmanager
+def _replacing(path: Path):
+    """A temp name in ``path``'s folder (same file system: the rename is atomic) for the caller to
+    fill; then renamed onto ``path`` and the folder fsynced. On any failure the temp file is
+    removed and ``path`` is untouched; a full disk is raised as `DiskFullError`."""
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        if is_no_space(exc):
+            raise DiskFullError(
+                f"no space left on the device of {path.parent} while writing {path.name}; the "
+                f"partial file was removed and {path.name}, if it existed, is unchanged. Free "
+                "some space, then run the same command again to resume.") from None
         raise
     _fsync_dir(path.parent)
-    return path
+
+
+# Hard links are impossible on some file systems (FAT/exFAT, some network and object stores).
+_NO_LINK = {errno.EPERM, errno.EXDEV, errno.EMLINK, errno.ENOSYS, errno.EACCES,
+            getattr(errno, "ENOTSUP", errno.EPERM), getattr(errno, "EOPNOTSUPP", errno.EPERM)}
+
+
+def link_or_copy(src: PathLike, dst: PathLike) -> str:
+    """Make ``dst`` name the same file as ``src``, atomically replacing ``dst``: a hard link (no
+    second copy on disk), or, where the file system has none, a copy written like
+    :func:`save_checkpoint` (temp file, fsync, rename). Returns ``"link"`` or ``"copy"``.
+
+    Never writes into ``dst`` in place, so an old ``dst`` that is itself a hard link to another
+    checkpoint is never changed."""
+    src, dst = Path(src), Path(dst)
+    with _replacing(dst) as tmp:
+        tmp.unlink()                    # os.link needs a free name
+        try:
+            os.link(src, tmp)
+            how = "link"
+        except OSError as exc:
+            if exc.errno not in _NO_LINK:
+                raise
+            with open(src, "rb") as fin, open(tmp, "wb") as fout:
+                shutil.copyfileobj(fin, fout, 16 << 20)
+                fout.flush()
+                os.fsync(fout.fileno())
+            how = "copy"
+    return how
 
 
 def numbered_checkpoints(output_dir: PathLike) -> list[tuple[int, Path]]:

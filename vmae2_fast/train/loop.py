@@ -18,17 +18,20 @@ from typing import Callable, Iterable, Protocol
 import torch
 import torch.nn as nn
 
+from ..errors import DataPlaneError, DiskFullError, RunStopped
 from ..models.weights import CheckpointError, read_checkpoint
-from .checkpoint import (capture_rng_state, latest_checkpoint, prune_checkpoints, restore_rng_state,
-                         save_checkpoint)
-from .distributed import DistInfo, all_gather_objects, all_reduce_sum, barrier
+from .checkpoint import (capture_rng_state, latest_checkpoint, link_or_copy, prune_checkpoints,
+                         restore_rng_state, save_checkpoint)
+from .distributed import DistInfo, all_gather_objects, all_reduce_sum
 from .metrics import JsonlLogger, TensorBoardLogger
 from .optim import set_lr_and_wd
 from .parallelize import grad_sync
+from .records import METRICS, SkippedVideos, offsets, rewind
 
 log = logging.getLogger("vmae2_fast")
 
 LAST = "checkpoint-last.pth"
+MAX_RECOVERIES = 3                         # data-plane faults resumed in-process per run
 
 
 class Stage(Protocol):
@@ -56,6 +59,7 @@ class LoopSettings:
     save_every: int = 1
     save_every_steps: int = 0
     keep_last: int = 0
+    max_bad_fraction: float = 0.5
     output_dir: str = "runs/out"
     progress: bool = True
     tensorboard: bool = False
@@ -92,42 +96,91 @@ class Trainer:
         # device-side counters, read only when logging
         self.nonfinite_run = torch.zeros((), dtype=torch.int64, device=device)
         self.skipped_total = torch.zeros((), dtype=torch.int64, device=device)
-        self.skipped_videos = 0
-        self.metrics = JsonlLogger(self.out / "metrics.jsonl") if dist_info.is_main else None
+        self.skips = SkippedVideos(self.out, dist_info, getattr(make_loader, "num_videos", 0),
+                                   settings.max_bad_fraction)
+        self.saved_step: int | None = None      # global step of the newest checkpoint written or read
+        self.recoveries, self._failed_at = 0, -1
+        self._warned_copy = False
+        self.metrics = JsonlLogger(self.out / METRICS) if dist_info.is_main else None
+        if dist_info.is_main:   # partial writes of a killed run: never read, only taking space
+            for tmp in self.out.glob(".checkpoint-*.tmp"):
+                tmp.unlink(missing_ok=True)
         self.tb = TensorBoardLogger(self.out / "tensorboard") if settings.tensorboard and dist_info.is_main else None
+
+    @property
+    def skipped_videos(self) -> int:
+        """Distinct unreadable videos met so far in this run."""
+        return len(self.skips.run)
 
     # ---------------------------------------------------------------- checkpoints
     def checkpoint_state(self) -> dict:
         rng = all_gather_objects(capture_rng_state(), self.dist)
+        if self.dist.enabled:
+            self.skips.merge(self.epoch, self.global_step)
         return {
             "model": self.stage.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler else None,
             "epoch": self.epoch, "epoch_step": self.epoch_step, "global_step": self.global_step,
             "stage": self.stage.state_dict(), "rng_per_rank": rng, "config": self.run_config,
+            "records": {"offsets": offsets(self.out) if self.dist.is_main else {},
+                        "skipped": self.skips.state_dict()},
         }
 
-    def save(self, numbered: bool) -> None:
-        state = self.checkpoint_state()          # collective: every rank takes part
-        if self.dist.is_main:
-            save_checkpoint(self.out / LAST, state)
-            if numbered:
-                save_checkpoint(self.out / f"checkpoint-{self.epoch}.pth", state)
-                if self.s.keep_last:
-                    prune_checkpoints(self.out, self.s.keep_last)
-        barrier(self.dist)
+    def newest_checkpoint(self) -> Path | None:
+        """What `--resume auto` picks: checkpoint-last.pth, else the highest checkpoint-N.pth."""
+        return self.out / LAST if (self.out / LAST).exists() else latest_checkpoint(self.out)
 
-    def resume(self, how: str) -> bool:
-        """`auto`: the newest checkpoint in the output dir if any; a path: that file; `none`."""
+    def save(self, numbered: bool) -> None:
+        """Write the checkpoint (numbered: checkpoint-N.pth, with checkpoint-last.pth a hard link
+        to it). A full disk removes the partial file, keeps the previous checkpoint and stops
+        every rank with `DiskFullError`; any other failure is a bug and keeps its traceback."""
+        state = self.checkpoint_state()          # collective: every rank takes part
+        failure = None
+        if self.dist.is_main:
+            try:
+                self._write(state, numbered)
+            except DiskFullError:
+                prev = (f"{self.newest_checkpoint()} (global step {self.saved_step})"
+                        if self.saved_step is not None else "none: no checkpoint was written yet")
+                failure = DiskFullError(
+                    f"no space left on the device of {self.out} while writing the checkpoint of "
+                    f"global step {self.global_step}; the partial file was removed and the previous "
+                    f"checkpoint is intact: {prev}. Free some space (--keep-last K keeps only the "
+                    "newest K numbered checkpoints), then run the same command again to resume.")
+        if self.dist.enabled:                    # also the barrier that ends a save
+            flag = torch.tensor([float(failure is not None)], device=self.device)
+            if all_reduce_sum(flag, self.dist).item():
+                raise failure or RunStopped("rank 0 could not write the checkpoint (no space left "
+                                            "on its device); see its log for how to resume")
+        elif failure is not None:
+            raise failure
+        self.saved_step = self.global_step
+
+    def _write(self, state: dict, numbered: bool) -> None:
+        if not numbered:
+            save_checkpoint(self.out / LAST, state)
+            return
+        path = save_checkpoint(self.out / f"checkpoint-{self.epoch}.pth", state)
+        if link_or_copy(path, self.out / LAST) == "copy" and not self._warned_copy:
+            self._warned_copy = True
+            log.warning("%s has no hard links: %s is a full copy of the newest numbered checkpoint "
+                        "(twice the disk space)", self.out, LAST)
+        if self.s.keep_last:
+            prune_checkpoints(self.out, self.s.keep_last)
+
+    def resume(self, how: str, trust_code: bool = False) -> bool:
+        """`auto`: the newest checkpoint in the output dir if any; a path: that file; `none`.
+        ``trust_code`` (--trust-checkpoint) lets a file with pickled code be unpickled."""
         if how in ("none", "", None):
             return False
         if how == "auto":
-            path = self.out / LAST if (self.out / LAST).exists() else latest_checkpoint(self.out)
+            path = self.newest_checkpoint()
             if path is None:
                 return False
         else:
             path = Path(how)
-        state = read_checkpoint(path)
+        state = read_checkpoint(path, trust_code=trust_code)
         if "model" not in state or "optimizer" not in state:
             raise CheckpointError(f"{path} is not a training checkpoint of this engine (no model/optimizer "
                                   f"state); to initialise from weights use the stage's --finetune option")
@@ -142,15 +195,45 @@ class Trainer:
         if self.scaler and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.epoch_step = state["epoch"], state["epoch_step"]
-        self.global_step = state["global_step"]
+        self.global_step = self.saved_step = state["global_step"]
+        records = state.get("records") or {}
+        self.skips.load_state_dict(records.get("skipped", {}))
         if self.epoch_step >= self.s.steps_per_epoch:   # saved at the end of an epoch
             self.epoch, self.epoch_step = self.epoch + 1, 0
+            self.skips.new_epoch()
         self.stage.load_state_dict(state["stage"])
         rngs = state["rng_per_rank"]
         restore_rng_state(rngs[self.dist.rank] if self.dist.rank < len(rngs) else rngs[0])
-        log.info("resumed from %s: epoch %d, step %d of the epoch, global step %d", path, self.epoch,
-                 self.epoch_step, self.global_step)
+        dropped = {}
+        if self.dist.is_main and path.resolve().parent == self.out.resolve():
+            # the records continue from the checkpoint: what was written after it is cut
+            dropped = rewind(self.out, records.get("offsets"), self.global_step)
+        log.info("resumed from %s: epoch %d, step %d of the epoch, global step %d%s", path, self.epoch,
+                 self.epoch_step, self.global_step,
+                 "; dropped what was logged after it: " + ", ".join(f"{n} lines of {k}" for k, n in
+                                                                   dropped.items()) if dropped else "")
         return True
+
+    def _recover(self, exc: DataPlaneError) -> None:
+        """A data worker died or the decoder pipeline failed: resume from the newest checkpoint in
+        this process, or stop cleanly with the command that resumes (under torchrun, where one
+        process cannot rewind alone; with no checkpoint yet; when it fails again at the same
+        step; after `MAX_RECOVERIES`)."""
+        last = self.newest_checkpoint()
+        repeat = self.global_step <= self._failed_at
+        self._failed_at = max(self._failed_at, self.global_step)
+        self.recoveries += 1
+        why = ("under torchrun one process cannot rewind alone" if self.dist.enabled else
+               "no checkpoint has been written yet" if last is None else
+               f"it failed again at global step {self.global_step}" if repeat else
+               f"{MAX_RECOVERIES} recoveries already" if self.recoveries > MAX_RECOVERIES else "")
+        if why:
+            then = (f"run the same command again with --resume {last}" if last is not None else
+                    "run the same command again to start over")
+            raise RunStopped(f"{exc}. The run stopped ({why}); {then}.") from None
+        self.resume(str(last))                  # cuts what was logged after the checkpoint,
+        log.warning("%s; resumed from %s in this process (recovery %d of at most %d)", exc, last,
+                    self.recoveries, MAX_RECOVERIES)        # so this line comes after
 
     # ---------------------------------------------------------------- one optimiser step
     def _autocast(self):
@@ -198,26 +281,56 @@ class Trainer:
 
     # ---------------------------------------------------------------- the loop
     def fit(self) -> dict:
+        """Train to the end (or `max_steps`); a data-plane fault resumes from the newest
+        checkpoint (`_recover`)."""
+        last_record: dict = {}
+        while self.epoch < self.s.epochs:
+            try:
+                last_record, stopped = self._epoch(last_record)
+            except DataPlaneError as exc:
+                self._recover(exc)
+                continue
+            except RuntimeError as exc:         # a worker's death, raised wherever we were
+                fault = getattr(self.make_loader, "data_plane_error", lambda e: None)(exc)
+                if fault is None:
+                    raise
+                self._recover(fault)
+                continue
+            if stopped:
+                break
+        return last_record
+
+    def _next_batches(self, loader) -> list:
+        """The micro-batches of one optimiser step; their skipped videos are recorded."""
+        batches = [next(loader) for _ in range(self.s.accum_steps)]
+        for b in batches:
+            if isinstance(b, (tuple, list)):
+                self.skips.add(b[-1])
+                if b[0] is None:                # a video and all its replacements failed
+                    raise self.skips.none_readable(self.epoch)
+        if not self.dist.enabled:               # alone: no collective needed, merge now
+            self.skips.merge(self.epoch, self.global_step)
+        return batches
+
+    def _epoch(self, last_record: dict) -> tuple[dict, bool]:
+        """The rest of the epoch in progress; returns (last log record, stopped at max_steps)."""
         s = self.s
         total_steps = s.epochs * s.steps_per_epoch
-        last_record: dict = {}
-        while self.epoch < s.epochs:
-            loader = iter(self.make_loader(self.epoch, self.epoch_step * s.accum_steps))
-            bar = None
-            if s.progress and self.dist.is_main:
-                from tqdm import tqdm
-                # disable=None: a bar on a terminal, none in logs and CI
-                bar = tqdm(total=s.steps_per_epoch, initial=self.epoch_step, desc=f"epoch {self.epoch}",
-                           dynamic_ncols=True, leave=False, disable=None)
+        loader = iter(self.make_loader(self.epoch, self.epoch_step * s.accum_steps))
+        bar = None
+        if s.progress and self.dist.is_main:
+            from tqdm import tqdm
+            # disable=None: a bar on a terminal, none in logs and CI
+            bar = tqdm(total=s.steps_per_epoch, initial=self.epoch_step, desc=f"epoch {self.epoch}",
+                       dynamic_ncols=True, leave=False, disable=None)
+        try:
             win_loss = torch.zeros((), device=self.device)
             win_norm = torch.zeros((), device=self.device)
             win_steps, win_clips, win_data, t0 = 0, 0, 0.0, time.perf_counter()
             while self.epoch_step < s.steps_per_epoch:
                 td = time.perf_counter()
-                batches = [next(loader) for _ in range(s.accum_steps)]
+                batches = self._next_batches(loader)
                 win_data += time.perf_counter() - td
-                for b in batches:
-                    self.skipped_videos += int(b[-1]) if isinstance(b, (tuple, list)) else 0
                 loss, gnorm, clips = self.train_step(batches)
                 win_loss += loss
                 win_norm += gnorm
@@ -237,22 +350,26 @@ class Trainer:
                 if s.save_every_steps and self.global_step % s.save_every_steps == 0:
                     self.save(numbered=False)
                 if s.max_steps and self.global_step >= s.max_steps:
-                    if bar:
-                        bar.close()
                     self.save(numbered=False)
                     log.info("stopped after --max-steps %d optimiser steps", s.max_steps)
-                    return last_record
+                    return last_record, True
+        finally:
             if bar:
                 bar.close()
-            extra = self.stage.on_epoch_end(self.epoch, self) or {}
-            if extra and self.metrics:
-                self.metrics.log({"epoch": self.epoch, "global_step": self.global_step, **extra})
-            numbered = (self.epoch + 1) % s.save_every == 0 or self.epoch + 1 == s.epochs
-            self.save(numbered=numbered)
-            self.epoch, self.epoch_step = self.epoch + 1, 0
-        return last_record
+        if self.dist.enabled:
+            self.skips.merge(self.epoch, self.global_step)
+        extra = self.stage.on_epoch_end(self.epoch, self) or {}
+        if extra and self.metrics:
+            self.metrics.log({"epoch": self.epoch, "global_step": self.global_step, **extra})
+        numbered = (self.epoch + 1) % s.save_every == 0 or self.epoch + 1 == s.epochs
+        self.save(numbered=numbered)
+        self.epoch, self.epoch_step = self.epoch + 1, 0
+        self.skips.new_epoch()
+        return last_record, False
 
     def _log(self, win_loss, win_norm, steps, clips, data_time, wall, bar) -> dict:
+        if self.dist.enabled:                   # every rank logs at the same steps
+            self.skips.merge(self.epoch, self.global_step)
         stats = torch.stack([win_loss, win_norm, self.skipped_total.float(), self.nonfinite_run.float()])
         if self.dist.enabled:
             stats[:2] = all_reduce_sum(stats[:2].clone(), self.dist) / self.dist.world_size
@@ -264,7 +381,8 @@ class Trainer:
         rec = {"epoch": self.epoch, "step": self.epoch_step, "global_step": self.global_step,
                "loss": loss, "grad_norm": norm, "lr": self.optimizer.param_groups[0]["lr"]
                / self.optimizer.param_groups[0].get("lr_scale", 1.0),
-               "skipped_updates": int(skipped), "skipped_videos": self.skipped_videos,
+               "skipped_updates": int(skipped), "skipped_videos": len(self.skips.epoch),
+               "skipped_videos_run": self.skipped_videos,
                "clips_per_s": clips * self.dist.world_size / max(wall, 1e-9),
                "data_wait_frac": data_time / max(wall, 1e-9)}
         if self.device.type == "cuda":
@@ -281,8 +399,8 @@ class Trainer:
                    f"lr {rec['lr']:.3e} grad_norm {norm:.3f} {rec['clips_per_s']:.1f} clips/s")
             if skipped:
                 msg += f" skipped_updates {int(skipped)}"
-            if self.skipped_videos:
-                msg += f" skipped_videos {self.skipped_videos}"
+            if self.skips.epoch:
+                msg += f" skipped_videos {len(self.skips.epoch)} (this epoch)"
             log.info(msg)
         if not math.isfinite(loss):
             log.warning("non-finite loss at step %d: the update was skipped", self.global_step)

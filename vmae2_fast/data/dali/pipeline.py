@@ -16,7 +16,10 @@ which file, which frames and which crop boxes, and feeds them through ``external
   frames and boxes for the same seed.
 * Bad files: DALI invalidates the pipeline on a decode error. The loader then rebuilds it, decodes
   the failed batch's samples one by one to find the culprits, remembers them, replaces each by a
-  random other video (as the CPU path does) and counts them in ``n_skipped``.
+  random other video (as the CPU path does) and reports them, with DALI's reason, in the batch's
+  ``skipped`` ``(path, reason)`` pairs. A failed batch whose files all decode alone is a pipeline
+  fault, not a bad file: it raises `errors.DataPlaneError` naming the files (the trainer resumes
+  from its last checkpoint).
 * Prefetch: ``prefetch`` batches per pipeline are scheduled ahead, so decoding overlaps the
   training step.
 * Several instances (``decoder_instances=N``): N independent pipelines, each with its own thread
@@ -32,13 +35,14 @@ from __future__ import annotations
 
 import collections
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import List, Optional, Sequence
 
 import numpy as np
 import torch
 
 from ...constants import IMAGENET_MEAN, IMAGENET_STD
+from ...errors import BadDataError, DataPlaneError
 from ..clip_sampling import (finetune_frame_indices, multiscale_crop_box, pretrain_frame_indices,
                              random_erasing_box, random_resized_crop_box, sparse_frame_indices,
                              test_crop_boxes, test_frame_indices)
@@ -80,7 +84,7 @@ class _Sample:
     mirror: list           # K flags
     erase: list            # K (y0, x0, h, w) or None
     rng: np.random.Generator
-    skips: int = 0         # bad files passed over to reach this sample
+    skips: list = field(default_factory=list)   # (path, reason) of bad files passed over
 
 
 def _build_pipeline(batch_size, device, device_id, num_threads, size, views, fp16, rand_aug, seed):
@@ -122,8 +126,9 @@ def _build_pipeline(batch_size, device, device_id, num_threads, size, views, fp1
 
 
 class DaliVideoLoader:
-    """Batches of ``(video, n_skipped)`` (pretrain), ``(video, labels, n_skipped)`` (finetune),
-    ``(video, labels, n_skipped, paths)`` (val, test: one label and path per video). ``video`` is
+    """Batches of ``(video, skipped)`` (pretrain), ``(video, labels, skipped)`` (finetune),
+    ``(video, labels, skipped, paths)`` (val, test: one label and path per video); ``skipped``
+    holds the ``(path, reason)`` of the unreadable videos passed over. ``video`` is
     ``(B * K, 3, T, S, S)`` (views sample-major; test: ``K = S_t * C``; val: one centred view) on
     the loader's device, in ``dtype``. Call ``loader(epoch, skip_micro_steps)`` for one epoch.
 
@@ -176,7 +181,9 @@ class DaliVideoLoader:
             self.sampler = GlobalBatchSampler(len(self.videos), self.batch_size, world_size, rank, seed)
             self.steps_per_epoch = self.sampler.steps_per_epoch
         self.bad: set = set()
+        self.reasons: dict = {}       # bad path -> DALI's error
         self.skipped_total = 0
+        self.num_videos = len(self.videos)
         self.instances = int(decoder_instances)
         self._pipes: List = [None] * self.instances
         self.transfer = transfer_plan(device, target_device)
@@ -223,16 +230,17 @@ class DaliVideoLoader:
         if self.mode in EVAL_MODES:
             s = self._sample(epoch, index, 0)
             return None if s.video.path in self.bad else s
-        current, skips = index, 0
+        current, skips = index, []
         for attempt in range(self.max_retries + 1):
             s = self._sample(epoch, current, attempt)
             if s.video.path not in self.bad:
                 s.index, s.skips = index, skips
                 return s
-            skips += 1
+            skips.append((s.video.path, self.reasons.get(s.video.path, "DALI cannot decode it")))
             current = int(s.rng.integers(len(self.videos)))
-        raise RuntimeError(f"too many unreadable videos: item {index} and {self.max_retries} random "
-                           f"replacements all failed to decode; check the list and the index")
+        raise BadDataError(f"no readable video found: item {index} and its {self.max_retries} random "
+                           f"replacements all failed to decode ({len(self.bad)} distinct files of "
+                           f"{len(self.videos)} failed so far); check the list and the index")
 
     # ------------------------------------------------------------------ DALI plumbing
     def _new_pipe(self, batch_size=None, instance: int = 0):
@@ -254,31 +262,39 @@ class DaliVideoLoader:
             pipe.feed_input(f"mirror{k}", [np.array(s.mirror[k], np.int32) for s in samples])
         pipe.schedule_run()
 
-    def _decodes(self, s: _Sample) -> bool:
-        """Decode ``s`` alone in a fresh pipeline: does DALI accept this file?"""
+    def _decode_error(self, s: _Sample) -> Optional[str]:
+        """Decode ``s`` alone in a fresh pipeline: None if DALI accepts the file, else why not."""
         pipe = self._new_pipe(batch_size=1)
         try:
             self._feed(pipe, [s])
             pipe.outputs()
-            return True
+            return None
         except Exception as exc:  # DALI raises RuntimeError/IndexError subclasses
-            log.warning("skipping video DALI cannot decode: %s (%s)", s.video.path,
-                        str(exc).strip().splitlines()[0][:200])
-            return False
+            why = "DALI cannot decode it: " + str(exc).strip().splitlines()[0][:200]
+            # training: the trainer lists each file once; evaluation has no trainer: warn here
+            (log.warning if self.mode in EVAL_MODES else log.debug)("skipping %s (%s)", s.video.path, why)
+            return why
         finally:
             del pipe
 
+    def _forget(self, s: _Sample, why: str) -> None:
+        self.bad.add(s.video.path)
+        self.reasons[s.video.path] = why
+
     def _repair(self, epoch: int, samples: List[_Sample]) -> tuple:
         """After a failed batch: find the files DALI rejects and remember them; replace them
-        (training) or drop them (evaluation). Returns (samples, number dropped)."""
-        out, dropped = [], 0
+        (training) or drop them (evaluation). Returns (samples, the dropped (path, reason))."""
+        out, dropped = [], []
         for s in samples:
-            while s is not None and not self._decodes(s):
-                self.bad.add(s.video.path)
-                s = self._resolve(epoch, s.index)
-            if s is None:
-                dropped += 1
-            else:
+            while s is not None:
+                why = self._decode_error(s)
+                if why is None:
+                    break
+                self._forget(s, why)
+                path, s = s.video.path, self._resolve(epoch, s.index)
+                if s is None:
+                    dropped.append((path, why))
+            if s is not None:
                 out.append(s)
         return out, dropped
 
@@ -286,8 +302,8 @@ class DaliVideoLoader:
         """Samples scheduled before a file was found bad: the same rule as `_repair`, without
         decoding again (the file is known)."""
         fresh = [self._resolve(epoch, s.index) if s.video.path in self.bad else s for s in samples]
-        kept = [s for s in fresh if s is not None]
-        return kept, len(fresh) - len(kept)
+        dropped = [(s.video.path, self.reasons[s.video.path]) for s, f in zip(samples, fresh) if f is None]
+        return [s for s in fresh if s is not None], dropped
 
     def _to_torch(self, out) -> torch.Tensor:
         t = out.as_tensor()
@@ -325,7 +341,7 @@ class DaliVideoLoader:
 
     def _emit(self, video, samples, skipped):
         video = self._finish(video, samples)
-        n = torch.tensor(skipped, dtype=torch.int64)
+        n = tuple(skipped)
         if self.mode == "pretrain":
             return video, n
         labels = torch.tensor([s.video.label if s.video.label is not None else -1 for s in samples],
@@ -348,7 +364,7 @@ class DaliVideoLoader:
             if self._pipes[k] is None:
                 self._pipes[k] = self._new_pipe(instance=k)
         turn = [0]
-        self._carry = 0     # evaluation: videos dropped before the next emitted batch
+        self._carry = []    # evaluation: videos dropped before the next emitted batch
 
         def fill():
             while len(pending) < self.prefetch * self.instances:
@@ -357,13 +373,14 @@ class DaliVideoLoader:
                     return
                 resolved = [self._resolve(epoch, i) for i in idxs]
                 samples = [s for s in resolved if s is not None]
-                self._carry += len(resolved) - len(samples)
+                self._carry += [(self.videos[i].path, self.reasons.get(self.videos[i].path, ""))
+                                for i, s in zip(idxs, resolved) if s is None]
                 if not samples:         # evaluation: every video of the batch is known bad
                     continue
                 k, turn[0] = turn[0], (turn[0] + 1) % self.instances    # round robin
                 self._feed(self._pipes[k], samples)
                 pending.append([k, samples, self._carry])
-                self._carry = 0
+                self._carry = []
 
         fill()
         try:
@@ -377,15 +394,22 @@ class DaliVideoLoader:
             k = pending[0][0]
             try:
                 out = self._pipes[k].outputs()[0]
-            except Exception:
+            except Exception as exc:
                 # DALI invalidates the pipeline on a decode error: rebuild this one and redo what
                 # it had in flight, the failed batch repaired, the others with newly known bad
                 # files replaced. The other pipelines keep their work; order is unchanged.
                 self._pipes[k] = None
                 mine = [entry for entry in pending if entry[0] == k]
+                known = len(self.bad)
                 for i, entry in enumerate(mine):
                     samples, dropped = (self._repair if i == 0 else self._refresh)(epoch, entry[1])
                     entry[1], entry[2] = samples, entry[2] + dropped
+                    if i == 0 and len(self.bad) == known:    # no file is to blame
+                        files = [s.video.path for s in samples]
+                        raise DataPlaneError(
+                            "the DALI pipeline failed on a batch whose files all decode alone "
+                            f"({str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__}) "
+                            f"while reading {', '.join(files)}", files) from None
                 for entry in [e for e in mine if not e[1]]:     # evaluation: nothing left to decode
                     pending.remove(entry)
                     self._carry += entry[2]
@@ -397,7 +421,7 @@ class DaliVideoLoader:
             _, samples, dropped = pending.popleft()
             video = self._to_torch(out)
             fill()
-            skipped = sum(s.skips for s in samples) + dropped
-            self.skipped_total += skipped
+            skipped = [x for s in samples for x in s.skips] + dropped
+            self.skipped_total += len(skipped)
             yield self._emit(video, samples, skipped)
-        self.skipped_total += self._carry
+        self.skipped_total += len(self._carry)

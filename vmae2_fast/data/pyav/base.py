@@ -5,17 +5,25 @@ Randomness: every draw for item ``i`` in epoch ``e`` comes from ``default_rng([s
 attempt])``, so an item is a pure function of (seed, epoch, index): a resumed run sees the same
 clips, the DALI path draws the same frames and boxes, and DataLoader workers need no reseeding.
 
-Unreadable videos (training): the failure is logged with the file and the reason, a random other
-video is drawn from the same generator, at most ``max_retries`` times, and the item reports how
-many videos it skipped (the official code retries recursively without bound).
+Unreadable videos (training): a random other video is drawn from the same generator, at most
+``max_retries`` times (the official code retries recursively without bound), and the item reports
+the videos it passed over as ``(path, reason)`` pairs; they travel in the batch to the main
+process, which lists each file once (`train.records`). When every try fails the item is None
+and the trainer stops with the counts.
+
+Worker board: with DataLoader workers, `WorkerBoard` (shared memory) holds the file each worker is
+reading, so that a worker killed mid-read (out of memory, a signal) is reported with that file.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
-from typing import Callable, Sequence
+import os
+from typing import Callable, Optional, Sequence
 
 import numpy as np
-from torch.utils.data import Dataset
+import torch
+from torch.utils.data import Dataset, get_worker_info
 
 from .video_io import VideoDecodeError, count_frames
 
@@ -36,6 +44,7 @@ class VideoDataset(Dataset):
         # Frame counts found by decoding (lists with total_frames = -1; WebM stores no count).
         # Each DataLoader worker keeps its own memo, so a video is counted once per worker.
         self._counted: dict = {}
+        self.board: Optional[WorkerBoard] = None      # set by the loader when it uses workers
 
     def __len__(self) -> int:
         return len(self.items)
@@ -56,20 +65,75 @@ class VideoDataset(Dataset):
             n = self._counted[path] = count_frames(path)
         return n
 
+    def path_of(self, index: int) -> str:
+        item = self.items[index]
+        return item.path if hasattr(item, "path") else item[0]
+
     def with_replacement(self, index: int, load: Callable[[int, np.random.Generator], object]):
-        """``(load(current, rng), n_skipped)`` for the first readable video, starting at ``index``
-        and replacing an unreadable one by a random other (see the module docstring)."""
+        """``(load(current, rng), skipped)`` for the first readable video, starting at ``index``
+        and replacing an unreadable one by a random other; ``skipped``: the ``(path, reason)`` of
+        each video passed over. ``(None, skipped)`` when every try failed."""
         index = int(index)
-        current, n_skipped, last_error = index, 0, ""
+        current, skipped = index, []
         for attempt in range(self.max_retries + 1):
             rng = self.rng(index, attempt)
+            path = self.path_of(current)
             try:
-                return load(current, rng), n_skipped
+                with self.reading(path):
+                    return load(current, rng), skipped
             except VideoDecodeError as exc:
-                n_skipped += 1
-                last_error = f"{exc}"
-                logger.warning("skipping unreadable video: %s", last_error)
+                logger.debug("unreadable video %s: %s", path, exc)
+                skipped.append((path, str(exc)))
                 current = int(rng.integers(len(self.items)))
-        raise RuntimeError(
-            f"too many unreadable videos: item {index} and {self.max_retries} random replacements "
-            f"all failed to load (last: {last_error}); check the list file and --data-root")
+        return None, skipped
+
+    @contextlib.contextmanager
+    def reading(self, path: str):
+        """Marks ``path`` as the file this worker reads (see `WorkerBoard`)."""
+        if self.board is None:
+            yield
+            return
+        self.board.reading(path)
+        try:
+            yield
+        finally:
+            self.board.idle()
+
+
+class WorkerBoard:
+    """What each DataLoader worker is reading, in shared memory (one row per worker: pid, state,
+    UTF-8 path), so that the main process can name the file a dead worker was reading."""
+
+    WIDTH = 1024
+
+    def __init__(self, num_workers: int):
+        self.pids = torch.zeros(num_workers, dtype=torch.int64).share_memory_()
+        self.paths = torch.zeros(num_workers, self.WIDTH, dtype=torch.uint8).share_memory_()
+        self.busy = torch.zeros(num_workers, dtype=torch.uint8).share_memory_()
+
+    def _row(self) -> Optional[int]:
+        info = get_worker_info()
+        return None if info is None or info.id >= len(self.pids) else info.id
+
+    def reading(self, path: str) -> None:
+        row = self._row()
+        if row is None:
+            return
+        data = path.encode("utf-8", "replace")[: self.WIDTH]
+        self.paths[row].zero_()
+        self.paths[row, : len(data)] = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+        self.pids[row] = os.getpid()
+        self.busy[row] = 1
+
+    def idle(self) -> None:
+        row = self._row()
+        if row is not None:
+            self.busy[row] = 0
+
+    def files_of(self, pids) -> list:
+        """What the workers with these pids were reading (rows that were idle give nothing)."""
+        out = []
+        for row, pid in enumerate(self.pids.tolist()):
+            if pid in pids and self.busy[row]:
+                out.append(bytes(self.paths[row].tolist()).rstrip(b"\0").decode("utf-8", "replace"))
+        return out

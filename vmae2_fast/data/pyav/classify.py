@@ -37,11 +37,13 @@ logger = logging.getLogger(__name__)
 
 
 class VideoClsDataset(VideoDataset):
-    """Training items ``(clips (K, 3, T, S, S), label, n_skipped)``, K = ``num_sample``;
-    validation items ``(clip (1, 3, T, S, S), label, n_skipped, path)``.
+    """Training items ``(clips (K, 3, T, S, S), label, skipped)``, K = ``num_sample``;
+    validation items ``(clip (1, 3, T, S, S), label, skipped, path)``; ``skipped``: the
+    ``(path, reason)`` of each unreadable video passed over.
 
-    An unreadable training video is replaced by a random other one (logged, counted); in
-    validation it is reported and the item is ``(None, label, 1, path)`` (dropped by the collate).
+    An unreadable training video is replaced by a random other one (`with_replacement`; the
+    clips are None when every try failed); in validation it is reported and the item is
+    ``(None, label, ((path, reason),), path)`` (dropped by the collate).
     """
 
     def __init__(self, items: Sequence[Tuple[str, int]], train: bool, num_frames: int = 16,
@@ -94,34 +96,39 @@ class VideoClsDataset(VideoDataset):
 
     def __getitem__(self, index: int):
         if self.train:
-            (clips, label), n_skipped = self.with_replacement(index, self._train_item)
-            return clips, label, n_skipped
+            loaded, skipped = self.with_replacement(index, self._train_item)
+            if loaded is None:
+                return None, -1, skipped
+            return loaded[0], loaded[1], skipped
         path, label = self.items[int(index)]
         try:
-            frames = decode_frames(path, self._indices(path, self.rng(index)))
-            return self._val_view(frames)[None], label, 0, path
+            with self.reading(path):
+                frames = decode_frames(path, self._indices(path, self.rng(index)))
+            return self._val_view(frames)[None], label, (), path
         except VideoDecodeError as exc:
             logger.warning("skipping unreadable video %s (%s)", path, exc)
-            return None, label, 1, path
+            return None, label, ((path, str(exc)),), path
 
 
 def cls_collate(batch):
-    """``(clips (sum K, 3, T, S, S), labels (sum K,), n_skipped)``; views stay sample-major."""
-    kept = [(c, y) for c, y, _ in batch if c is not None]
-    skipped = torch.tensor(sum(int(n) for _, _, n in batch), dtype=torch.int64)
-    if not kept:
+    """``(clips (sum K, 3, T, S, S), labels (sum K,), skipped)``; views stay sample-major;
+    ``skipped``: the batch's ``(path, reason)`` pairs. ``(None, None, skipped)`` when an item
+    found no readable video (the trainer stops with the counts)."""
+    skipped = tuple(s for _, _, sk in batch for s in sk)
+    if any(c is None for c, _, _ in batch):
         return None, None, skipped
-    clips = torch.cat([c for c, _ in kept])
-    labels = torch.cat([torch.full((c.shape[0],), int(y), dtype=torch.int64) for c, y in kept])
+    clips = torch.cat([c for c, _, _ in batch])
+    labels = torch.cat([torch.full((c.shape[0],), int(y), dtype=torch.int64) for c, y, _ in batch])
     return clips, labels, skipped
 
 
 class VideoTestDataset(Dataset):
-    """Multi-view test items ``(views (S*C, 3, T, size, size), label, n_skipped, path)``: the
+    """Multi-view test items ``(views (S*C, 3, T, size, size), label, skipped, path)``: the
     official ``final_test`` views of one video from ONE decode (`clip_sampling.test_frame_indices`
     and `test_crop_offsets`, the rules the DALI test mode follows): the frames of every temporal
     view are decoded once, the short side resized to ``short_side``, ``crops`` squares taken along
-    the long side. An unreadable video gives ``(None, label, 1, path)``, dropped by the collate."""
+    the long side. An unreadable video gives ``(None, label, ((path, reason),), path)``, dropped by
+    the collate."""
 
     def __init__(self, items: Sequence[Tuple[str, int]], num_frames: int = 16, sampling_rate: int = 4,
                  input_size: int = 224, short_side_size: int = 224, segments: int = 5, crops: int = 3,
@@ -154,17 +161,17 @@ class VideoTestDataset(Dataset):
     def __getitem__(self, index: int):
         path, label = self.items[int(index)]
         try:
-            return self.views(path), label, 0, path
+            return self.views(path), label, (), path
         except VideoDecodeError as exc:
             logger.warning("skipping unreadable video %s (%s)", path, exc)
-            return None, label, 1, path
+            return None, label, ((path, str(exc)),), path
 
 
 def eval_collate(batch):
-    """``(views (sum V, 3, T, S, S), labels (B,), n_skipped, paths)`` of the readable videos: one
-    label and path per video, its V views consecutive."""
+    """``(views (sum V, 3, T, S, S), labels (B,), skipped, paths)`` of the readable videos: one
+    label and path per video, its V views consecutive; ``skipped``: ``(path, reason)`` pairs."""
     kept = [(c, y, p) for c, y, _, p in batch if c is not None]
-    skipped = torch.tensor(sum(int(n) for _, _, n, _ in batch), dtype=torch.int64)
+    skipped = tuple(s for _, _, sk, _ in batch for s in sk)
     if not kept:
         return None, None, skipped, []
     return (torch.cat([c for c, _, _ in kept]), torch.tensor([y for _, y, _ in kept], dtype=torch.int64),

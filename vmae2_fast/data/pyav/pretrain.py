@@ -8,15 +8,15 @@ Randomness: every draw comes from ``np.random.default_rng([seed, epoch, index, a
 is therefore a pure function of (seed, epoch, index): a resumed run sees the same clips, and
 DataLoader workers need no reseeding (the official code reseeds numpy per worker instead).
 
-Unreadable videos: the official code prints and retries recursively without bound. Here a failure
-is logged with the file and reason, another index is drawn from the same generator, at most
-``max_retries`` times in a loop, and the item reports how many videos it skipped.
+Unreadable videos: the official code prints and retries recursively without bound. Here another
+index is drawn from the same generator, at most ``max_retries`` times in a loop, and the item
+reports the ``(path, reason)`` of each video it skipped (`base.VideoDataset.with_replacement`).
 """
 from __future__ import annotations
 
 import logging
 import os
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -33,7 +33,8 @@ logger = logging.getLogger(__name__)
 
 
 class PretrainVideoDataset(VideoDataset):
-    """Returns ``(clips, n_skipped)``: float32 ``(num_sample, 3, num_frames, S, S)`` and an int."""
+    """Returns ``(clips, skipped)``: float32 ``(num_sample, 3, num_frames, S, S)`` (None when no
+    readable video was found) and the ``(path, reason)`` pairs of the videos passed over."""
 
     def __init__(self, items: Sequence[VideoEntry], num_frames: int = 16, sampling_rate: int = 4,
                  input_size: int = 224, num_sample: int = 1, seed: int = 0, max_retries: int = 10):
@@ -61,13 +62,15 @@ class PretrainVideoDataset(VideoDataset):
                  for _ in range(self.num_sample)]
         return torch.stack(views)
 
-    def __getitem__(self, index: int) -> Tuple[torch.Tensor, int]:
+    def __getitem__(self, index: int) -> Tuple[Optional[torch.Tensor], list]:
         return self.with_replacement(index, self._load)
 
 
-def pretrain_collate(batch: Sequence[Tuple[torch.Tensor, int]]
-                     ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Flatten the views: ``(B*K, 3, T, S, S)`` in sample-major order, plus the skipped count."""
-    clips = torch.cat([c for c, _ in batch], dim=0)
-    n_skipped = torch.tensor(sum(int(n) for _, n in batch), dtype=torch.int64)
-    return clips, n_skipped
+def pretrain_collate(batch: Sequence[Tuple[Optional[torch.Tensor], list]]
+                     ) -> Tuple[Optional[torch.Tensor], tuple]:
+    """Flatten the views: ``(B*K, 3, T, S, S)`` in sample-major order, plus the batch's skipped
+    ``(path, reason)`` pairs; ``(None, skipped)`` when an item found no readable video."""
+    skipped = tuple(s for _, sk in batch for s in sk)
+    if any(c is None for c, _ in batch):
+        return None, skipped
+    return torch.cat([c for c, _ in batch], dim=0), skipped
