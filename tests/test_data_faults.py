@@ -56,7 +56,10 @@ def test_a_killed_worker_is_named_and_the_run_resumes_by_itself(tiny_synthetic, 
     log = (out / "log.txt").read_text()
     assert "a data loader worker died while reading" in log and victim in log, log
     assert "resumed from" in log and "in this process (recovery 1 of at most 3)" in log
-    assert_same_weights(final_weights(truth), final_weights(out))
+    # Equal up to float rounding: the in-process recovery reallocates every buffer, and the CPU's
+    # vectorised sums (mask_token's gradient is one) can round the last bit differently with a
+    # different alignment; a wrong resume (another step, another batch) is off by far more.
+    assert_same_weights(final_weights(truth), final_weights(out), atol=1e-6)
     steps = [r for r in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in r]
     assert len(steps) == 9                                       # records rewound, not doubled
 
