@@ -29,7 +29,7 @@ class PretrainConfig(RunConfig):
     betas: tuple[float, float] = (0.9, 0.95)
     save_every: int = 10
     output_dir: str = "runs/pretrain"
-    preset: str = "table10"
+    preset: str = "hybrid"
 
     HELP: ClassVar[dict] = {
         "model": "vit_s | vit_b | vit_l | vit_h | vit_g, or vit_micro (a 2-block model for smoke tests)",
