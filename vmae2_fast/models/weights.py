@@ -19,8 +19,8 @@ Importing (`load_classifier_weights`), accepted layouts (all the released ones, 
 
 Position tables: our models hold the fixed sine-cosine table as a buffer rebuilt for the model's
 own frames and size, so a checkpoint from another clip length or resolution needs nothing. A
-stored table (learnable-position variants) that equals the sinusoid of its grid is dropped; a
-learned one is refused (no released V2 model uses one). ``interpolate_pos_table`` resamples such a
+stored table that equals the sinusoid of its grid is dropped; a learned one loads into a model
+built with ``learnable_pos_emb`` (resampled if its grid differs) and is refused otherwise. ``interpolate_pos_table`` resamples such a
 table over (t, h, w) for tools that need it (the official 8-slot temporal path is broken).
 """
 from __future__ import annotations
@@ -244,14 +244,36 @@ def _pos_table(model, sd: dict, report: LoadReport) -> None:
         return
     ours = getattr(model, "pos_embed", None)
     n = table.shape[1]
+    if isinstance(ours, torch.nn.Parameter):          # a learnable-position model: load the table
+        if table.shape != ours.shape:
+            table = _resample_learned(table, model.patch_embed.grid, report.path)
+        sd["pos_embed"] = table
+        return
     if torch.allclose(table.float(), sinusoid_table(n, table.shape[-1]), atol=1e-4):
         report.unexpected.append("pos_embed (a fixed sine-cosine table; rebuilt for this model's "
                                  f"{tuple(model.patch_embed.grid)} grid)")
         return
     raise CheckpointMismatchError(
-        f"{report.path} holds a learned position table of {n} positions; this model uses the "
-        f"fixed sine-cosine table ({None if ours is None else ours.shape[1]} positions), so learned "
-        "tables are not supported (no released VideoMAE V2 checkpoint has one)")
+        f"{report.path} holds a learned position table of {n} positions, but this model uses the "
+        f"fixed sine-cosine table ({None if ours is None else ours.shape[1]} positions): build it "
+        "with --learnable-pos-emb (official use_learnable_pos_emb) to load the table")
+
+
+def _resample_learned(table: torch.Tensor, grid, path) -> torch.Tensor:
+    """A learned table of another grid, resampled to ``grid``: same temporal slots with a square
+    spatial grid, or same spatial grid with other slots (what the checkpoint's size allows)."""
+    n, (t, h, w) = table.shape[1], grid
+    side = round((n / t) ** 0.5)
+    if side * side * t == n:
+        old = (t, side, side)
+    elif n % (h * w) == 0:
+        old = (n // (h * w), h, w)
+    else:
+        raise CheckpointMismatchError(f"{path}: cannot tell the grid of its {n}-position table "
+                                      f"(this model's grid is {grid}); resample it with "
+                                      "interpolate_pos_table first")
+    log.info("resampling the learned position table of %s from grid %s to %s", path, old, tuple(grid))
+    return interpolate_pos_table(table, old, grid)
 
 
 def load_classifier_weights(model, path, head_map: Optional[str] = None,

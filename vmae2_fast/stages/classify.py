@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from ..config import FinetuneConfig
 from ..data.loaders import choose_decoder, eval_loader, finetune_loader, load_list
 from ..models import build_classifier, count_parameters
+from ..models.zoo import model_options
 from ..models.weights import checkpoint_class_names, load_classifier_weights
 from ..train.checkpoint import save_checkpoint
 from ..train.distributed import DistInfo, all_reduce_sum
@@ -163,8 +164,8 @@ def build_model(cfg, num_classes: int, model_name: str | None = None, drop_path=
         model_name or cfg.model, num_classes, img_size=cfg.input_size, num_frames=cfg.num_frames,
         tubelet_size=cfg.tubelet_size, drop_rate=cfg.drop, attn_drop_rate=cfg.attn_drop,
         drop_path_rate=cfg.drop_path if drop_path is None else drop_path,
-        head_drop_rate=cfg.head_drop, init_scale=cfg.init_scale,
-        activation_checkpointing=cfg.activation_checkpointing)
+        head_drop_rate=cfg.head_drop, init_scale=cfg.init_scale, use_mean_pooling=cfg.use_mean_pooling,
+        activation_checkpointing=cfg.activation_checkpointing, **model_options(cfg))
 
 
 def load_teacher(cfg, num_classes: int, class_names, device, precision: str):

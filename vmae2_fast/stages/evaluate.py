@@ -19,6 +19,7 @@ import torch
 from ..config import EvaluateConfig
 from ..data.loaders import choose_decoder, eval_loader, load_list
 from ..models import build_classifier
+from ..models.zoo import model_options
 from ..models.weights import CheckpointMismatchError, load_classifier_weights, read_checkpoint
 from ..train.distributed import all_gather_objects
 from .build import embedded_dataset, session
@@ -56,7 +57,8 @@ def _view_settings(cfg: EvaluateConfig, ckpt: dict) -> SimpleNamespace:
         sampling_rate=get("sampling_rate", 4), short_side_size=get("short_side_size", size),
         sparse_sample=bool(get("sparse_sample", False)), num_classes=get("num_classes", 0),
         tubelet_size=ckpt.get("tubelet_size", 2), seed=cfg.seed, num_workers=cfg.num_workers,
-        dali_instances=cfg.dali_instances)
+        dali_instances=cfg.dali_instances, options=model_options(ckpt),
+        use_mean_pooling=ckpt.get("use_mean_pooling", True))
 
 
 def run(cfg: EvaluateConfig) -> dict:
@@ -81,7 +83,8 @@ def run(cfg: EvaluateConfig) -> dict:
             raise ValueError(f"{list_file}: label {bad[0].label} of {bad[0].path} is outside the model's "
                              f"{num_classes} classes")
         model = build_classifier(view.model, num_classes, img_size=view.input_size,
-                                 num_frames=view.num_frames, tubelet_size=view.tubelet_size)
+                                 num_frames=view.num_frames, tubelet_size=view.tubelet_size,
+                                 use_mean_pooling=view.use_mean_pooling, **view.options)
         report = load_classifier_weights(model, cfg.checkpoint)
         if report.head != "loaded":
             raise CheckpointMismatchError(f"{cfg.checkpoint} has no {num_classes}-class head; pass the "

@@ -17,6 +17,7 @@ from ..config import PretrainConfig, replace
 from ..data.loaders import choose_decoder, load_list, pretrain_loader
 from ..masking import DualMasking
 from ..models import build_pretrain_model, count_parameters
+from ..models.zoo import model_options
 from ..train.distributed import DistInfo, all_reduce_sum
 from .build import build_trainer, embedded_dataset, seed_everything, session
 
@@ -78,7 +79,8 @@ def build_model(cfg: PretrainConfig):
     return build_pretrain_model(
         cfg.model, img_size=cfg.input_size, num_frames=cfg.num_frames, tubelet_size=cfg.tubelet_size,
         decoder_depth=cfg.decoder_depth, drop_path_rate=cfg.drop_path,
-        normalize_target=cfg.normalize_target, activation_checkpointing=cfg.activation_checkpointing)
+        normalize_target=cfg.normalize_target, activation_checkpointing=cfg.activation_checkpointing,
+        **model_options(cfg))
 
 
 def run(cfg: PretrainConfig) -> dict:
