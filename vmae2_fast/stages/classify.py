@@ -22,6 +22,7 @@ from ..models import build_classifier, count_parameters
 from ..models.zoo import model_options
 from ..models.weights import checkpoint_class_names, load_classifier_weights
 from ..train.checkpoint import save_checkpoint
+from ..train.ema import ModelEma
 from ..train.distributed import DistInfo, all_reduce_sum
 from ..train.loop import resolve_precision
 from ..train.mixup import VideoMixup, soft_target_cross_entropy
@@ -30,6 +31,7 @@ from .evaluate import video_log_probs
 
 log = logging.getLogger("vmae2_fast")
 BEST = "checkpoint-best.pth"
+BEST_EMA = "checkpoint-best-ema.pth"     # the EMA weights (under "model") at the EMA's best epoch
 
 
 # ------------------------------------------------------------------------------------ data
@@ -85,7 +87,7 @@ class ClassifyStage:
                                 cfg.mixup_switch_prob, cfg.smoothing, seed=cfg.seed)
         self.val_loader, self.teacher = val_loader, teacher
         self.run_config = run_config or {}
-        self.best_top1 = -1.0
+        self.best_top1 = self.best_ema_top1 = -1.0
         self.temperature = getattr(cfg, "distill_temperature", 1.0)
 
     def compute_loss(self, model, batch):
@@ -108,17 +110,21 @@ class ClassifyStage:
         return loss, video.shape[0]
 
     def state_dict(self):
-        return {"mixup": self.mixup.state_dict(), "best_top1": self.best_top1}
+        return {"mixup": self.mixup.state_dict(), "best_top1": self.best_top1,
+                "best_ema_top1": self.best_ema_top1}
 
     def load_state_dict(self, state):
         self.mixup.load_state_dict(state["mixup"])
         self.best_top1 = float(state["best_top1"])
+        self.best_ema_top1 = float(state.get("best_ema_top1", -1.0))
 
     @torch.no_grad()
-    def validate(self, autocast) -> dict:
-        """Single-view top-1 / top-5 / loss over the validation list (every video once)."""
-        was = self.model.training
-        self.model.eval()
+    def validate(self, autocast, model=None) -> dict:
+        """Single-view top-1 / top-5 / loss of ``model`` (default: the trained one) over the
+        validation list (every video once)."""
+        model = self.model if model is None else model
+        was = model.training
+        model.eval()
         stats = torch.zeros(4, dtype=torch.float64, device=self.device)   # n, top1, top5, loss
         chunk = max(1, int(1.5 * self.cfg.batch_size))
         for video, labels, _, _ in self.val_loader(0):
@@ -126,13 +132,13 @@ class ClassifyStage:
                 continue
             labels = labels.to(self.device)
             with autocast():
-                log_probs = video_log_probs(self.model, video.to(self.device), len(labels), chunk)
+                log_probs = video_log_probs(model, video.to(self.device), len(labels), chunk)
             top = log_probs.topk(min(5, log_probs.shape[1]), dim=1).indices
             stats += torch.stack([torch.tensor(float(len(labels)), device=self.device),
                                   (top[:, 0] == labels).sum().double(),
                                   (top == labels[:, None]).any(1).sum().double(),
                                   F.nll_loss(log_probs, labels, reduction="sum").double()])
-        self.model.train(was)
+        model.train(was)
         if self.dist.enabled:
             stats = all_reduce_sum(stats, self.dist)
         n, top1, top5, loss = stats.tolist()
@@ -155,7 +161,24 @@ class ClassifyStage:
             log.info("epoch %d validation (single view): top-1 %.2f %%, top-5 %.2f %%, loss %.4f, "
                      "%d videos%s", epoch, res["val_top1"], res["val_top5"], res["val_loss"],
                      res["val_videos"], " (best so far, saved)" if improved else "")
+        if trainer.ema is not None:
+            res.update(self._validate_ema(epoch, trainer))
         return {**res, "best_top1": self.best_top1}
+
+    def _validate_ema(self, epoch, trainer) -> dict:
+        """The EMA weights, validated alongside; their best epoch is kept as checkpoint-best-ema.pth."""
+        res = {f"ema_{k}": v for k, v in self.validate(trainer._autocast, trainer.ema.module).items()}
+        improved = res["ema_val_top1"] > self.best_ema_top1
+        if improved:
+            self.best_ema_top1 = res["ema_val_top1"]
+            if self.dist.is_main:
+                save_checkpoint(Path(self.cfg.output_dir) / BEST_EMA, {
+                    "model": trainer.ema.state_dict(), "epoch": epoch, "val_top1": res["ema_val_top1"],
+                    "val_top5": res["ema_val_top5"], "config": self.run_config, "ema": True})
+        if self.dist.is_main:
+            log.info("epoch %d validation of the EMA weights: top-1 %.2f %%, top-5 %.2f %%%s", epoch,
+                     res["ema_val_top1"], res["ema_val_top5"], " (best so far, saved)" if improved else "")
+        return {**res, "best_ema_top1": self.best_ema_top1}
 
 
 # ------------------------------------------------------------------------------------ models
@@ -197,7 +220,7 @@ def run(cfg: FinetuneConfig) -> dict:
     stage = cfg.STAGE
     with session(cfg.device, cfg.output_dir) as (device, dist):
         t0 = time.time()
-        seed_everything(cfg.seed, dist.rank)
+        seed_everything(cfg.seed, dist.rank, cfg.threads)
         precision = resolve_precision(cfg.precision, device)
 
         # --- every check that can fail runs before any compute
@@ -223,8 +246,9 @@ def run(cfg: FinetuneConfig) -> dict:
         val_loader = (eval_loader(val_items, val_index, cfg, dist, device, decoder, mode="val",
                                   batch_size=max(1, int(1.5 * cfg.batch_size))) if cfg.validate else None)
         cls_stage = ClassifyStage(model, cfg, device, dist, val_loader, teacher, run_config)
+        ema = ModelEma(model, cfg.model_ema_decay) if cfg.model_ema else None
         trainer, info = build_trainer(cfg, cls_stage, model, loader, device, dist, run_config,
-                                      layer_decay=cfg.layer_decay)
+                                      layer_decay=cfg.layer_decay, ema=ema)
         if dist.is_main:
             log.info("%s: model %s, %.3fM parameters, %d classes, %d train / %d val videos, %d steps/epoch, "
                      "total batch %d videos x %d views, lr %.3e (base %.2e per 256 videos), layer decay "
@@ -234,6 +258,7 @@ def run(cfg: FinetuneConfig) -> dict:
         trainer.resume(cfg.resume)
         record = trainer.fit()
         summary = {"final_loss": record.get("loss"), "best_top1": cls_stage.best_top1,
+                   "best_ema_top1": cls_stage.best_ema_top1 if ema is not None else None,
                    "global_step": trainer.global_step, "wall_s": time.time() - t0,
                    "output_dir": cfg.output_dir, "num_classes": num_classes}
         if dist.is_main:

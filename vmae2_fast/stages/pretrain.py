@@ -87,7 +87,7 @@ def run(cfg: PretrainConfig) -> dict:
     """Train stage 1 as `cfg` says; returns a summary (final loss, steps, skipped videos, ...)."""
     with session(cfg.device, cfg.output_dir) as (device, dist):
         t_start = time.time()
-        seed_everything(cfg.seed, dist.rank)
+        seed_everything(cfg.seed, dist.rank, cfg.threads)
         ops.use_backend(cfg.kernels)  # fused ops: logs which face runs, once
 
         # Everything that can fail on bad input is checked before any compute is spent.
