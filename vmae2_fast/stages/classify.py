@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import FinetuneConfig
-from ..data.loaders import choose_decoder, eval_loader, finetune_loader, load_list
+from ..data.loaders import choose_decoder, eval_loader, finetune_loader, frame_layout, load_list
 from ..models import build_classifier, count_parameters
 from ..models.zoo import model_options
 from ..models.weights import checkpoint_class_names, load_classifier_weights
@@ -227,8 +227,11 @@ def run(cfg: FinetuneConfig) -> dict:
         decoder = choose_decoder(cfg.decoder, device, log_choice=dist.is_main)
         train_path, val_path, root, names = resolve_lists(cfg, dist)
         build = decoder == "dali" and not (cfg.data or cfg.train_list)   # index the embedded lists
-        train_items, train_index = load_list(train_path, root, decoder=decoder, labels=True, build=build)
-        val_items, val_index = load_list(val_path, root, decoder=decoder, labels=True, build=build)
+        layout = frame_layout(cfg)
+        train_items, train_index = load_list(train_path, root, decoder=decoder, labels=True, build=build,
+                                             layout=layout)
+        val_items, val_index = load_list(val_path, root, decoder=decoder, labels=True, build=build,
+                                         layout=layout)
         num_classes = check_lists(train_items, val_items, cfg.num_classes, names, train_path, val_path)
         first = train_items[0].path
         if not os.path.exists(first):

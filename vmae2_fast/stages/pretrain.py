@@ -14,7 +14,7 @@ import torch
 
 from .. import ops
 from ..config import PretrainConfig, replace
-from ..data.loaders import choose_decoder, load_list, pretrain_loader
+from ..data.loaders import choose_decoder, frame_layout, load_list, pretrain_loader
 from ..masking import DualMasking
 from ..models import build_pretrain_model, count_parameters
 from ..models.zoo import model_options
@@ -97,7 +97,7 @@ def run(cfg: PretrainConfig) -> dict:
         if list_file is None:
             synth = embedded_dataset(dist)
             list_file, root = synth.pretrain_list, synth.root
-        entries, index = load_list(list_file, root, decoder=decoder, labels=False,
+        entries, index = load_list(list_file, root, decoder=decoder, labels=False, layout=frame_layout(cfg),
                                    build=cfg.data is None)
         first = entries[0].path
         if not Path(first).exists():
@@ -108,7 +108,7 @@ def run(cfg: PretrainConfig) -> dict:
         def preview_source():                  # one CPU-decoded clip, whatever the decoder
             from ..data.pyav.pretrain import PretrainVideoDataset
             return PretrainVideoDataset(entries[:1], num_frames=cfg.num_frames, sampling_rate=cfg.sampling_rate,
-                                        input_size=cfg.input_size, seed=cfg.seed)[0]
+                                        input_size=cfg.input_size, seed=cfg.seed, layout=frame_layout(cfg))[0]
 
         stage = PretrainStage(model, cfg, device, dist, preview_source)
         trainer, info = build_trainer(cfg, stage, model, loader, device, dist, cfg.to_dict())
