@@ -276,10 +276,14 @@ def _resample_learned(table: torch.Tensor, grid, path) -> torch.Tensor:
     return interpolate_pos_table(table, old, grid)
 
 
-def load_classifier_weights(model, path, head_map: Optional[str] = None,
+def load_classifier_weights(model, path, head_map=None,
                             strict_encoder: bool = True, trust_code: bool = False) -> LoadReport:
     """Load ``path`` into a ``VisionTransformer``. Everything is checked before copying: a
-    different model size raises :class:`CheckpointMismatchError` naming both sizes."""
+    different model size raises :class:`CheckpointMismatchError` naming both sizes.
+
+    ``head_map``: a JSON file (entry i = the checkpoint head's row for class i), or a callable
+    ``(checkpoint head rows, checkpoint config) -> file or None`` that decides once the head's
+    size is known (the stages pick the K710 -> Kinetics map this way)."""
     raw = read_checkpoint(path, trust_code=trust_code)
     sd, where = extract_state_dict(raw)
     report = LoadReport(str(path), where)
@@ -323,6 +327,8 @@ def _head(model, sd: dict, report: LoadReport, head_map: Optional[str]) -> None:
         sd.pop("head.bias", None)
         return
     n_ckpt, n_model = sd["head.weight"].shape[0], getattr(model, "num_classes", 0)
+    if callable(head_map):
+        head_map = head_map(n_ckpt, report.config)
     if n_ckpt == n_model and head_map is None:
         return
     if head_map is not None:
@@ -336,7 +342,8 @@ def _head(model, sd: dict, report: LoadReport, head_map: Optional[str]) -> None:
         return
     if n_ckpt == 710:
         log.warning("the checkpoint has a 710-class (K710) head and the model %d classes: pass "
-                    "--head-map label_710to%d.json to reuse it; starting a fresh head", n_model, n_model)
+                    "--dataset k400|k600|k700 (or --head-map label_710to%d.json) to reuse its rows; "
+                    "starting a fresh head", n_model, n_model)
     del sd["head.weight"], sd["head.bias"]
     report.head = "fresh"
 

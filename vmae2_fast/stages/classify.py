@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import FinetuneConfig
+from ..data.label_maps import kinetics_head_map
 from ..data.loaders import choose_decoder, eval_loader, finetune_loader, frame_layout, load_list
 from ..models import build_classifier, count_parameters
 from ..models.zoo import model_options
@@ -76,6 +77,24 @@ def check_lists(train_items, val_items, num_classes: int, names, train_path, val
     if names is not None and len(names) != num_classes:
         raise ValueError(f"classes.txt names {len(names)} classes but the lists have {num_classes}")
     return num_classes
+
+
+def kinetics_rows(cfg, num_classes: int, names, train_path: str):
+    """For ``load_classifier_weights``: when a K710 checkpoint starts a Kinetics-400/600/700 run
+    (``--dataset``), the file that selects the head's rows (found or generated, see
+    `data.label_maps`); otherwise None (a fresh head, or the head as it is)."""
+    from ..config.datasets import DATASETS
+    subset = DATASETS[cfg.dataset].k710_subset if cfg.dataset else None
+
+    def choose(rows: int, ckpt_cfg: dict):
+        if rows != 710 or num_classes == 710 or subset is None:
+            return None
+        if subset != num_classes:
+            raise ValueError(f"--dataset {cfg.dataset} has {subset} classes, the run {num_classes}")
+        folders = [cfg.data, os.path.dirname(train_path), ckpt_cfg.get("data"),
+                   os.path.dirname(os.path.abspath(cfg.init))]
+        return kinetics_head_map(subset, folders, ckpt_cfg.get("class_names"), names, cfg.output_dir)
+    return choose
 
 
 # ------------------------------------------------------------------------------------ stage
@@ -239,7 +258,8 @@ def run(cfg: FinetuneConfig) -> dict:
                                     f"--data-root ({root or 'not set'}) right?")
         model = build_model(cfg, num_classes)
         if cfg.init:
-            load_classifier_weights(model, cfg.init, cfg.head_map)
+            load_classifier_weights(model, cfg.init, cfg.head_map or kinetics_rows(cfg, num_classes, names,
+                                                                                   train_path))
         elif cfg.head_map:
             raise ValueError("--head-map needs --init (the checkpoint whose head it selects from)")
         run_config = {**cfg.to_dict(), "num_classes": num_classes, "class_names": names, "stage": stage}
