@@ -85,4 +85,4 @@ def test_the_stage_asks_for_rows_only_for_a_k710_head_on_kinetics(tmp_path):
     choose = kinetics_rows(cfg, 400, None, str(tmp_path / "k400" / "train.csv"))
     assert choose(710, {"data": str(k710_lists)}) == str(k710_lists / "label_710to400.json")
     assert choose(400, {}) is None                                     # a K400 head: as it is
-    assert kinetics_rows(SimpleNamespace(cfg.__dict__, dataset="ucf101"), 101, None, "x")(710, {}) is None
+    assert kinetics_rows(SimpleNamespace(**{**vars(cfg), "dataset": "ucf101"}), 101, None, "x")(710, {}) is None
