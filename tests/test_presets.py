@@ -36,6 +36,8 @@ PT_COMMON = dict(mask_ratio=0.9, decoder_mask_ratio=0.5, decoder_depth=4, batch_
                  num_frames=16, sampling_rate=4, opt_betas=(0.9, 0.95))
 FT_COMMON = dict(opt_betas=(0.9, 0.999), input_size=224, short_side_size=224, num_frames=16,
                  save_ckpt_freq=10)
+KINETICS_AFTER_K710 = dict(FT_COMMON, batch_size=3, sampling_rate=4, num_sample=2, lr=1e-5, drop_path=0.25,
+                           layer_decay=0.9, weight_decay=0.1, warmup_epochs=1, epochs=3)
 
 # (stage, preset, model): (the script, the arguments it passes)
 SCRIPTS = {
@@ -90,14 +92,11 @@ SCRIPTS = {
     ("finetune", "ssv2_from_pt", G): ("vit_g_ssv2_ft.sh", dict(
         FT_COMMON, data_set="SSV2", nb_classes=174, batch_size=3, sampling_rate=4, num_sample=2,
         lr=3e-4, drop_path=0.25, layer_decay=0.9, weight_decay=0.05, warmup_epochs=5, epochs=20)),
+    # vit_g_k710_it_k400_ft.sh and vit_g_k710_it_k600_ft.sh differ only in the data set
     ("finetune", "k400_from_k710", G): ("vit_g_k710_it_k400_ft.sh", dict(
-        FT_COMMON, data_set="Kinetics-400", nb_classes=400, batch_size=3, sampling_rate=4,
-        num_sample=2, lr=1e-5, drop_path=0.25, layer_decay=0.9, weight_decay=0.1,
-        warmup_epochs=1, epochs=3)),
+        KINETICS_AFTER_K710, data_set="Kinetics-400", nb_classes=400)),
     ("finetune", "k600_from_k710", G): ("vit_g_k710_it_k600_ft.sh", dict(
-        FT_COMMON, data_set="Kinetics-600", nb_classes=600, batch_size=3, sampling_rate=4,
-        num_sample=2, lr=1e-5, drop_path=0.25, layer_decay=0.9, weight_decay=0.1,
-        warmup_epochs=1, epochs=3)),
+        KINETICS_AFTER_K710, data_set="Kinetics-600", nb_classes=600)),
     ("finetune", "ucf101_from_k710", G): ("vit_g_k710_it_ucf101_ft.sh", dict(
         FT_COMMON, data_set="UCF101", nb_classes=101, batch_size=3, num_sample=2, sampling_rate=4,
         lr=1e-3, layer_decay=0.9, weight_decay=0.05, epochs=50, drop_path=0.35, head_drop_rate=0.5)),

@@ -168,36 +168,30 @@ class ClassifyStage:
     def on_epoch_end(self, epoch, trainer):
         if self.val_loader is None or not self.cfg.validate:
             return {}
-        res = self.validate(trainer._autocast)
-        improved = res["val_top1"] > self.best_top1
-        if improved:
-            self.best_top1 = res["val_top1"]
-            if self.dist.is_main:
-                save_checkpoint(Path(self.cfg.output_dir) / BEST, {
-                    "model": self.model.state_dict(), "epoch": epoch, "val_top1": res["val_top1"],
-                    "val_top5": res["val_top5"], "config": self.run_config})
-        if self.dist.is_main:
-            log.info("epoch %d validation (single view): top-1 %.2f %%, top-5 %.2f %%, loss %.4f, "
-                     "%d videos%s", epoch, res["val_top1"], res["val_top5"], res["val_loss"],
-                     res["val_videos"], " (best so far, saved)" if improved else "")
-        if trainer.ema is not None:
-            res.update(self._validate_ema(epoch, trainer))
+        res = self._validate_and_keep(epoch, trainer, ema=False)
+        if trainer.ema is not None:      # the EMA weights, validated alongside
+            res.update(self._validate_and_keep(epoch, trainer, ema=True), best_ema_top1=self.best_ema_top1)
         return {**res, "best_top1": self.best_top1}
 
-    def _validate_ema(self, epoch, trainer) -> dict:
-        """The EMA weights, validated alongside; their best epoch is kept as checkpoint-best-ema.pth."""
-        res = {f"ema_{k}": v for k, v in self.validate(trainer._autocast, trainer.ema.module).items()}
-        improved = res["ema_val_top1"] > self.best_ema_top1
+    def _validate_and_keep(self, epoch, trainer, ema: bool) -> dict:
+        """Validate the trained weights (or the EMA's, keys prefixed ``ema_``) and keep their best
+        epoch as checkpoint-best.pth (checkpoint-best-ema.pth: the EMA weights under ``model``)."""
+        model = trainer.ema.module if ema else self.model
+        prefix, best = ("ema_", "best_ema_top1") if ema else ("", "best_top1")
+        res = self.validate(trainer._autocast, model)
+        improved = res["val_top1"] > getattr(self, best)
         if improved:
-            self.best_ema_top1 = res["ema_val_top1"]
+            setattr(self, best, res["val_top1"])
             if self.dist.is_main:
-                save_checkpoint(Path(self.cfg.output_dir) / BEST_EMA, {
-                    "model": trainer.ema.state_dict(), "epoch": epoch, "val_top1": res["ema_val_top1"],
-                    "val_top5": res["ema_val_top5"], "config": self.run_config, "ema": True})
+                save_checkpoint(Path(self.cfg.output_dir) / (BEST_EMA if ema else BEST), {
+                    "model": model.state_dict(), "epoch": epoch, "val_top1": res["val_top1"],
+                    "val_top5": res["val_top5"], "config": self.run_config, **({"ema": True} if ema else {})})
         if self.dist.is_main:
-            log.info("epoch %d validation of the EMA weights: top-1 %.2f %%, top-5 %.2f %%%s", epoch,
-                     res["ema_val_top1"], res["ema_val_top5"], " (best so far, saved)" if improved else "")
-        return {**res, "best_ema_top1": self.best_ema_top1}
+            log.info("epoch %d validation%s (single view): top-1 %.2f %%, top-5 %.2f %%, loss %.4f, "
+                     "%d videos%s", epoch, " of the EMA weights" if ema else "", res["val_top1"],
+                     res["val_top5"], res["val_loss"], res["val_videos"],
+                     " (best so far, saved)" if improved else "")
+        return {prefix + k: v for k, v in res.items()}
 
 
 # ------------------------------------------------------------------------------------ models

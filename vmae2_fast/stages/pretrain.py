@@ -57,8 +57,12 @@ class PretrainStage:
 
     @torch.no_grad()
     def on_epoch_end(self, epoch, trainer):
+        # every `preview_every` epochs, and after the last one (so a run shorter than the period
+        # still leaves the picture it promises)
         every = self.cfg.preview_every
-        if not every or (epoch + 1) % every or not self.dist.is_main or self.preview_source is None:
+        if not every or not self.dist.is_main or self.preview_source is None:
+            return {}
+        if (epoch + 1) % every and epoch + 1 != self.cfg.epochs:
             return {}
         from .preview import save_reconstruction_preview
         clips, _ = self.preview_source()

@@ -141,6 +141,8 @@ class VideoTestDataset(Dataset):
         return len(self.items)
 
     def views(self, item) -> torch.Tensor:
+        """The views of one `VideoEntry` (or a path: a video, or a folder from ``start_idx``)."""
+        item = as_entry((item, None), self.layout.start_idx) if isinstance(item, str) else item
         n = item.total if item.total > 0 else count_clip_frames(item.path, self.layout, item.start)
         idx = test_frame_indices(n, self.T, self.rate, self.segments, self.sparse)
         uniq, inv = np.unique(idx.reshape(-1), return_inverse=True)
