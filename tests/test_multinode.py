@@ -65,7 +65,7 @@ def stand_in(folder: Path, name: str, body: str) -> None:
 def test_the_slurm_script_on_two_local_nodes_equals_one_process(tiny_synthetic, tmp_path, one_process):
     bin_ = tmp_path / "bin"
     bin_.mkdir()
-    stand_in(bin_, "scontrol", 'echo 127.0.0.1\necho 127.0.0.1\n')
+    stand_in(bin_, "scontrol", 'for i in $(seq 20000); do echo 127.0.0.1; done\n')   # a long list: no SIGPIPE
     # srun of one task per node: start the command once per "node", on this machine
     stand_in(bin_, "srun", 'while [[ $1 == --* ]]; do shift; done\n"$@" & "$@" & wait -n && wait -n\n')
     stand_in(bin_, "torchrun", f'exec {sys.executable} -m torch.distributed.run "$@"\n')
