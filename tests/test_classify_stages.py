@@ -36,9 +36,9 @@ def stage1(tmp_path_factory):
 
 
 def test_presets_resolve():
-    cfg = config_for("finetune", ["--preset", "ssv2", "--model", "vit_g"])
+    cfg = config_for("finetune", ["--preset", "ssv2_from_pt", "--model", "vit_g"])
     assert (cfg.num_classes, cfg.flip, cfg.sparse_sample, cfg.layer_decay, cfg.lr) == (174, False, True, 0.9, 3e-4)
-    cfg = config_for("finetune", ["--preset", "k400", "--lr", "2e-5"])
+    cfg = config_for("finetune", ["--preset", "k400_from_pt", "--lr", "2e-5"])
     assert cfg.lr == 2e-5 and cfg.num_classes == 400 and cfg.mixup == 0.8 and cfg.cutmix == 1.0
     g = config_for("post_pretrain", ["--model", "vit_g"])
     assert (g.num_classes, g.clip_grad, g.weight_decay, g.drop_path, g.layer_decay) == (710, 5.0, 0.1, 0.3, 0.9)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-import vmae2_fast.data.pyav.pretrain as pd_module
+import vmae2_fast.data.pyav.frames as pd_module   # where the datasets reach the video decoder
 from vmae2_fast.data.lists import VideoEntry, read_pretrain_list
 from vmae2_fast.data.pyav.pretrain import PretrainVideoDataset, pretrain_collate
 from vmae2_fast.data.synthetic import CLASS_NAMES, synthetic_video_frames
@@ -147,8 +147,8 @@ def test_all_bad_gives_no_clip_and_every_try(tmp_path):
     assert video is None and len(batch_skipped) == 10
 
 
-def test_frame_directory_is_reported_not_skipped(tmp_path):
-    (tmp_path / "frames").mkdir()
+def test_empty_frame_directory_is_skipped_like_a_bad_video(tmp_path):
+    (tmp_path / "frames").mkdir()      # frame folders are read (tests/test_rawframes.py); an empty one fails
     ds = make_dataset([VideoEntry(str(tmp_path / "frames"), 1, 10)])
-    with pytest.raises(NotImplementedError, match="raw-frame"):
+    with pytest.raises(RuntimeError, match="too many unreadable videos.*missing frame"):
         ds[0]

@@ -27,16 +27,35 @@ def test_pretrain_then_finetune_beats_chance(tmp_path_factory):
     common = ["--model", "vit_micro", "--preset", "cpu_demo", "--no-progress", "--seed", "0"]
     cli("pretrain", *common, "--data", ds.pretrain_list, "--data-root", ds.root,
         "--output-dir", out / "pt")
+    # the quick start's promise: 3 epochs with --preview-every 4 still leave the last epoch's picture
+    assert (out / "pt" / "preview-epoch2.png").is_file()
     cli("finetune", *common, "--data", ds.root, "--data-root", ds.root,
         "--init", out / "pt" / "checkpoint-last.pth", "--output-dir", out / "ft")
     vals = [json.loads(x) for x in (out / "ft" / "metrics.jsonl").read_text().splitlines()
             if '"val_top1"' in x]
-    best = max(v["val_top1"] for v in vals) / 100                  # percent in the metrics
-    assert best >= 2 * CHANCE, f"best single-view top-1 {best:.3f} is not clearly above chance"
+    # counted in videos: 16 of the 48 is exactly twice chance, which a float comparison of the
+    # percentages decides by rounding luck (this path measures 16/48 single view, 17/48 with 2 x 3)
+    correct = round(max(v["val_top1"] for v in vals) * 48 / 100)
+    assert correct >= 2 * CHANCE * 48, f"best single-view top-1 {correct}/48 is not clearly above chance"
     cli("evaluate", "--checkpoint", out / "ft" / "checkpoint-best.pth", "--model", "vit_micro",
         "--data", ds.root, "--data-root", ds.root, "--num-segments", 2, "--num-crops", 3,
         "--input-size", 64, "--num-frames", 8, "--sampling-rate", 2, "--short-side-size", 64,
         "--output-dir", out / "eval")
     report = json.loads((out / "eval" / "metrics.json").read_text())
     assert report["views"] == "2x3" and report["videos"] == 48
-    assert report["top1"] / 100 >= 2 * CHANCE
+    assert round(report["top1"] * 48 / 100) >= 2 * CHANCE * 48
+
+
+@pytest.mark.slow
+def test_a_cpu_demo_run_repeats_its_numbers_exactly(tiny_synthetic, tmp_path):
+    """The walk-through's numbers are what its commands print, every time (seeds and the thread
+    count fixed by the preset): two identical CLI runs log identical losses and accuracies."""
+    def metrics(out):
+        cli("finetune", "--model", "vit_micro", "--preset", "cpu_demo", "--no-progress", "--train-list",
+            tiny_synthetic.train_list, "--val-list", tiny_synthetic.val_list, "--data-root", tiny_synthetic.root,
+            "--input-size", "32", "--short-side-size", "32", "--num-frames", "4", "--epochs", "2",
+            "--batch-size", "4", "--output-dir", out)
+        return [{k: v for k, v in json.loads(x).items() if k not in ("clips_per_s", "data_wait_frac")}
+                for x in (out / "metrics.jsonl").read_text().splitlines()]
+    first, second = metrics(tmp_path / "a"), metrics(tmp_path / "b")
+    assert any("val_top1" in r for r in first) and first == second

@@ -26,6 +26,11 @@ class RunConfig:
     tubelet_size: int = 2
     drop_path: float = 0.0
     activation_checkpointing: bool = False
+    # official model options (every released model leaves them at these values)
+    init_values: float = 0.0           # layer scale gamma init (0: off)
+    learnable_pos_emb: bool = False    # a learned (1, N, C) position table instead of the sinusoid
+    cos_attn: bool = False             # cosine attention with a learned per-head logit scale
+    qk_scale: float | None = None      # attention scale (None: head_dim ** -0.5)
     # data
     data: str | None = None            # the stage's list or folder; None: the embedded dataset
     data_root: str = ""
@@ -35,6 +40,9 @@ class RunConfig:
     decoder: str = "auto"              # auto (DALI on a GPU, PyAV otherwise) | dali | pyav
     dali_instances: int = 1            # independent DALI pipelines per process (several NVDECs)
     max_bad_fraction: float = 0.5      # stop when more of an epoch's videos than this cannot be read
+    fname_tmpl: str = "img_{:05}.jpg"  # frame folders: file name of frame i (official --fname_tmpl)
+    start_idx: int = 1                 # frame folders: number of the first frame (classification lists;
+                                       # pre-training lists give it per line, as officially)
     # optimisation
     batch_size: int = 16               # videos per process per micro-batch
     accum_steps: int = 1
@@ -45,6 +53,7 @@ class RunConfig:
     warmup_epochs: int = 5
     warmup_steps: int = -1
     weight_decay: float = 0.05
+    weight_decay_end: float | None = None   # cosine weight-decay schedule to this value (None: constant)
     betas: tuple[float, float] = (0.9, 0.999)
     opt_eps: float = 1e-8
     clip_grad: float | None = None
@@ -64,7 +73,10 @@ class RunConfig:
     device: str = "auto"
     compile: bool = False
     max_steps: int = 0                 # stop after this many optimiser steps (0: run all epochs)
+    threads: int = 0                   # CPU threads of torch's ops (0: torch's default); pinned for
+                                       # runs that must give the same numbers every time
     preset: str = ""
+    preset_model: str = ""             # take the preset's values of this model size (sizes without one)
 
     def check(self) -> None:
         """Raise ValueError naming the flag to change for any value that cannot work."""
@@ -81,9 +93,17 @@ class RunConfig:
             raise ValueError("--clip-grad must be positive (omit it to disable clipping)")
         if not 0 <= self.max_bad_fraction <= 1:
             raise ValueError(f"--max-bad-fraction must be in [0, 1], got {self.max_bad_fraction}")
-        for name in ("num_workers", "keep_last", "save_every_steps", "max_steps", "warmup_epochs"):
+        for name in ("num_workers", "keep_last", "save_every_steps", "max_steps", "warmup_epochs",
+                     "threads", "init_values"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{flag(name)} must be >= 0, got {getattr(self, name)}")
+
+        if self.cos_attn and self.qk_scale is not None:
+            raise ValueError("--cos-attn learns its own logit scale: drop --qk-scale (the official "
+                             "code crashes on this combination)")
+        if self.qk_scale is not None and self.qk_scale <= 0:
+            raise ValueError(f"--qk-scale must be positive, got {self.qk_scale}")
+        check_frame_template(self.fname_tmpl)
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -100,6 +120,17 @@ def flag(name: str) -> str:
 def one_of(name: str, value, allowed) -> None:
     if value not in allowed:
         raise ValueError(f"--{flag(name)} must be one of {', '.join(map(str, allowed))}, got {value!r}")
+
+
+def check_frame_template(template: str) -> None:
+    try:
+        name = template.format(1)
+    except (IndexError, KeyError, ValueError) as exc:
+        raise ValueError(f"--fname-tmpl {template!r} is not a Python format string with one field "
+                         f"for the frame number, like 'img_{{:05}}.jpg' ({exc})") from None
+    if name == template:
+        raise ValueError(f"--fname-tmpl {template!r} has no field for the frame number; use e.g. "
+                         "'img_{:05}.jpg'")
 
 
 def replace(cfg, **overrides):

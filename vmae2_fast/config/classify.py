@@ -12,11 +12,16 @@ from .base import RunConfig
 @dataclass
 class FinetuneConfig(RunConfig):
     # model
+    dataset: str = ""                  # k400 | k600 | k700 | k710 | ssv2 | ucf101 | hmdb51 | diving48 | mit
+                                       # (classes, flip, sampling; "" for your own data)
     num_classes: int = 0               # 0: from the lists (max label + 1); must match them
     head_drop: float = 0.0             # dropout before the head (paper: "dropout")
     drop: float = 0.0
     attn_drop: float = 0.0
     init_scale: float = 0.001
+    use_mean_pooling: bool = True      # False: the norm of the first token (official --use_cls)
+    model_ema: bool = False            # keep an exponential moving average of the weights
+    model_ema_decay: float = 0.9999    # (official default; timm ModelEma)
     init: str | None = None            # checkpoint to start from (stage 1, stage 2, official, ...)
     head_map: str | None = None        # JSON list: row of the checkpoint's (K710) head per class
     # data (`data`: a folder with train.csv / val.csv, the official --data_path)
@@ -41,12 +46,15 @@ class FinetuneConfig(RunConfig):
     drop_path: float = 0.1
     num_sample: int = 2
     output_dir: str = "runs/finetune"
-    preset: str = "k400"
+    preset: str = "none"
 
     STAGE: ClassVar[str] = "finetune"
     HELP: ClassVar[dict] = {
         "init": "checkpoint to start from: stage-1 (decoder dropped), stage-2, official or ours",
-        "head_map": "JSON list mapping each class to a row of the checkpoint's head (K710 -> K400/600)",
+        "head_map": "JSON list mapping each class to a row of the checkpoint's head (K710 -> K400/600/"
+                    "700); default for --dataset k400/k600/k700: found or generated, see the README",
+        "dataset": "k400 | k600 | k700 | k710 | ssv2 | ucf101 | hmdb51 | diving48 | mit: its classes, "
+                   "flip and sampling (over the preset's); empty for your own data",
         "data": "folder with train.csv and val.csv (`path label`); omit for the embedded dataset",
         "num_classes": "0: from the lists (max label + 1); otherwise must match them",
         "lr": "base lr per 256 videos of total batch (repeated-augmentation views not counted)",
@@ -67,6 +75,11 @@ class FinetuneConfig(RunConfig):
             raise ValueError(f"mixup pairs clip i with clip B-1-i and needs an even number of clips "
                              f"per batch; --batch-size {self.batch_size} x --num-sample "
                              f"{self.num_sample} is odd")
+        if self.dataset:
+            from .datasets import dataset_info
+            dataset_info(self.dataset)
+        if not 0 <= self.model_ema_decay < 1:
+            raise ValueError(f"--model-ema-decay must be in [0, 1), got {self.model_ema_decay}")
         if self.num_classes < 0:
             raise ValueError("--num-classes must be >= 0 (0 takes it from the lists)")
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
+import logging
 import typing
 from typing import Callable, Mapping, Optional
 
@@ -60,26 +62,67 @@ def parse_config(cls, argv=None, *, prog: str, description: str | None = None,
                  help_text: Optional[dict] = None,
                  presets: Optional[Mapping[str, Callable[[str], dict]]] = None):
     """The config of one run: ``cls()`` defaults, then ``presets[--preset](--model)`` (fields the
-    config lacks are ignored), then the typed flags; ``clip_grad 0`` means off; then ``check()``."""
+    config lacks are ignored), then a typed ``--dataset``'s own fields, then the typed flags;
+    ``clip_grad 0`` means off; then ``check()``. ``--print-config`` prints the result as JSON and
+    exits (code 0).
+
+    Presets: ``none`` applies nothing; ``--preset-model SIZE`` takes the recipe's values of another
+    model size (for sizes it does not cover). A preset the user typed that has no recipe for the
+    model is refused (`NoRecipeError`, with the recipes that exist); the stage's default preset
+    then only falls back to the plain defaults, with a warning, so that models without any
+    recipe (vit_micro) still run without one."""
     parser = argparse.ArgumentParser(prog=prog, description=description,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     help_text = dict(help_text or {})
     for name, text in common_help().items():       # the same words for a field in every command
         help_text.setdefault(name, text)
     if presets is not None:
-        help_text.setdefault("preset", "recipe: " + " | ".join(presets))
+        help_text.setdefault("preset", "recipe: " + " | ".join([*presets, "none"]))
     add_config_flags(parser, cls, help_text)
-    flags = given_flags(parser.parse_args(argv))
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved config (preset, then flags) as JSON and exit")
+    ns = parser.parse_args(argv)
+    show = ns.print_config
+    del ns.print_config
+    flags = given_flags(ns)
     cfg = cls()
+    names = {f.name for f in dataclasses.fields(cls)}
     if presets is not None:
-        name = flags.get("preset", cfg.preset)
-        if name not in presets:
-            raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(presets)}")
-        names = {f.name for f in dataclasses.fields(cls)}
-        overrides = presets[name](flags.get("model", cfg.model))
-        cfg = replace(cfg, **{k: v for k, v in overrides.items() if k in names})
+        cfg = _apply_preset(cfg, cls, flags, presets, names)
+    if "dataset" in flags and "dataset" in names and flags["dataset"]:
+        from .datasets import dataset_fields
+        cfg = replace(cfg, **{k: v for k, v in dataset_fields(flags["dataset"]).items() if k in names})
     cfg = replace(cfg, **flags)
     if getattr(cfg, "clip_grad", None) == 0:
         cfg = replace(cfg, clip_grad=None)
     cfg.check()
+    if show:
+        print(json.dumps(config_dict(cfg), indent=2))
+        raise SystemExit(0)
     return cfg
+
+
+def _apply_preset(cfg, cls, flags: dict, presets, names: set):
+    from .presets.recipe import NoRecipeError
+    name = flags.get("preset", cfg.preset)
+    if name == "none":
+        return cfg
+    if name not in presets:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join([*presets, 'none'])}")
+    model = flags.get("preset_model") or flags.get("model", cfg.model)
+    try:
+        overrides = presets[name](model)
+    except NoRecipeError as exc:
+        if "preset" in flags or "preset_model" in flags:
+            raise
+        logging.getLogger("vmae2_fast").warning(
+            "the default preset %r has no recipe for %s: using the plain defaults (%s)", name,
+            model, str(exc).split(":", 1)[0])
+        return replace(cfg, preset="none")
+    return replace(cfg, **{k: v for k, v in overrides.items() if k in names})
+
+
+def config_dict(cfg) -> dict:
+    """A config as JSON-ready data (tuples as lists)."""
+    d = dataclasses.asdict(cfg)
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}

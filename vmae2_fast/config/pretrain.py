@@ -18,7 +18,7 @@ class PretrainConfig(RunConfig):
     decoder_mask_ratio: float = 0.5
     normalize_target: bool = True
     kernels: str = "auto"              # fused ops: auto (Triton on CUDA, C++ on CPU) | triton | cpp | reference
-    preview_every: int = 0             # epochs between reconstruction PNGs (0: off)
+    preview_every: int = 0             # epochs between reconstruction PNGs, and after the last (0: off)
     # stage-1 defaults of the shared fields
     num_sample: int = 4
     batch_size: int = 32
@@ -29,7 +29,7 @@ class PretrainConfig(RunConfig):
     betas: tuple[float, float] = (0.9, 0.95)
     save_every: int = 10
     output_dir: str = "runs/pretrain"
-    preset: str = "table10"
+    preset: str = "hybrid"
 
     HELP: ClassVar[dict] = {
         "data": "pre-training list (any list format; official `path start total`); omit for the "

@@ -19,14 +19,16 @@ class EvaluateConfig:
     model: str | None = None           # default: the checkpoint's config
     data: str | None = None            # folder with val.csv, or a list file; default: the embedded val.csv
     data_root: str = ""
-    num_segments: int = 5
-    num_crops: int = 3
+    num_segments: int | None = None    # default: the official test views of the checkpoint's
+    num_crops: int | None = None       # --dataset (SSv2 2 x 3), else 5 x 3
     input_size: int | None = None
     num_frames: int | None = None
     sampling_rate: int | None = None
     short_side_size: int | None = None
     num_classes: int | None = None
     sparse_sample: bool | None = None
+    fname_tmpl: str | None = None      # frame folders (default: the checkpoint's, else img_{:05}.jpg)
+    start_idx: int | None = None       # frame folders' first frame number (default: checkpoint's, else 1)
     batch_views: int = 32              # views per forward pass
     num_workers: int = 4
     decoder: str = "auto"
@@ -39,7 +41,7 @@ class EvaluateConfig:
 
     def check(self) -> None:
         _required(self, "checkpoint")
-        if self.num_segments < 1 or self.num_crops < 1:
+        if (self.num_segments or 1) < 1 or (self.num_crops or 1) < 1:
             raise ValueError("--num-segments and --num-crops must be at least 1")
         if self.batch_views < 1 or self.dali_instances < 1 or self.num_workers < 0:
             raise ValueError("--batch-views and --dali-instances must be at least 1, --num-workers >= 0")

@@ -11,6 +11,12 @@ Probing demuxes every packet (cheap: no decoding) to count frames and decodes th
 prove the stream is decodable. A file whose packets cover less than 90% of the duration its header
 states is reported as truncated. ``--full-decode`` decodes every frame instead (exact, slow).
 
+Frame folders (``frame_dir total label`` or ``frame_dir start total`` lines; ``--fname-tmpl``,
+``--start-idx`` as in training): the frames are the files the template names from the start; with a
+listed count, a folder that lacks any of them is excluded with the number missing and the first
+names; without one, the consecutive files from the start are counted. The first frame is decoded
+(all of them with ``--full-decode``); its size is recorded.
+
 Staleness: training refuses an index whose list content (SHA-256), data root, or any listed file's
 size or mtime has changed since it was built, and says how to rebuild it.
 """
@@ -27,15 +33,16 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
-from .lists import KINDS, VideoEntry, read_list
+from .lists import KINDS, VideoEntry, detect_kind, read_list
+from .pyav.frames import DEFAULT_START, DEFAULT_TEMPLATE, frame_file, scan_frame_folder
 
 __all__ = ["IndexedVideo", "VideoIndex", "StaleIndexError", "probe_video", "build_index",
            "load_index", "index_path", "DALI_CPU_CODECS", "DALI_GPU_CODECS"]
 
 VERSION = 1
-DALI_CPU_CODECS = frozenset({"vp8", "vp9", "mjpeg"})
-DALI_GPU_CODECS = frozenset({"vp8", "vp9", "mjpeg", "h264", "hevc", "av1", "mpeg4"})
-_IMAGE_EXT = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+RAWFRAMES = "rawframes"         # the codec name of a frame folder (DALI reads it with its image decoder)
+DALI_CPU_CODECS = frozenset({"vp8", "vp9", "mjpeg", RAWFRAMES})
+DALI_GPU_CODECS = frozenset({"vp8", "vp9", "mjpeg", "h264", "hevc", "av1", "mpeg4", RAWFRAMES})
 
 
 class StaleIndexError(ValueError):
@@ -83,8 +90,42 @@ def _stat(path: str):
         return -1, -1
 
 
-def probe_video(path: str, full_decode: bool = False) -> dict:
-    """Describe one file: ``frames, fps, codec, width, height, size, mtime_ns, readable, reason``."""
+def probe_frame_folder(path: str, rec: dict, template: str, start: int, listed: int,
+                       full_decode: bool) -> dict:
+    """`probe_video` for a frame folder (see the module docstring)."""
+    from PIL import Image
+    n, missing = scan_frame_folder(path, template, start, listed)
+    rec.update(codec=RAWFRAMES, frames=n)
+    if n == 0:
+        rec["reason"] = f"no frame named {template.format(start)} (check --fname-tmpl, --start-idx)"
+        return rec
+    if missing:
+        rec["reason"] = (f"missing frames: {len(missing)} of the {n} listed "
+                         f"({', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''})")
+        return rec
+    for i in range(n if full_decode else 1):
+        name = frame_file(path, template, start + i)
+        try:
+            with Image.open(name) as img:
+                img.load()
+                if i == 0:
+                    rec.update(width=img.width, height=img.height)
+                elif img.size != (rec["width"], rec["height"]):
+                    rec["reason"] = f"frame {os.path.basename(name)} is {img.size}, the first is " \
+                                    f"{(rec['width'], rec['height'])}"
+                    return rec
+        except (OSError, ValueError, SyntaxError) as exc:
+            rec["reason"] = f"corrupt: frame {os.path.basename(name)}: {exc}"
+            return rec
+    rec["readable"] = True
+    return rec
+
+
+def probe_video(path: str, full_decode: bool = False, *, template: str = DEFAULT_TEMPLATE,
+                start: int = DEFAULT_START, listed: int = -1) -> dict:
+    """Describe one file or frame folder: ``frames, fps, codec, width, height, size, mtime_ns,
+    readable, reason``. ``template``, ``start`` and ``listed`` (the list's frame count) describe a
+    frame folder."""
     size, mtime = _stat(path)
     rec = dict(frames=0, fps=0.0, codec="", width=0, height=0, size=size, mtime_ns=mtime,
                readable=False, reason="")
@@ -92,10 +133,7 @@ def probe_video(path: str, full_decode: bool = False) -> dict:
         rec["reason"] = "missing"
         return rec
     if os.path.isdir(path):
-        n = sum(1 for f in os.listdir(path) if f.lower().endswith(_IMAGE_EXT))
-        rec.update(frames=n, codec="rawframes", readable=n > 0,
-                   reason="" if n else "folder without image files")
-        return rec
+        return probe_frame_folder(path, rec, template, start, listed, full_decode)
     import av
     try:
         with av.open(path) as c:
@@ -130,12 +168,19 @@ def probe_video(path: str, full_decode: bool = False) -> dict:
 
 def build_index(list_file: str, data_root: str = "", kind: str = "auto", workers: int = 8,
                 full_decode: bool = False, output: Optional[str] = None,
-                progress: bool = True) -> VideoIndex:
-    """Probe every video of ``list_file`` in parallel and write the index file."""
-    entries = read_list(list_file, data_root, kind)
+                progress: bool = True, fname_tmpl: str = DEFAULT_TEMPLATE,
+                start_idx: int = DEFAULT_START, labels: bool = False) -> VideoIndex:
+    """Probe every video (or frame folder) of ``list_file`` in parallel and write the index file.
+    ``labels``: the list is read as a classifier reads it (three fields: ``frame_dir total label``,
+    what ``kind="rawframes"`` says explicitly), else three fields are ``path start total``."""
+    kind = kind if kind != "auto" else detect_kind(list_file, labels)
+    entries = read_list(list_file, data_root, kind, start_idx=start_idx)
     from tqdm import tqdm
+
+    def probe(e):
+        return probe_video(e.path, full_decode, template=fname_tmpl, start=e.start, listed=e.total)
     with ThreadPoolExecutor(max(1, workers)) as pool:
-        recs = list(tqdm(pool.map(lambda e: probe_video(e.path, full_decode), entries),
+        recs = list(tqdm(pool.map(probe, entries),
                          total=len(entries), desc="probing videos", disable=not progress,
                          unit="video", dynamic_ncols=True))
     cols = ["rel", "frames", "fps", "codec", "width", "height", "size", "mtime_ns", "readable",
@@ -146,6 +191,7 @@ def build_index(list_file: str, data_root: str = "", kind: str = "auto", workers
     doc = {"version": VERSION, "list_sha256": _sha256(list_file),
            "data_root": os.path.abspath(data_root) if data_root else "",
            "full_decode": bool(full_decode), "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+           "fname_tmpl": fname_tmpl, "start_idx": int(start_idx), "kind": kind,
            "columns": cols, "rows": rows}
     out = output or index_path(list_file)
     tmp = out + ".tmp"
@@ -168,16 +214,26 @@ def _to_index(list_file, data_root, entries: List[VideoEntry], doc) -> VideoInde
     return VideoIndex(list_file, data_root, videos, excluded)
 
 
-def rebuild_hint(list_file: str, data_root: str) -> str:
+def rebuild_hint(list_file: str, data_root: str, fname_tmpl: str = DEFAULT_TEMPLATE,
+                 start_idx: int = DEFAULT_START, kind: str = "auto") -> str:
     root = f" --data-root {data_root}" if data_root else ""
-    return f"python -m vmae2_fast.data.index {list_file}{root}"
+    root += " --kind rawframes" if kind == "rawframes" else ""
+    frames = "" if fname_tmpl == DEFAULT_TEMPLATE else f" --fname-tmpl '{fname_tmpl}'"
+    frames += "" if start_idx == DEFAULT_START else f" --start-idx {start_idx}"
+    return f"python -m vmae2_fast.data.index {list_file}{root}{frames}"
 
 
 def load_index(list_file: str, data_root: str = "", kind: str = "auto", check_files: bool = True,
-               path: Optional[str] = None) -> VideoIndex:
-    """Load the index of ``list_file``; raise :class:`StaleIndexError` if it is out of date."""
+               path: Optional[str] = None, fname_tmpl: str = DEFAULT_TEMPLATE,
+               start_idx: int = DEFAULT_START, labels: bool = False) -> VideoIndex:
+    """Load the index of ``list_file``; raise :class:`StaleIndexError` if it is out of date (the
+    list, the data root, a file, the frame-folder naming, or how the list's columns are read
+    changed)."""
     path = path or index_path(list_file)
-    hint = rebuild_hint(list_file, data_root)
+    if not os.path.isfile(list_file):
+        raise FileNotFoundError(f"annotation list not found: {list_file}")
+    kind = kind if kind != "auto" else detect_kind(list_file, labels)
+    hint = rebuild_hint(list_file, data_root, fname_tmpl, start_idx, kind)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no index for {list_file} (expected {path}); build it with: {hint}")
     with open(path, "r", encoding="utf-8") as f:
@@ -190,7 +246,12 @@ def load_index(list_file: str, data_root: str = "", kind: str = "auto", check_fi
         why = "the list has changed since the index was built"
     elif doc["data_root"] != root:
         why = f"it was built for --data-root {doc['data_root'] or '(none)'}, not {root or '(none)'}"
-    entries = read_list(list_file, data_root, kind) if why is None else []
+    elif (doc.get("fname_tmpl", DEFAULT_TEMPLATE), doc.get("start_idx", DEFAULT_START)) != (fname_tmpl, start_idx):
+        why = (f"it was built for frame files {doc.get('fname_tmpl', DEFAULT_TEMPLATE)!r} from "
+               f"{doc.get('start_idx', DEFAULT_START)}, not {fname_tmpl!r} from {start_idx}")
+    elif doc.get("kind", kind) != kind:
+        why = f"it read the list as {doc['kind']!r} lines, this reader needs {kind!r}"
+    entries = read_list(list_file, data_root, kind, start_idx=start_idx) if why is None else []
     if why is None and len(entries) != len(doc["rows"]):
         why = "the list and the index have different lengths"
     if why is None and check_files:
@@ -212,7 +273,11 @@ def summarize(index: VideoIndex) -> str:
     codecs = Counter(v.codec for v in index.videos)
     lines = [f"{len(index.videos)} usable videos, {n_ex} excluded; codecs: "
              + ", ".join(f"{k} {n}" for k, n in codecs.most_common())]
-    not_cpu = sum(n for k, n in codecs.items() if k not in DALI_CPU_CODECS and k != "rawframes")
+    not_cpu = sum(n for k, n in codecs.items() if k not in DALI_CPU_CODECS)
+    folders = [v for v in index.videos if v.codec == RAWFRAMES]
+    if folders:
+        lines.append(f"{len(folders)} frame folders, {sum(v.frames for v in folders)} frames "
+                     f"(min {min(v.frames for v in folders)}, max {max(v.frames for v in folders)} per folder)")
     if not_cpu:
         lines.append(f"{not_cpu} videos use codecs DALI decodes only on the GPU "
                      f"(on the CPU it handles {', '.join(sorted(DALI_CPU_CODECS))})")
@@ -235,14 +300,21 @@ def main(argv=None) -> int:
     p.add_argument("--workers", type=int, default=min(32, (os.cpu_count() or 2) * 2))
     p.add_argument("--full-decode", action="store_true",
                    help="decode every frame (exact count and decodability; much slower)")
+    p.add_argument("--fname-tmpl", default=DEFAULT_TEMPLATE,
+                   help="frame folders: file name of frame number i (default: %(default)s)")
+    p.add_argument("--start-idx", type=int, default=DEFAULT_START,
+                   help="frame folders: number of the first frame where the list has no start "
+                        "column (default: %(default)s)")
     p.add_argument("--output", default=None, help="index file (default: LIST.index.json)")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
     try:
         t = time.time()
+        if a.fname_tmpl.format(1) == a.fname_tmpl:
+            raise ValueError(f"--fname-tmpl {a.fname_tmpl!r} has no field for the frame number")
         idx = build_index(a.list_file, a.data_root, a.kind, a.workers, a.full_decode, a.output,
-                          progress=not a.no_progress)
-    except (ValueError, FileNotFoundError) as e:
+                          progress=not a.no_progress, fname_tmpl=a.fname_tmpl, start_idx=a.start_idx)
+    except (ValueError, FileNotFoundError, IndexError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(summarize(idx))

@@ -86,7 +86,7 @@ def _int(where: str, line: str, value: str, what: str) -> int:
         raise ValueError(f"{where}: {what} must be an integer: {line!r}") from None
 
 
-def _read_csv(list_file: str, root: str) -> List[VideoEntry]:
+def _read_csv(list_file: str, root: str, default_start: int = 0) -> List[VideoEntry]:
     with open(list_file, "r", encoding="utf-8", newline="") as f:
         rows = [(n, row) for n, row in enumerate(csv.reader(f), start=1) if any(c.strip() for c in row)]
     if not rows:
@@ -111,7 +111,7 @@ def _read_csv(list_file: str, root: str) -> List[VideoEntry]:
             if len(cells) not in (2, 3):
                 raise ValueError(f"{where}: expected 'path,label' or 'path,start,total' (a CSV "
                                  f"without header), got {len(cells)} field(s): {line!r}")
-            e = VideoEntry(_join(root, cells[0]), rel=cells[0])
+            e = VideoEntry(_join(root, cells[0]), start=default_start, rel=cells[0])
             if len(cells) == 2:
                 e.label = _int(where, line, cells[1], "label")
             else:
@@ -124,7 +124,7 @@ def _read_csv(list_file: str, root: str) -> List[VideoEntry]:
             return cells[i] if i is not None and i < len(cells) else ""
         if not cell(path_i):
             continue
-        e = VideoEntry(_join(root, cell(path_i)), rel=cell(path_i))
+        e = VideoEntry(_join(root, cell(path_i)), start=default_start, rel=cell(path_i))
         if cell(label_i):
             e.label = _int(where, line, cell(label_i), "label")
         if cell(start_i):
@@ -135,7 +135,7 @@ def _read_csv(list_file: str, root: str) -> List[VideoEntry]:
     return out
 
 
-def _read_plain(list_file: str, root: str, kind: str) -> List[VideoEntry]:
+def _read_plain(list_file: str, root: str, kind: str, default_start: int = 0) -> List[VideoEntry]:
     want, shape = _SHAPES[kind]
     out = []
     with open(list_file, "r", encoding="utf-8") as f:
@@ -147,7 +147,7 @@ def _read_plain(list_file: str, root: str, kind: str) -> List[VideoEntry]:
             if len(fields) not in want:
                 raise ValueError(f"{where}: expected '{shape}' ({kind} list), got {len(fields)} "
                                  f"field(s): {line!r}")
-            e = VideoEntry(_join(root, fields[0]), rel=fields[0])
+            e = VideoEntry(_join(root, fields[0]), start=default_start, rel=fields[0])
             if kind == "pretrain":
                 e.start = _int(where, line, fields[1], "start_idx")
                 e.total = _int(where, line, fields[2], "total_frames")
@@ -161,11 +161,13 @@ def _read_plain(list_file: str, root: str, kind: str) -> List[VideoEntry]:
 
 
 def read_list(list_file, data_root: str = "", kind: str = "auto", *,
-              labels: bool = False) -> List[VideoEntry]:
+              labels: bool = False, start_idx: int = 0) -> List[VideoEntry]:
     """Read ``list_file`` (any format of the module docstring) into :class:`VideoEntry` records.
 
     ``labels=True``: every entry must carry a label (classification); ``kind="auto"`` then reads a
-    three-field list as raw frames."""
+    three-field list as raw frames. ``start_idx``: the first frame number of a frame folder where
+    the list has no start column (the official ``--start_idx``, 1 for the official frame lists;
+    pre-training lines carry their own)."""
     list_file = os.fspath(list_file)
     if kind not in KINDS:
         raise ValueError(f"unknown list kind {kind!r}; one of {', '.join(KINDS)}")
@@ -173,7 +175,8 @@ def read_list(list_file, data_root: str = "", kind: str = "auto", *,
         raise FileNotFoundError(f"annotation list not found: {list_file}")
     if kind == "auto":
         kind = detect_kind(list_file, labels)
-    out = _read_csv(list_file, data_root) if kind == "csv" else _read_plain(list_file, data_root, kind)
+    out = (_read_csv(list_file, data_root, start_idx) if kind == "csv"
+           else _read_plain(list_file, data_root, kind, start_idx))
     if not out:
         raise ValueError(f"annotation list {list_file} is empty")
     for e in out:

@@ -28,7 +28,8 @@ import torch
 
 from ..errors import BadDataError, DataPlaneError
 from .index import VideoIndex, build_index, index_path, load_index, rebuild_hint
-from .lists import VideoEntry, read_list
+from .lists import VideoEntry, detect_kind, read_list
+from .pyav.frames import FrameLayout
 from .sampler import EpochIndexed, GlobalBatchSampler
 
 __all__ = ["DECODERS", "choose_decoder", "load_list", "pretrain_loader", "finetune_loader",
@@ -69,35 +70,41 @@ def _dali_dev(device: torch.device) -> str:
     return "gpu" if device.type == "cuda" else "cpu"
 
 
-def apply_index(list_file: str, data_root: str, *, required: bool,
-                build: bool = False) -> Optional[VideoIndex]:
+def apply_index(list_file: str, data_root: str, *, required: bool, build: bool = False,
+                labels: bool = False, layout: FrameLayout | None = None) -> Optional[VideoIndex]:
     """Load the list's index if there is one (a stale index raises with the rebuild command).
 
     ``required``: a missing index is an error naming the command that builds it; ``build``:
     build a missing or stale index instead (used for the embedded synthetic dataset). Returns
-    None when there is no index and none is required."""
+    None when there is no index and none is required. ``labels`` and ``layout`` say how the list
+    is read (see `index.build_index`)."""
+    layout = layout or FrameLayout()
+    opts = dict(fname_tmpl=layout.template, start_idx=layout.start_idx, labels=labels)
     if build:
         try:
-            return load_index(list_file, data_root)
+            return load_index(list_file, data_root, **opts)
         except (FileNotFoundError, ValueError):
             log.info("indexing %s", list_file)
-            return build_index(list_file, data_root, progress=False)
+            return build_index(list_file, data_root, progress=False, **opts)
     if not os.path.isfile(index_path(list_file)):
         if required:
+            hint = rebuild_hint(list_file, data_root, layout.template, layout.start_idx,
+                                detect_kind(list_file, labels))
             raise FileNotFoundError(
-                f"--decoder dali needs the frame counts of every video: build the index with "
-                f"`{rebuild_hint(list_file, data_root)}`")
+                f"--decoder dali needs the frame counts of every video: build the index with `{hint}`")
         return None
-    return load_index(list_file, data_root)
+    return load_index(list_file, data_root, **opts)
 
 
-def load_list(list_file: str, data_root: str, *, decoder: str, labels: bool,
-              build: bool = False) -> tuple[List[VideoEntry], Optional[VideoIndex]]:
+def load_list(list_file: str, data_root: str, *, decoder: str, labels: bool, build: bool = False,
+              layout: FrameLayout | None = None) -> tuple[List[VideoEntry], Optional[VideoIndex]]:
     """The list's entries and its index. With an index (required for DALI; built on the spot when
     ``build``), the entries are the index's usable videos, with their frame counts; a stale index
-    is refused with the command that rebuilds it."""
-    entries = read_list(list_file, data_root, labels=labels)
-    index = apply_index(list_file, data_root, required=decoder == "dali", build=build)
+    is refused with the command that rebuilds it. Frame folders are named by ``layout``."""
+    layout = layout or FrameLayout()
+    entries = read_list(list_file, data_root, labels=labels, start_idx=layout.start_idx)
+    index = apply_index(list_file, data_root, required=decoder == "dali", build=build, labels=labels,
+                        layout=layout)
     if index is None:
         require_some_video(entries, list_file, data_root)
         return entries, None
@@ -215,6 +222,14 @@ class PyAVEvalLoader:
             self.board)
 
 
+def frame_layout(cfg) -> FrameLayout:
+    """The frame-folder naming of a config (``fname_tmpl``, ``start_idx``; defaults if absent)."""
+    default = FrameLayout()
+    start = getattr(cfg, "start_idx", None)
+    return FrameLayout(getattr(cfg, "fname_tmpl", None) or default.template,
+                       default.start_idx if start is None else start)
+
+
 def _dali(index: VideoIndex, mode: str, cfg, dist, device: torch.device, **kw):
     from .dali.pipeline import DaliVideoLoader
     return DaliVideoLoader(
@@ -222,7 +237,7 @@ def _dali(index: VideoIndex, mode: str, cfg, dist, device: torch.device, **kw):
         input_size=cfg.input_size, seed=cfg.seed, world_size=dist.world_size, rank=dist.rank,
         device=_dali_dev(device), device_id=device.index if device.type == "cuda" else None,
         target_device=device, num_threads=max(1, min(cfg.num_workers, os.cpu_count() or 1)),
-        decoder_instances=cfg.dali_instances, **kw)
+        decoder_instances=cfg.dali_instances, fname_tmpl=frame_layout(cfg).template, **kw)
 
 
 def pretrain_loader(entries: List[VideoEntry], index, cfg, dist, device: torch.device, decoder: str):
@@ -232,7 +247,8 @@ def pretrain_loader(entries: List[VideoEntry], index, cfg, dist, device: torch.d
                      num_views=cfg.num_sample)
     from .pyav.pretrain import PretrainVideoDataset, pretrain_collate
     dataset = PretrainVideoDataset(entries, num_frames=cfg.num_frames, sampling_rate=cfg.sampling_rate,
-                                   input_size=cfg.input_size, num_sample=cfg.num_sample, seed=cfg.seed)
+                                   input_size=cfg.input_size, num_sample=cfg.num_sample, seed=cfg.seed,
+                                   layout=frame_layout(cfg))
     return PyAVLoader(dataset, pretrain_collate, cfg, dist, device)
 
 
@@ -249,7 +265,7 @@ def finetune_loader(entries: List[VideoEntry], index, cfg, dist, device: torch.d
                      rand_augment=(policy["n"], int(round(policy["m"]))) if policy else None,
                      sparse=cfg.sparse_sample, min_crop_scale=cfg.min_crop_scale)
     from .pyav.classify import VideoClsDataset, cls_collate
-    dataset = VideoClsDataset([(e.path, e.label) for e in entries], True, num_frames=cfg.num_frames,
+    dataset = VideoClsDataset(entries, True, num_frames=cfg.num_frames, layout=frame_layout(cfg),
                               sampling_rate=cfg.sampling_rate, input_size=cfg.input_size,
                               short_side_size=cfg.short_side_size, num_sample=cfg.num_sample,
                               flip=cfg.flip, aa=cfg.aa, reprob=cfg.reprob,
@@ -268,9 +284,8 @@ def eval_loader(entries: List[VideoEntry], index, cfg, dist, device: torch.devic
         return _dali(index, mode, cfg, dist, device, batch_size=batch_size, sparse=cfg.sparse_sample,
                      short_side=cfg.short_side_size, **extra)
     from .pyav.classify import VideoClsDataset, VideoTestDataset
-    items = [(e.path, e.label) for e in entries]
     common = dict(num_frames=cfg.num_frames, sampling_rate=cfg.sampling_rate, input_size=cfg.input_size,
-                  short_side_size=cfg.short_side_size, sparse=cfg.sparse_sample)
-    dataset = (VideoClsDataset(items, False, seed=cfg.seed, **common) if mode == "val" else
-               VideoTestDataset(items, segments=segments, crops=crops, **common))
+                  short_side_size=cfg.short_side_size, sparse=cfg.sparse_sample, layout=frame_layout(cfg))
+    dataset = (VideoClsDataset(entries, False, seed=cfg.seed, **common) if mode == "val" else
+               VideoTestDataset(entries, segments=segments, crops=crops, **common))
     return PyAVEvalLoader(dataset, batch_size, cfg.num_workers, dist)

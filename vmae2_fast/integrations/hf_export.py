@@ -107,6 +107,11 @@ def export_to_hf(model, out_dir, class_names=None, layout: str = "auto") -> Path
     return out
 
 
+# Official model options transformers' VideoMAE has no counterpart for (value = the only one it has).
+UNSUPPORTED = {"init_values": 0.0, "learnable_pos_emb": False, "cos_attn": False, "qk_scale": None,
+               "use_mean_pooling": True}
+
+
 def export(cfg: ExportConfig) -> Path:
     """Load ``cfg.checkpoint`` into the classifier and write the transformers folder ``cfg.out``."""
     from ..models import build_classifier
@@ -115,6 +120,10 @@ def export(cfg: ExportConfig) -> Path:
     prepare_output_dir(cfg.out, "--out")         # a folder problem is reported before any work
     raw = read_checkpoint(cfg.checkpoint, trust_code=cfg.trust_checkpoint)
     ckpt = raw.get("config") if isinstance(raw.get("config"), dict) else {}
+    unsupported = {k: v for k, v in ckpt.items() if k in UNSUPPORTED and v != UNSUPPORTED[k]}
+    if unsupported:
+        raise ValueError(f"{cfg.checkpoint} was trained with {unsupported}, which transformers' "
+                         "VideoMAE cannot express; it exports only the released architecture")
     sd, _ = normalize_keys(extract_state_dict(raw)[0])
     n = cfg.num_classes or (sd["head.weight"].shape[0] if "head.weight" in sd else 0)
     if n <= 0:

@@ -11,6 +11,12 @@ head_dim ** -0.5); `attention()` is the single call site of the attention produc
 
 Every `Attention` module carries its backend; `set_attention_backend(model, name)` sets it for a
 whole model.
+
+The official options are constructor arguments: ``qk_scale`` (a fixed scale instead of
+head_dim ** -0.5) and ``cos_attn`` (the official CosAttention: q and k L2-normalised, logits times
+exp(min(scale, log 100)) with a learned per-head ``scale`` initialised to log 10; the parameter
+keeps the official name, which also keeps it out of weight decay). Both reach every backend as a
+scale: the cosine logit scale multiplies q, and the product then runs with scale 1.
 """
 from __future__ import annotations
 
@@ -19,14 +25,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 BACKENDS = ("sdpa", "math")
+LOG_MAX_LOGIT_SCALE = 4.6052       # log(100): the official clamp of the cosine logit scale
 
 
-def attention(q, k, v, dropout_p: float = 0.0, backend: str = "sdpa"):
-    """softmax(q k^T / sqrt(head_dim)) v for (B, heads, N, head_dim) tensors."""
+def attention(q, k, v, dropout_p: float = 0.0, backend: str = "sdpa", scale: float | None = None):
+    """softmax(q k^T * scale) v for (B, heads, N, head_dim) tensors; scale None: 1/sqrt(head_dim)."""
     if backend == "sdpa":
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, scale=scale)
     if backend == "math":
-        weights = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
+        weights = (q * (q.shape[-1] ** -0.5 if scale is None else scale)) @ k.transpose(-2, -1)
         weights = F.dropout(weights.softmax(dim=-1), dropout_p)
         return weights @ v
     raise ValueError(f"unknown attention backend {backend!r}; choose one of {', '.join(BACKENDS)}")
@@ -36,7 +43,7 @@ class Attention(nn.Module):
     """Multi-head self-attention with BEiT-style q/v biases (K has no bias)."""
 
     def __init__(self, dim, num_heads, qkv_bias=True, attn_drop=0.0, proj_drop=0.0,
-                 backend: str = "sdpa"):
+                 backend: str = "sdpa", qk_scale: float | None = None, cos_attn: bool = False):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"width {dim} is not divisible by {num_heads} heads")
@@ -52,6 +59,11 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
         self.backend = backend
+        if cos_attn and qk_scale is not None:
+            raise ValueError("cos_attn learns its own logit scale; qk_scale must be None with it")
+        self.qk_scale, self.cos_attn = qk_scale, cos_attn
+        if cos_attn:
+            self.scale = nn.Parameter(torch.full((num_heads, 1, 1), 10.0).log())
 
     def forward(self, x):
         B, N, C = x.shape
@@ -60,11 +72,16 @@ class Attention(nn.Module):
             bias = torch.cat((self.q_bias, torch.zeros_like(self.v_bias), self.v_bias))
         qkv = F.linear(x, self.qkv.weight, bias)
         q, k, v = qkv.view(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        out = attention(q, k, v, self.attn_drop if self.training else 0.0, self.backend)
+        scale = self.qk_scale
+        if self.cos_attn:
+            q = F.normalize(q, dim=-1) * self.scale.clamp(max=LOG_MAX_LOGIT_SCALE).exp().to(q.dtype)
+            k, scale = F.normalize(k, dim=-1), 1.0
+        out = attention(q, k, v, self.attn_drop if self.training else 0.0, self.backend, scale)
         return self.proj_drop(self.proj(out.transpose(1, 2).reshape(B, N, C)))
 
     def extra_repr(self):
-        return f"heads={self.num_heads}, backend={self.backend}"
+        extra = ", cos_attn" if self.cos_attn else (f", qk_scale={self.qk_scale}" if self.qk_scale else "")
+        return f"heads={self.num_heads}, backend={self.backend}{extra}"
 
 
 def set_attention_backend(model: nn.Module, backend: str) -> nn.Module:

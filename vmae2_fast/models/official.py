@@ -20,6 +20,8 @@ _PRETRAIN_KEYS = {
     "drop_path_rate": "drop_path_rate", "decoder_num_classes": "decoder_num_classes",
     "with_cp": "activation_checkpointing",
     "normlize_target": "normalize_target", "normalize_target": "normalize_target",
+    "init_values": "init_values", "use_learnable_pos_emb": "learnable_pos_emb",
+    "qk_scale": "qk_scale", "cos_attn": "cos_attn",
 }
 _CLASSIFIER_KEYS = {
     "img_size": "img_size", "input_size": "img_size", "patch_size": "patch_size",
@@ -29,25 +31,28 @@ _CLASSIFIER_KEYS = {
     "use_mean_pooling": "use_mean_pooling", "init_scale": "init_scale", "layer_norm_eps": "norm_eps",
     "drop_rate": "drop_rate", "attn_drop_rate": "attn_drop_rate", "drop_path_rate": "drop_path_rate",
     "head_drop_rate": "head_drop_rate", "with_cp": "activation_checkpointing",
+    "init_values": "init_values", "use_learnable_pos_emb": "learnable_pos_emb",
+    "qk_scale": "qk_scale", "cos_attn": "cos_attn",
 }
 # Masking settings: they configure `vmae2_fast.masking.DualMasking`, not the model.
 _MASKING = {"encoder_mask_ratio", "mask_ratio", "decoder_mask_ratio", "mask_type", "decoder_mask_type"}
 # Official options that we accept only at their default (they change nothing at that value).
-_INERT = {"init_values": (0, 0.0, None), "cos_attn": (False,), "use_learnable_pos_emb": (False,),
-          "qk_scale": (None,), "encoder_num_classes": (0,), "drop_rate": (0, 0.0),
-          "attn_drop_rate": (0, 0.0)}
+_INERT = {"encoder_num_classes": (0,), "drop_rate": (0, 0.0), "attn_drop_rate": (0, 0.0)}
 
 
 def from_official_config(cfg: dict):
     """The pre-training model if `cfg` has `decoder_*` keys, else the classifier.
 
-    Unknown keys are reported; options we do not implement (layer scale, cosine attention,
-    learnable position embeddings) raise unless they are at their inert default.
+    Unknown keys are reported; the official model options (layer scale ``init_values``,
+    ``use_learnable_pos_emb``, ``qk_scale``, ``cos_attn``) are built; dropout in the pre-training
+    model (which has none) raises unless it is 0.
     """
     pretrain = any(k.startswith("decoder_") for k in cfg)
     keymap = _PRETRAIN_KEYS if pretrain else _CLASSIFIER_KEYS
     kwargs, ignored = {}, []
     for key, value in cfg.items():
+        if key == "init_values" and value is None:     # the official Block would crash on None
+            value = 0.0
         if key in keymap:
             kwargs[keymap[key]] = value
         elif key in _MASKING:

@@ -12,17 +12,19 @@ import torch.nn as nn
 
 from .. import ops
 from ..masking import as_indices, complement_indices, num_tokens
-from .vit import PatchEmbed, make_blocks, run_blocks, sinusoid_table, xavier_init_
+from .vit import PatchEmbed, make_blocks, position_table, run_blocks, set_position_table, sinusoid_table, xavier_init_
 
 
 class PretrainEncoder(nn.Module):
     def __init__(self, img_size, patch_size, num_frames, tubelet_size, embed_dim, depth, num_heads,
-                 mlp_ratio, qkv_bias, norm_eps, drop_path_rate, in_chans=3):
+                 mlp_ratio, qkv_bias, norm_eps, drop_path_rate, in_chans=3, learnable_pos_emb=False,
+                 **block_options):
         super().__init__()
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim, num_frames, tubelet_size)
-        self.register_buffer("pos_embed", sinusoid_table(self.patch_embed.num_patches, embed_dim),
-                             persistent=False)
-        self.blocks = make_blocks(depth, embed_dim, num_heads, mlp_ratio, qkv_bias, drop_path_rate, norm_eps)
+        # A learned table is (1, N, C): the official (1, N + 1, C) cannot be added to N tokens.
+        set_position_table(self, position_table(self.patch_embed.num_patches, embed_dim, learnable_pos_emb))
+        self.blocks = make_blocks(depth, embed_dim, num_heads, mlp_ratio, qkv_bias, drop_path_rate, norm_eps,
+                                  **block_options)
         self.norm = nn.LayerNorm(embed_dim, eps=norm_eps)
         self.head = nn.Identity()  # the official encoder_num_classes=0
         self.apply(xavier_init_)
@@ -38,9 +40,10 @@ class PretrainEncoder(nn.Module):
 
 class PretrainDecoder(nn.Module):
     def __init__(self, embed_dim, depth, num_heads, num_outputs, mlp_ratio, qkv_bias, norm_eps,
-                 drop_path_rate):
+                 drop_path_rate, **block_options):
         super().__init__()
-        self.blocks = make_blocks(depth, embed_dim, num_heads, mlp_ratio, qkv_bias, drop_path_rate, norm_eps)
+        self.blocks = make_blocks(depth, embed_dim, num_heads, mlp_ratio, qkv_bias, drop_path_rate, norm_eps,
+                                  **block_options)
         self.norm = nn.LayerNorm(embed_dim, eps=norm_eps)
         self.head = nn.Linear(embed_dim, num_outputs)
         self.apply(xavier_init_)
@@ -56,16 +59,20 @@ class PretrainVisionTransformer(nn.Module):
                  encoder_embed_dim=768, encoder_depth=12, encoder_num_heads=12,
                  decoder_embed_dim=384, decoder_depth=4, decoder_num_heads=6, mlp_ratio=4.0,
                  qkv_bias=True, norm_eps=1e-6, drop_path_rate=0.0, decoder_num_classes=None,
-                 normalize_target=True, activation_checkpointing=False):
+                 normalize_target=True, activation_checkpointing=False, init_values=0.0,
+                 learnable_pos_emb=False, qk_scale=None, cos_attn=False):
+        """The official options (layer scale, qk_scale, cos_attn) apply to the encoder and the
+        decoder blocks, as officially; ``learnable_pos_emb`` to the encoder's table only."""
         super().__init__()
+        opts = dict(init_values=init_values, qk_scale=qk_scale, cos_attn=cos_attn)
         out = in_chans * tubelet_size * patch_size ** 2
         if decoder_num_classes is not None and decoder_num_classes != out:
             raise ValueError(f"decoder_num_classes must be 3*tubelet*p*p = {out}, got {decoder_num_classes}")
         self.encoder = PretrainEncoder(img_size, patch_size, num_frames, tubelet_size, encoder_embed_dim,
                                        encoder_depth, encoder_num_heads, mlp_ratio, qkv_bias, norm_eps,
-                                       drop_path_rate, in_chans)
+                                       drop_path_rate, in_chans, learnable_pos_emb, **opts)
         self.decoder = PretrainDecoder(decoder_embed_dim, decoder_depth, decoder_num_heads, out, mlp_ratio,
-                                       qkv_bias, norm_eps, drop_path_rate)
+                                       qkv_bias, norm_eps, drop_path_rate, **opts)
         # Official init: encoder_to_decoder keeps PyTorch's default Linear init (not xavier).
         self.encoder_to_decoder = nn.Linear(encoder_embed_dim, decoder_embed_dim, bias=False)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_embed_dim))
@@ -84,7 +91,7 @@ class PretrainVisionTransformer(nn.Module):
         return num_tokens(self.grid)
 
     def no_weight_decay(self):
-        return {"mask_token", "pos_embed", "cls_token"}
+        return {"mask_token", "pos_embed", "cls_token", "encoder.pos_embed"}
 
     def forward(self, video, vis_idx, dec_idx):
         """Predictions for the decoded tokens, (B, N_dec, 3*t*p*p), in ascending token order."""

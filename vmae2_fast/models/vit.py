@@ -90,27 +90,40 @@ class Mlp(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block (no layer scale: every official model uses init_values=0)."""
+    """Pre-norm transformer block. ``init_values > 0`` adds the official layer scale (``gamma_1``,
+    ``gamma_2``, initialised to init_values; every released model has it off); ``qk_scale`` and
+    ``cos_attn`` go to the attention (`attention.Attention`)."""
 
     def __init__(self, dim, num_heads, mlp_ratio=4.0, qkv_bias=True, drop=0.0, attn_drop=0.0,
-                 drop_path=0.0, norm_eps=1e-6):
+                 drop_path=0.0, norm_eps=1e-6, init_values=0.0, qk_scale=None, cos_attn=False):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
-        self.attn = Attention(dim, num_heads, qkv_bias, attn_drop, drop)
+        self.attn = Attention(dim, num_heads, qkv_bias, attn_drop, drop, qk_scale=qk_scale,
+                              cos_attn=cos_attn)
         self.drop_path = DropPath(drop_path)
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
+        if init_values and init_values > 0:
+            self.gamma_1 = nn.Parameter(torch.full((dim,), float(init_values)))
+            self.gamma_2 = nn.Parameter(torch.full((dim,), float(init_values)))
+        else:
+            self.gamma_1 = self.gamma_2 = None
 
     def forward(self, x):
-        x = x + self.drop_path(self.attn(self.norm1(x)))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        if self.gamma_1 is None:
+            x = x + self.drop_path(self.attn(self.norm1(x)))
+            return x + self.drop_path(self.mlp(self.norm2(x)))
+        x = x + self.drop_path(self.gamma_1 * self.attn(self.norm1(x)))
+        return x + self.drop_path(self.gamma_2 * self.mlp(self.norm2(x)))
 
 
 def make_blocks(depth, dim, num_heads, mlp_ratio, qkv_bias, drop_path_rate, norm_eps,
-                drop=0.0, attn_drop=0.0) -> nn.ModuleList:
+                drop=0.0, attn_drop=0.0, **options) -> nn.ModuleList:
+    """``depth`` blocks with drop path rising linearly to ``drop_path_rate``; ``options``:
+    ``init_values``, ``qk_scale``, ``cos_attn`` (see `Block`)."""
     rates = [r.item() for r in torch.linspace(0, drop_path_rate, depth, device="cpu")] if depth else []
-    return nn.ModuleList(Block(dim, num_heads, mlp_ratio, qkv_bias, drop, attn_drop, rates[i], norm_eps)
-                         for i in range(depth))
+    return nn.ModuleList(Block(dim, num_heads, mlp_ratio, qkv_bias, drop, attn_drop, rates[i], norm_eps,
+                               **options) for i in range(depth))
 
 
 def run_blocks(blocks: nn.ModuleList, x: torch.Tensor, activation_checkpointing: bool) -> torch.Tensor:
@@ -144,9 +157,28 @@ def trunc_normal_init_(module: nn.Module, std: float = 0.02):
         nn.init.zeros_(module.bias)
 
 
+def position_table(num_patches: int, dim: int, learnable: bool):
+    """The fixed sinusoid (returned as a tensor, to be registered as a buffer), or a learned table
+    (an ``nn.Parameter``, truncated normal std 0.02 as the official ``use_learnable_pos_emb``)."""
+    if not learnable:
+        return sinusoid_table(num_patches, dim)
+    table = nn.Parameter(torch.zeros(1, num_patches, dim))
+    nn.init.trunc_normal_(table, std=0.02, a=-2.0, b=2.0)
+    return table
+
+
+def set_position_table(module: nn.Module, table) -> None:
+    """``module.pos_embed = table``: a parameter when learned, else a non-persistent buffer."""
+    if isinstance(table, nn.Parameter):
+        module.pos_embed = table
+    else:
+        module.register_buffer("pos_embed", table, persistent=False)
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
 __all__ = ["sinusoid_table", "DropPath", "PatchEmbed", "Mlp", "Attention", "Block", "make_blocks",
-           "run_blocks", "xavier_init_", "trunc_normal_init_", "count_parameters"]
+           "run_blocks", "xavier_init_", "trunc_normal_init_", "position_table", "set_position_table",
+           "count_parameters"]

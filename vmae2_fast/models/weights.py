@@ -22,8 +22,8 @@ Importing (`load_classifier_weights`), accepted layouts (all the released ones, 
 
 Position tables: our models hold the fixed sine-cosine table as a buffer rebuilt for the model's
 own frames and size, so a checkpoint from another clip length or resolution needs nothing. A
-stored table (learnable-position variants) that equals the sinusoid of its grid is dropped; a
-learned one is refused (no released V2 model uses one). ``interpolate_pos_table`` resamples such a
+stored table that equals the sinusoid of its grid is dropped; a learned one loads into a model
+built with ``learnable_pos_emb`` (resampled if its grid differs) and is refused otherwise. ``interpolate_pos_table`` resamples such a
 table over (t, h, w) for tools that need it (the official 8-slot temporal path is broken).
 """
 from __future__ import annotations
@@ -261,20 +261,46 @@ def _pos_table(model, sd: dict, report: LoadReport) -> None:
         return
     ours = getattr(model, "pos_embed", None)
     n = table.shape[1]
+    if isinstance(ours, torch.nn.Parameter):          # a learnable-position model: load the table
+        if table.shape != ours.shape:
+            table = _resample_learned(table, model.patch_embed.grid, report.path)
+        sd["pos_embed"] = table
+        return
     if torch.allclose(table.float(), sinusoid_table(n, table.shape[-1]), atol=1e-4):
         report.unexpected.append("pos_embed (a fixed sine-cosine table; rebuilt for this model's "
                                  f"{tuple(model.patch_embed.grid)} grid)")
         return
     raise CheckpointMismatchError(
-        f"{report.path} holds a learned position table of {n} positions; this model uses the "
-        f"fixed sine-cosine table ({None if ours is None else ours.shape[1]} positions), so learned "
-        "tables are not supported (no released VideoMAE V2 checkpoint has one)")
+        f"{report.path} holds a learned position table of {n} positions, but this model uses the "
+        f"fixed sine-cosine table ({None if ours is None else ours.shape[1]} positions): build it "
+        "with --learnable-pos-emb (official use_learnable_pos_emb) to load the table")
 
 
-def load_classifier_weights(model, path, head_map: Optional[str] = None,
+def _resample_learned(table: torch.Tensor, grid, path) -> torch.Tensor:
+    """A learned table of another grid, resampled to ``grid``: same temporal slots with a square
+    spatial grid, or same spatial grid with other slots (what the checkpoint's size allows)."""
+    n, (t, h, w) = table.shape[1], grid
+    side = round((n / t) ** 0.5)
+    if side * side * t == n:
+        old = (t, side, side)
+    elif n % (h * w) == 0:
+        old = (n // (h * w), h, w)
+    else:
+        raise CheckpointMismatchError(f"{path}: cannot tell the grid of its {n}-position table "
+                                      f"(this model's grid is {grid}); resample it with "
+                                      "interpolate_pos_table first")
+    log.info("resampling the learned position table of %s from grid %s to %s", path, old, tuple(grid))
+    return interpolate_pos_table(table, old, grid)
+
+
+def load_classifier_weights(model, path, head_map=None,
                             strict_encoder: bool = True, trust_code: bool = False) -> LoadReport:
     """Load ``path`` into a ``VisionTransformer``. Everything is checked before copying: a
-    different model size raises :class:`CheckpointMismatchError` naming both sizes."""
+    different model size raises :class:`CheckpointMismatchError` naming both sizes.
+
+    ``head_map``: a JSON file (entry i = the checkpoint head's row for class i), or a callable
+    ``(checkpoint head rows, checkpoint config) -> file or None`` that decides once the head's
+    size is known (the stages pick the K710 -> Kinetics map this way)."""
     raw = read_checkpoint(path, trust_code=trust_code)
     sd, where = extract_state_dict(raw)
     report = LoadReport(str(path), where)
@@ -318,6 +344,8 @@ def _head(model, sd: dict, report: LoadReport, head_map: Optional[str]) -> None:
         sd.pop("head.bias", None)
         return
     n_ckpt, n_model = sd["head.weight"].shape[0], getattr(model, "num_classes", 0)
+    if callable(head_map):
+        head_map = head_map(n_ckpt, report.config)
     if n_ckpt == n_model and head_map is None:
         return
     if head_map is not None:
@@ -331,7 +359,8 @@ def _head(model, sd: dict, report: LoadReport, head_map: Optional[str]) -> None:
         return
     if n_ckpt == 710:
         log.warning("the checkpoint has a 710-class (K710) head and the model %d classes: pass "
-                    "--head-map label_710to%d.json to reuse it; starting a fresh head", n_model, n_model)
+                    "--dataset k400|k600|k700 (or --head-map label_710to%d.json) to reuse its rows; "
+                    "starting a fresh head", n_model, n_model)
     del sd["head.weight"], sd["head.bias"]
     report.head = "fresh"
 

@@ -39,6 +39,17 @@ ALIASES = {
 }
 
 
+# The official model options every builder accepts (off in every released model).
+MODEL_OPTIONS = ("init_values", "learnable_pos_emb", "qk_scale", "cos_attn")
+
+
+def model_options(source) -> dict:
+    """The model options of a config object or dict (a run's config, a checkpoint's `config`);
+    absent ones are left to the builders' defaults."""
+    get = source.get if isinstance(source, dict) else (lambda k, d=None: getattr(source, k, d))
+    return {k: get(k) for k in MODEL_OPTIONS if get(k) is not None}
+
+
 def model_spec(name: str) -> ModelSpec:
     key = ALIASES.get(name, name)
     if key not in MODEL_SPECS:

@@ -54,8 +54,12 @@ def session(device_name: str, output_dir: str | None):
         cleanup(dist)
 
 
-def seed_everything(seed: int, rank: int = 0) -> None:
-    """Seeds of the host-side generators; data and masks use their own seeded generators."""
+def seed_everything(seed: int, rank: int = 0, threads: int = 0) -> None:
+    """Seeds of the host-side generators (data and masks use their own seeded generators) and,
+    when ``threads`` > 0, torch's CPU thread count: a CPU reduction splits its work by thread, so
+    the count changes the last bits of sums and, over a run, its numbers."""
+    if threads > 0:
+        torch.set_num_threads(threads)
     random.seed(seed + rank)
     np.random.seed(seed + rank)
     torch.manual_seed(seed + rank)
@@ -80,7 +84,7 @@ def embedded_dataset(dist: DistInfo):
 
 
 def build_trainer(cfg, stage, model: torch.nn.Module, loader, device: torch.device, dist: DistInfo,
-                  run_config: dict, *, layer_decay: float | None = None) -> tuple[Trainer, dict]:
+                  run_config: dict, *, layer_decay: float | None = None, ema=None) -> tuple[Trainer, dict]:
     """Optimiser groups, schedules, wrapping and the Trainer of one run; writes config.json.
 
     Returns the trainer and what the stage logs: peak lr, total batch, optimiser steps per epoch.
@@ -101,7 +105,7 @@ def build_trainer(cfg, stage, model: torch.nn.Module, loader, device: torch.devi
         tensorboard=cfg.tensorboard, max_steps=cfg.max_steps)
     wrapped = parallelize(model, device, dist, compile=cfg.compile)
     trainer = Trainer(stage, wrapped, optimizer, loader, lr_schedule, wd_schedule, settings, device,
-                      dist, run_config)
+                      dist, run_config, ema=ema)
     if dist.is_main:
         Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
         (Path(cfg.output_dir) / "config.json").write_text(json.dumps(run_config, indent=2))

@@ -17,10 +17,13 @@ import torch
 import torch.nn.functional as F
 
 from ..config import FinetuneConfig
-from ..data.loaders import choose_decoder, eval_loader, finetune_loader, load_list
+from ..data.label_maps import kinetics_head_map
+from ..data.loaders import choose_decoder, eval_loader, finetune_loader, frame_layout, load_list
 from ..models import build_classifier, count_parameters
+from ..models.zoo import model_options
 from ..models.weights import checkpoint_class_names, load_classifier_weights
 from ..train.checkpoint import save_checkpoint
+from ..train.ema import ModelEma
 from ..train.distributed import DistInfo, all_reduce_sum
 from ..train.loop import resolve_precision
 from ..train.mixup import VideoMixup, soft_target_cross_entropy
@@ -29,6 +32,7 @@ from .evaluate import video_log_probs
 
 log = logging.getLogger("vmae2_fast")
 BEST = "checkpoint-best.pth"
+BEST_EMA = "checkpoint-best-ema.pth"     # the EMA weights (under "model") at the EMA's best epoch
 
 
 # ------------------------------------------------------------------------------------ data
@@ -75,6 +79,24 @@ def check_lists(train_items, val_items, num_classes: int, names, train_path, val
     return num_classes
 
 
+def kinetics_rows(cfg, num_classes: int, names, train_path: str):
+    """For ``load_classifier_weights``: when a K710 checkpoint starts a Kinetics-400/600/700 run
+    (``--dataset``), the file that selects the head's rows (found or generated, see
+    `data.label_maps`); otherwise None (a fresh head, or the head as it is)."""
+    from ..config.datasets import DATASETS
+    subset = DATASETS[cfg.dataset].k710_subset if cfg.dataset else None
+
+    def choose(rows: int, ckpt_cfg: dict):
+        if rows != 710 or num_classes == 710 or subset is None:
+            return None
+        if subset != num_classes:
+            raise ValueError(f"--dataset {cfg.dataset} has {subset} classes, the run {num_classes}")
+        folders = [cfg.data, os.path.dirname(train_path), ckpt_cfg.get("data"),
+                   os.path.dirname(os.path.abspath(cfg.init))]
+        return kinetics_head_map(subset, folders, ckpt_cfg.get("class_names"), names, cfg.output_dir)
+    return choose
+
+
 # ------------------------------------------------------------------------------------ stage
 class ClassifyStage:
     def __init__(self, model, cfg, device, dist: DistInfo, val_loader=None, teacher=None,
@@ -84,7 +106,7 @@ class ClassifyStage:
                                 cfg.mixup_switch_prob, cfg.smoothing, seed=cfg.seed)
         self.val_loader, self.teacher = val_loader, teacher
         self.run_config = run_config or {}
-        self.best_top1 = -1.0
+        self.best_top1 = self.best_ema_top1 = -1.0
         self.temperature = getattr(cfg, "distill_temperature", 1.0)
 
     def compute_loss(self, model, batch):
@@ -107,17 +129,21 @@ class ClassifyStage:
         return loss, video.shape[0]
 
     def state_dict(self):
-        return {"mixup": self.mixup.state_dict(), "best_top1": self.best_top1}
+        return {"mixup": self.mixup.state_dict(), "best_top1": self.best_top1,
+                "best_ema_top1": self.best_ema_top1}
 
     def load_state_dict(self, state):
         self.mixup.load_state_dict(state["mixup"])
         self.best_top1 = float(state["best_top1"])
+        self.best_ema_top1 = float(state.get("best_ema_top1", -1.0))
 
     @torch.no_grad()
-    def validate(self, autocast) -> dict:
-        """Single-view top-1 / top-5 / loss over the validation list (every video once)."""
-        was = self.model.training
-        self.model.eval()
+    def validate(self, autocast, model=None) -> dict:
+        """Single-view top-1 / top-5 / loss of ``model`` (default: the trained one) over the
+        validation list (every video once)."""
+        model = self.model if model is None else model
+        was = model.training
+        model.eval()
         stats = torch.zeros(4, dtype=torch.float64, device=self.device)   # n, top1, top5, loss
         chunk = max(1, int(1.5 * self.cfg.batch_size))
         for video, labels, _, _ in self.val_loader(0):
@@ -125,13 +151,13 @@ class ClassifyStage:
                 continue
             labels = labels.to(self.device)
             with autocast():
-                log_probs = video_log_probs(self.model, video.to(self.device), len(labels), chunk)
+                log_probs = video_log_probs(model, video.to(self.device), len(labels), chunk)
             top = log_probs.topk(min(5, log_probs.shape[1]), dim=1).indices
             stats += torch.stack([torch.tensor(float(len(labels)), device=self.device),
                                   (top[:, 0] == labels).sum().double(),
                                   (top == labels[:, None]).any(1).sum().double(),
                                   F.nll_loss(log_probs, labels, reduction="sum").double()])
-        self.model.train(was)
+        model.train(was)
         if self.dist.enabled:
             stats = all_reduce_sum(stats, self.dist)
         n, top1, top5, loss = stats.tolist()
@@ -142,19 +168,30 @@ class ClassifyStage:
     def on_epoch_end(self, epoch, trainer):
         if self.val_loader is None or not self.cfg.validate:
             return {}
-        res = self.validate(trainer._autocast)
-        improved = res["val_top1"] > self.best_top1
-        if improved:
-            self.best_top1 = res["val_top1"]
-            if self.dist.is_main:
-                save_checkpoint(Path(self.cfg.output_dir) / BEST, {
-                    "model": self.model.state_dict(), "epoch": epoch, "val_top1": res["val_top1"],
-                    "val_top5": res["val_top5"], "config": self.run_config})
-        if self.dist.is_main:
-            log.info("epoch %d validation (single view): top-1 %.2f %%, top-5 %.2f %%, loss %.4f, "
-                     "%d videos%s", epoch, res["val_top1"], res["val_top5"], res["val_loss"],
-                     res["val_videos"], " (best so far, saved)" if improved else "")
+        res = self._validate_and_keep(epoch, trainer, ema=False)
+        if trainer.ema is not None:      # the EMA weights, validated alongside
+            res.update(self._validate_and_keep(epoch, trainer, ema=True), best_ema_top1=self.best_ema_top1)
         return {**res, "best_top1": self.best_top1}
+
+    def _validate_and_keep(self, epoch, trainer, ema: bool) -> dict:
+        """Validate the trained weights (or the EMA's, keys prefixed ``ema_``) and keep their best
+        epoch as checkpoint-best.pth (checkpoint-best-ema.pth: the EMA weights under ``model``)."""
+        model = trainer.ema.module if ema else self.model
+        prefix, best = ("ema_", "best_ema_top1") if ema else ("", "best_top1")
+        res = self.validate(trainer._autocast, model)
+        improved = res["val_top1"] > getattr(self, best)
+        if improved:
+            setattr(self, best, res["val_top1"])
+            if self.dist.is_main:
+                save_checkpoint(Path(self.cfg.output_dir) / (BEST_EMA if ema else BEST), {
+                    "model": model.state_dict(), "epoch": epoch, "val_top1": res["val_top1"],
+                    "val_top5": res["val_top5"], "config": self.run_config, **({"ema": True} if ema else {})})
+        if self.dist.is_main:
+            log.info("epoch %d validation%s (single view): top-1 %.2f %%, top-5 %.2f %%, loss %.4f, "
+                     "%d videos%s", epoch, " of the EMA weights" if ema else "", res["val_top1"],
+                     res["val_top5"], res["val_loss"], res["val_videos"],
+                     " (best so far, saved)" if improved else "")
+        return {prefix + k: v for k, v in res.items()}
 
 
 # ------------------------------------------------------------------------------------ models
@@ -163,8 +200,8 @@ def build_model(cfg, num_classes: int, model_name: str | None = None, drop_path=
         model_name or cfg.model, num_classes, img_size=cfg.input_size, num_frames=cfg.num_frames,
         tubelet_size=cfg.tubelet_size, drop_rate=cfg.drop, attn_drop_rate=cfg.attn_drop,
         drop_path_rate=cfg.drop_path if drop_path is None else drop_path,
-        head_drop_rate=cfg.head_drop, init_scale=cfg.init_scale,
-        activation_checkpointing=cfg.activation_checkpointing)
+        head_drop_rate=cfg.head_drop, init_scale=cfg.init_scale, use_mean_pooling=cfg.use_mean_pooling,
+        activation_checkpointing=cfg.activation_checkpointing, **model_options(cfg))
 
 
 def load_teacher(cfg, num_classes: int, class_names, device, precision: str):
@@ -196,19 +233,24 @@ def run(cfg: FinetuneConfig) -> dict:
     stage = cfg.STAGE
     with session(cfg.device, cfg.output_dir) as (device, dist):
         t0 = time.time()
-        seed_everything(cfg.seed, dist.rank)
+        seed_everything(cfg.seed, dist.rank, cfg.threads)
         precision = resolve_precision(cfg.precision, device)
 
         # --- every check that can fail runs before any compute
         decoder = choose_decoder(cfg.decoder, device, log_choice=dist.is_main)
         train_path, val_path, root, names = resolve_lists(cfg, dist)
         build = decoder == "dali" and not (cfg.data or cfg.train_list)   # index the embedded lists
-        train_items, train_index = load_list(train_path, root, decoder=decoder, labels=True, build=build)
-        val_items, val_index = load_list(val_path, root, decoder=decoder, labels=True, build=build)
+        layout = frame_layout(cfg)
+        train_items, train_index = load_list(train_path, root, decoder=decoder, labels=True, build=build,
+                                             layout=layout)
+        val_items, val_index = load_list(val_path, root, decoder=decoder, labels=True, build=build,
+                                         layout=layout)
         num_classes = check_lists(train_items, val_items, cfg.num_classes, names, train_path, val_path)
         model = build_model(cfg, num_classes)
         if cfg.init:
-            load_classifier_weights(model, cfg.init, cfg.head_map, trust_code=cfg.trust_checkpoint)
+            load_classifier_weights(model, cfg.init, cfg.head_map or kinetics_rows(cfg, num_classes, names,
+                                                                                   train_path),
+                                    trust_code=cfg.trust_checkpoint)
         elif cfg.head_map:
             raise ValueError("--head-map needs --init (the checkpoint whose head it selects from)")
         run_config = {**cfg.to_dict(), "num_classes": num_classes, "class_names": names, "stage": stage}
@@ -218,8 +260,9 @@ def run(cfg: FinetuneConfig) -> dict:
         val_loader = (eval_loader(val_items, val_index, cfg, dist, device, decoder, mode="val",
                                   batch_size=max(1, int(1.5 * cfg.batch_size))) if cfg.validate else None)
         cls_stage = ClassifyStage(model, cfg, device, dist, val_loader, teacher, run_config)
+        ema = ModelEma(model, cfg.model_ema_decay) if cfg.model_ema else None
         trainer, info = build_trainer(cfg, cls_stage, model, loader, device, dist, run_config,
-                                      layer_decay=cfg.layer_decay)
+                                      layer_decay=cfg.layer_decay, ema=ema)
         if dist.is_main:
             log.info("%s: model %s, %.3fM parameters, %d classes, %d train / %d val videos, %d steps/epoch, "
                      "total batch %d videos x %d views, lr %.3e (base %.2e per 256 videos), layer decay "
@@ -229,6 +272,7 @@ def run(cfg: FinetuneConfig) -> dict:
         trainer.resume(cfg.resume, trust_code=cfg.trust_checkpoint)
         record = trainer.fit()
         summary = {"final_loss": record.get("loss"), "best_top1": cls_stage.best_top1,
+                   "best_ema_top1": cls_stage.best_ema_top1 if ema is not None else None,
                    "global_step": trainer.global_step, "wall_s": time.time() - t0,
                    "output_dir": cfg.output_dir, "num_classes": num_classes}
         if dist.is_main:

@@ -17,9 +17,11 @@ import numpy as np
 import torch
 
 from ..config import EvaluateConfig
-from ..data.loaders import choose_decoder, eval_loader, load_list
+from ..config.datasets import DATASETS
+from ..data.loaders import choose_decoder, eval_loader, frame_layout, load_list
 from ..errors import DataPlaneError, RunStopped
 from ..models import build_classifier
+from ..models.zoo import model_options
 from ..models.weights import CheckpointMismatchError, load_classifier_weights, read_checkpoint
 from ..train.distributed import all_gather_objects
 from .build import embedded_dataset, session
@@ -52,12 +54,18 @@ def _view_settings(cfg: EvaluateConfig, ckpt: dict) -> SimpleNamespace:
         value = getattr(cfg, name)
         return value if value is not None else ckpt.get(name, default)
     size = get("input_size", 224)
+    dataset = DATASETS.get(ckpt.get("dataset") or "")
+    official = dataset.test_views if dataset else (5, 3)
+    test_views = (cfg.num_segments or official[0], cfg.num_crops or official[1])
     return SimpleNamespace(
+        test_views=test_views,
         model=cfg.model or ckpt.get("model"), input_size=size, num_frames=get("num_frames", 16),
         sampling_rate=get("sampling_rate", 4), short_side_size=get("short_side_size", size),
         sparse_sample=bool(get("sparse_sample", False)), num_classes=get("num_classes", 0),
         tubelet_size=ckpt.get("tubelet_size", 2), seed=cfg.seed, num_workers=cfg.num_workers,
-        dali_instances=cfg.dali_instances)
+        dali_instances=cfg.dali_instances, options=model_options(ckpt),
+        fname_tmpl=get("fname_tmpl", None), start_idx=get("start_idx", None),
+        use_mean_pooling=ckpt.get("use_mean_pooling", True))
 
 
 def run(cfg: EvaluateConfig) -> dict:
@@ -74,7 +82,7 @@ def run(cfg: EvaluateConfig) -> dict:
             list_file = str(Path(cfg.data) / "val.csv") if Path(cfg.data).is_dir() else cfg.data
             root = cfg.data_root
         decoder = choose_decoder(cfg.decoder, device, log_choice=dist.is_main)
-        entries, index = load_list(list_file, root, decoder=decoder, labels=True,
+        entries, index = load_list(list_file, root, decoder=decoder, labels=True, layout=frame_layout(view),
                                    build=decoder == "dali" and cfg.data is None)
         num_classes = view.num_classes or max(e.label for e in entries) + 1
         bad = [e for e in entries if e.label >= num_classes]
@@ -82,16 +90,17 @@ def run(cfg: EvaluateConfig) -> dict:
             raise ValueError(f"{list_file}: label {bad[0].label} of {bad[0].path} is outside the model's "
                              f"{num_classes} classes")
         model = build_classifier(view.model, num_classes, img_size=view.input_size,
-                                 num_frames=view.num_frames, tubelet_size=view.tubelet_size)
+                                 num_frames=view.num_frames, tubelet_size=view.tubelet_size,
+                                 use_mean_pooling=view.use_mean_pooling, **view.options)
         report = load_classifier_weights(model, cfg.checkpoint, trust_code=cfg.trust_checkpoint)
         if report.head != "loaded":
             raise CheckpointMismatchError(f"{cfg.checkpoint} has no {num_classes}-class head; pass the "
                                           "right --num-classes or a fine-tuned checkpoint")
         model = model.to(device).eval()
-        views = cfg.num_segments * cfg.num_crops
+        segments, crops = view.test_views
+        views = segments * crops
         loader = eval_loader(entries, index, view, dist, device, decoder, mode="test",
-                             batch_size=max(1, cfg.batch_views // views), segments=cfg.num_segments,
-                             crops=cfg.num_crops)
+                             batch_size=max(1, cfg.batch_views // views), segments=segments, crops=crops)
         bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
         t0, rows = time.time(), []
         try:
@@ -109,7 +118,7 @@ def run(cfg: EvaluateConfig) -> dict:
         if not rows:
             raise ValueError("no video could be decoded")
         res = metrics(np.array([r["probs"] for r in rows]), np.array([r["label"] for r in rows]))
-        res.update(views=f"{cfg.num_segments}x{cfg.num_crops}", wall_s=time.time() - t0)
+        res.update(views=f"{segments}x{crops}", wall_s=time.time() - t0)
         if dist.is_main:
             out = Path(cfg.output_dir)
             with open(out / "predictions.jsonl", "w", encoding="utf-8") as f:

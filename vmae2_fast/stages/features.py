@@ -17,6 +17,7 @@ from ..config import FeaturesConfig
 from ..data.pyav.video_io import VideoDecodeError, iter_frames, open_video
 from ..data.transforms import normalize
 from ..models import build_classifier
+from ..models.zoo import model_options
 from ..models.weights import extract_state_dict, load_classifier_weights, normalize_keys, read_checkpoint
 from ..train.storage import prepare_output_dir
 from .build import pick_device
@@ -78,7 +79,8 @@ def run(a: FeaturesConfig) -> dict:
     out = prepare_output_dir(a.out, "--out")       # before the model is built
     device = pick_device(a.device)
     model = build_classifier(model_name, n_cls, img_size=size, num_frames=a.window,
-                             tubelet_size=cfg.get("tubelet_size", 2))
+                             tubelet_size=cfg.get("tubelet_size", 2),
+                             use_mean_pooling=cfg.get("use_mean_pooling", True), **model_options(cfg))
     load_classifier_weights(model, a.checkpoint, trust_code=a.trust_checkpoint)
     model = model.to(device).eval()
     done, t0 = 0, time.time()

@@ -14,9 +14,10 @@ import torch
 
 from .. import ops
 from ..config import PretrainConfig, replace
-from ..data.loaders import choose_decoder, load_list, pretrain_loader
+from ..data.loaders import choose_decoder, frame_layout, load_list, pretrain_loader
 from ..masking import DualMasking
 from ..models import build_pretrain_model, count_parameters
+from ..models.zoo import model_options
 from ..train.distributed import DistInfo, all_reduce_sum
 from .build import build_trainer, embedded_dataset, seed_everything, session
 
@@ -56,8 +57,12 @@ class PretrainStage:
 
     @torch.no_grad()
     def on_epoch_end(self, epoch, trainer):
+        # every `preview_every` epochs, and after the last one (so a run shorter than the period
+        # still leaves the picture it promises)
         every = self.cfg.preview_every
-        if not every or (epoch + 1) % every or not self.dist.is_main or self.preview_source is None:
+        if not every or not self.dist.is_main or self.preview_source is None:
+            return {}
+        if (epoch + 1) % every and epoch + 1 != self.cfg.epochs:
             return {}
         from .preview import save_reconstruction_preview
         clips, _ = self.preview_source()
@@ -78,14 +83,15 @@ def build_model(cfg: PretrainConfig):
     return build_pretrain_model(
         cfg.model, img_size=cfg.input_size, num_frames=cfg.num_frames, tubelet_size=cfg.tubelet_size,
         decoder_depth=cfg.decoder_depth, drop_path_rate=cfg.drop_path,
-        normalize_target=cfg.normalize_target, activation_checkpointing=cfg.activation_checkpointing)
+        normalize_target=cfg.normalize_target, activation_checkpointing=cfg.activation_checkpointing,
+        **model_options(cfg))
 
 
 def run(cfg: PretrainConfig) -> dict:
     """Train stage 1 as `cfg` says; returns a summary (final loss, steps, skipped videos, ...)."""
     with session(cfg.device, cfg.output_dir) as (device, dist):
         t_start = time.time()
-        seed_everything(cfg.seed, dist.rank)
+        seed_everything(cfg.seed, dist.rank, cfg.threads)
         ops.use_backend(cfg.kernels)  # fused ops: logs which face runs, once
 
         # Everything that can fail on bad input is checked before any compute is spent.
@@ -95,14 +101,14 @@ def run(cfg: PretrainConfig) -> dict:
         if list_file is None:
             synth = embedded_dataset(dist)
             list_file, root = synth.pretrain_list, synth.root
-        entries, index = load_list(list_file, root, decoder=decoder, labels=False,
+        entries, index = load_list(list_file, root, decoder=decoder, labels=False, layout=frame_layout(cfg),
                                    build=cfg.data is None)
         loader = pretrain_loader(entries, index, replace(cfg, decoder=decoder), dist, device, decoder)
 
         def preview_source():                  # one CPU-decoded clip, whatever the decoder
             from ..data.pyav.pretrain import PretrainVideoDataset
             return PretrainVideoDataset(entries[:1], num_frames=cfg.num_frames, sampling_rate=cfg.sampling_rate,
-                                        input_size=cfg.input_size, seed=cfg.seed)[0]
+                                        input_size=cfg.input_size, seed=cfg.seed, layout=frame_layout(cfg))[0]
 
         stage = PretrainStage(model, cfg, device, dist, preview_source)
         trainer, info = build_trainer(cfg, stage, model, loader, device, dist, cfg.to_dict())

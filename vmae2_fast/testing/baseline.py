@@ -59,7 +59,11 @@ def numpy_masks(batch, grid, mask_ratio, decoder_mask_ratio, rng: np.random.Gene
     return torch.from_numpy(enc), torch.from_numpy(dec)
 
 
-def block(sd, prefix, x, heads, eps):
+def block(sd, prefix, x, heads, eps, qk_scale=None):
+    """One official Block. The official options are read off the weights, as the official modules
+    hold them: ``attn.scale`` makes it a CosAttention (normalised q and k, their product times
+    exp(min(scale, 4.6052))), ``gamma_1``/``gamma_2`` the layer scale; ``qk_scale`` replaces
+    head_dim ** -0.5 in the plain attention."""
     def ln(t, name):
         return F.layer_norm(t, t.shape[-1:], sd[f"{prefix}{name}.weight"], sd[f"{prefix}{name}.bias"], eps)
     B, N, C = x.shape
@@ -68,13 +72,42 @@ def block(sd, prefix, x, heads, eps):
                       sd[f"{prefix}attn.v_bias"]])
     qkv = F.linear(h, sd[f"{prefix}attn.qkv.weight"], bias).reshape(B, N, 3, heads, -1).permute(2, 0, 3, 1, 4)
     q, k, v = qkv[0], qkv[1], qkv[2]
-    q = q * (C // heads) ** -0.5
-    attn = (q @ k.transpose(-2, -1)).softmax(dim=-1)
+    logit_scale = sd.get(f"{prefix}attn.scale")
+    if logit_scale is not None:
+        attn = F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1)
+        attn = attn * torch.clamp(logit_scale, max=4.6052).exp()
+    else:
+        q = q * (qk_scale or (C // heads) ** -0.5)
+        attn = q @ k.transpose(-2, -1)
+    attn = attn.softmax(dim=-1)
     o = (attn @ v).transpose(1, 2).reshape(B, N, C)
-    x = x + F.linear(o, sd[f"{prefix}attn.proj.weight"], sd[f"{prefix}attn.proj.bias"])
+    o = F.linear(o, sd[f"{prefix}attn.proj.weight"], sd[f"{prefix}attn.proj.bias"])
+    g1, g2 = sd.get(f"{prefix}gamma_1"), sd.get(f"{prefix}gamma_2")
+    x = x + (o if g1 is None else g1 * o)
     h = ln(x, "norm2")
     h = F.gelu(F.linear(h, sd[f"{prefix}mlp.fc1.weight"], sd[f"{prefix}mlp.fc1.bias"]))
-    return x + F.linear(h, sd[f"{prefix}mlp.fc2.weight"], sd[f"{prefix}mlp.fc2.bias"])
+    h = F.linear(h, sd[f"{prefix}mlp.fc2.weight"], sd[f"{prefix}mlp.fc2.bias"])
+    return x + (h if g2 is None else g2 * h)
+
+
+def classifier_forward(sd, cfg, video):
+    """The official classifier (VisionTransformer.forward, eval mode) from a state dict: learned
+    ``pos_embed`` when the weights hold one, else the numpy sinusoid; mean pooling + fc_norm, or
+    (``use_mean_pooling`` False) ``norm`` of the first token."""
+    p, t, eps = cfg["patch_size"], cfg["tubelet_size"], cfg.get("layer_norm_eps", 1e-6)
+    x = F.conv3d(video, sd["patch_embed.proj.weight"], sd["patch_embed.proj.bias"],
+                 stride=(t, p, p)).flatten(2).transpose(1, 2)
+    table = sd.get("pos_embed")
+    if table is None:
+        table = numpy_sinusoid(x.shape[1], x.shape[2])
+    x = x + table.expand(x.shape[0], -1, -1).type_as(x).to(x.device)
+    for i in range(cfg["depth"]):
+        x = block(sd, f"blocks.{i}.", x, cfg["num_heads"], eps, cfg.get("qk_scale"))
+    if cfg.get("use_mean_pooling", True):
+        feat = F.layer_norm(x.mean(1), x.shape[-1:], sd["fc_norm.weight"], sd["fc_norm.bias"], eps)
+    else:
+        feat = F.layer_norm(x[:, 0], x.shape[-1:], sd["norm.weight"], sd["norm.bias"], eps)
+    return F.linear(feat, sd["head.weight"], sd["head.bias"])
 
 
 def cached_sinusoid(tables: dict, n: int, d: int) -> torch.Tensor:
@@ -102,10 +135,14 @@ def pretrain_forward_loss(sd, cfg, video, mask, decode_mask, tables=None):
     w = sd["encoder.patch_embed.proj.weight"]
     tok = F.conv3d(video, w, sd["encoder.patch_embed.proj.bias"], stride=(t, p, p)).flatten(2).transpose(1, 2)
     N, Ce = tok.shape[1], tok.shape[2]
-    tok = tok + cached_sinusoid(tables, N, Ce).type_as(tok).to(tok.device).clone().detach()
+    if "encoder.pos_embed" in sd:      # a learned table (1, N, C), trained with the model
+        tok = tok + sd["encoder.pos_embed"]
+    else:
+        tok = tok + cached_sinusoid(tables, N, Ce).type_as(tok).to(tok.device).clone().detach()
     x = tok[~mask].reshape(B, -1, Ce)
+    qk_scale = cfg.get("qk_scale")
     for i in range(cfg["encoder_depth"]):
-        x = block(sd, f"encoder.blocks.{i}.", x, cfg["encoder_num_heads"], eps)
+        x = block(sd, f"encoder.blocks.{i}.", x, cfg["encoder_num_heads"], eps, qk_scale)
     x = F.layer_norm(x, (Ce,), sd["encoder.norm.weight"], sd["encoder.norm.bias"], eps)
     z = F.linear(x, sd["encoder_to_decoder.weight"])
     Cd = z.shape[-1]
@@ -115,7 +152,7 @@ def pretrain_forward_loss(sd, cfg, video, mask, decode_mask, tables=None):
     pe_m = pe[~decode_mask].reshape(B, -1, Cd)
     seq = torch.cat([z + pe_v, sd["mask_token"] + pe_m], dim=1)
     for i in range(cfg["decoder_depth"]):
-        seq = block(sd, f"decoder.blocks.{i}.", seq, cfg["decoder_num_heads"], eps)
+        seq = block(sd, f"decoder.blocks.{i}.", seq, cfg["decoder_num_heads"], eps, qk_scale)
     h = seq[:, -pe_m.shape[1]:]
     h = F.layer_norm(h, (Cd,), sd["decoder.norm.weight"], sd["decoder.norm.bias"], eps)
     out = F.linear(h, sd["decoder.head.weight"], sd["decoder.head.bias"])

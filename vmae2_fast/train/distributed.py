@@ -1,8 +1,18 @@
-"""Process-group set-up from torchrun's environment, and small helpers that are no-ops alone."""
+"""Process-group set-up from torchrun's environment (or Slurm's, under a bare ``srun``), and small
+helpers that are no-ops alone.
+
+Two launches reach the same process group (README "Several nodes"):
+* ``torchrun`` on every node (``srun`` one task per node, c10d rendezvous): torchrun sets
+  RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT, as on one node;
+* ``srun`` one task per GPU without torchrun (the official scripts' way): the task's SLURM_PROCID,
+  SLURM_STEP_NUM_TASKS and SLURM_LOCALID give the rank, world size and local rank; MASTER_ADDR
+  defaults to the first node of the job (``scontrol show hostnames``) and MASTER_PORT to 29500.
+"""
 from __future__ import annotations
 
 import datetime
 import os
+import subprocess
 from dataclasses import dataclass
 
 import torch
@@ -24,11 +34,33 @@ class DistInfo:
         return self.world_size > 1
 
 
+def slurm_environment(env=os.environ) -> dict:
+    """torchrun's variables from those ``srun`` gives each task (empty when torchrun already set
+    them, or outside an ``srun`` step of several tasks)."""
+    if "WORLD_SIZE" in env or "SLURM_PROCID" not in env or int(env.get("SLURM_STEP_NUM_TASKS", "1")) <= 1:
+        return {}
+    out = {"RANK": env["SLURM_PROCID"], "WORLD_SIZE": env["SLURM_STEP_NUM_TASKS"],
+           "LOCAL_RANK": env.get("SLURM_LOCALID", "0"), "MASTER_PORT": env.get("MASTER_PORT", "29500")}
+    addr = env.get("MASTER_ADDR")
+    if not addr:
+        nodes = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST", "")
+        try:
+            addr = subprocess.run(["scontrol", "show", "hostnames", nodes], capture_output=True,
+                                  text=True, check=True).stdout.split()[0]
+        except (OSError, subprocess.CalledProcessError, IndexError) as exc:
+            raise ValueError(f"under srun without torchrun, set MASTER_ADDR to the first node of the "
+                             f"job (scontrol could not list {nodes!r}: {exc})") from None
+    out["MASTER_ADDR"] = addr
+    return out
+
+
 def init_distributed(device_type: str) -> DistInfo:
-    """Join the process group torchrun describes (RANK/WORLD_SIZE/LOCAL_RANK); alone, do nothing.
+    """Join the process group torchrun describes (RANK/WORLD_SIZE/LOCAL_RANK), or the one a bare
+    ``srun`` step of several tasks describes (`slurm_environment`); alone, do nothing.
 
     NCCL on CUDA, gloo on the CPU (which is how the multi-process tests run here).
     """
+    os.environ.update(slurm_environment())
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistInfo()

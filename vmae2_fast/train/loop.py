@@ -81,8 +81,10 @@ class NonFiniteLossError(RuntimeError):
 class Trainer:
     def __init__(self, stage: Stage, wrapped_model: nn.Module, optimizer: torch.optim.Optimizer,
                  make_loader: Callable[[int, int], Iterable], lr_schedule, wd_schedule,
-                 settings: LoopSettings, device: torch.device, dist_info: DistInfo, run_config: dict):
+                 settings: LoopSettings, device: torch.device, dist_info: DistInfo, run_config: dict,
+                 ema=None):
         self.stage, self.model, self.optimizer = stage, wrapped_model, optimizer
+        self.ema = ema                          # train.ema.ModelEma of stage.model, or None
         self.make_loader = make_loader          # (epoch, micro_steps_to_skip) -> batches
         self.lr_schedule, self.wd_schedule = lr_schedule, wd_schedule
         self.s, self.device, self.dist = settings, device, dist_info
@@ -125,6 +127,7 @@ class Trainer:
             "stage": self.stage.state_dict(), "rng_per_rank": rng, "config": self.run_config,
             "records": {"offsets": offsets(self.out) if self.dist.is_main else {},
                         "skipped": self.skips.state_dict()},
+            **({"model_ema": self.ema.state_dict()} if self.ema is not None else {}),
         }
 
     def newest_checkpoint(self) -> Path | None:
@@ -192,6 +195,11 @@ class Trainer:
                 f"{path} does not fit this model (it was written by a run of {was}): "
                 f"{str(e).splitlines()[0]} ... Use a fresh --output-dir, or --resume none.") from e
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.ema is not None:
+            if "model_ema" not in state:
+                raise CheckpointError(f"{path} has no model_ema entry (it was written without "
+                                      "--model-ema); resume it without --model-ema")
+            self.ema.load_state_dict(state["model_ema"])
         if self.scaler and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.epoch_step = state["epoch"], state["epoch_step"]
@@ -274,6 +282,8 @@ class Trainer:
             self.optimizer.found_inf = (~finite).float()
             self.optimizer.step()
             del self.optimizer.found_inf
+        if self.ema is not None:       # after every optimiser step, as the official engine
+            self.ema.update(self.stage.model)
         self.optimizer.zero_grad(set_to_none=True)
         self.nonfinite_run = torch.where(finite, torch.zeros_like(self.nonfinite_run), self.nonfinite_run + 1)
         self.skipped_total += (~finite).long()

@@ -77,8 +77,10 @@ def scaled_lr(base_lr: float, total_batch: int, reference: int = 256) -> float:
 def run_schedules(cfg, steps_per_epoch: int, world_size: int):
     """The per-iteration schedules of a run from its config (any stage's: the fields `lr`,
     `min_lr`, `warmup_lr`, `epochs`, `warmup_epochs`, `warmup_steps`, `weight_decay`,
-    `batch_size`, `accum_steps`): learning rates scaled by the total batch of videos / 256,
-    cosine with linear warm-up, constant weight decay.
+    `batch_size`, `accum_steps`, `weight_decay_end`): learning rates scaled by the total batch of
+    videos / 256, cosine with linear warm-up; weight decay cosine from `weight_decay` to
+    `weight_decay_end` over the whole run without warm-up (the official `--weight_decay_end`;
+    None keeps it constant, the official default).
 
     Returns (peak lr, lr per iteration, weight decay per iteration, total batch).
     """
@@ -86,4 +88,7 @@ def run_schedules(cfg, steps_per_epoch: int, world_size: int):
     lr = scaled_lr(cfg.lr, total_batch)
     lr_schedule = cosine_schedule(lr, scaled_lr(cfg.min_lr, total_batch), cfg.epochs, steps_per_epoch,
                                   cfg.warmup_epochs, scaled_lr(cfg.warmup_lr, total_batch), cfg.warmup_steps)
-    return lr, lr_schedule, np.full(len(lr_schedule), cfg.weight_decay), total_batch
+    wd_end = getattr(cfg, "weight_decay_end", None)
+    wd_schedule = cosine_schedule(cfg.weight_decay, cfg.weight_decay if wd_end is None else wd_end,
+                                  cfg.epochs, steps_per_epoch)
+    return lr, lr_schedule, wd_schedule, total_batch

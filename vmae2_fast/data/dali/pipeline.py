@@ -30,6 +30,11 @@ which file, which frames and which crop boxes, and feeds them through ``external
   random generator: it differs with N, as it already differs across a resume.)
 * Host to device: see :mod:`.transfer` (CPU decode for CUDA training goes through a reusable
   pinned buffer and a non-blocking copy).
+* Frame folders (index codec ``rawframes``): the host reads the clip's frame files (named by
+  ``fname_tmpl`` from the folder's start number) and DALI's image decoder decodes each one
+  (``device="mixed"``: nvJPEG on the GPU; ``"cpu"`` on the host), stacked into the same
+  ``(T, H, W, C)`` sequence the video decoder gives, so everything after it is shared. A list
+  must be all videos or all frame folders (one graph per loader).
 """
 from __future__ import annotations
 
@@ -46,7 +51,8 @@ from ...errors import BadDataError, DataPlaneError
 from ..clip_sampling import (finetune_frame_indices, multiscale_crop_box, pretrain_frame_indices,
                              random_erasing_box, random_resized_crop_box, sparse_frame_indices,
                              test_crop_boxes, test_frame_indices)
-from ..index import DALI_CPU_CODECS, DALI_GPU_CODECS, IndexedVideo
+from ..index import DALI_CPU_CODECS, DALI_GPU_CODECS, RAWFRAMES, IndexedVideo
+from ..pyav.frames import DEFAULT_TEMPLATE, frame_file
 from ..sampler import GlobalBatchSampler
 from .transfer import PinnedStager, transfer_plan
 
@@ -87,7 +93,10 @@ class _Sample:
     skips: list = field(default_factory=list)   # (path, reason) of bad files passed over
 
 
-def _build_pipeline(batch_size, device, device_id, num_threads, size, views, fp16, rand_aug, seed):
+def _build_pipeline(batch_size, device, device_id, num_threads, size, views, fp16, rand_aug, seed,
+                    images: int = 0):
+    """The graph; ``images`` > 0: each sample is that many encoded frame files (a frame folder's
+    clip), decoded by the image decoder and stacked, instead of one encoded video."""
     import nvidia.dali.fn as fn
     import nvidia.dali.types as types
     from nvidia.dali import pipeline_def
@@ -96,10 +105,16 @@ def _build_pipeline(batch_size, device, device_id, num_threads, size, views, fp1
                   seed=seed, exec_dynamic=True, enable_conditionals=rand_aug is not None,
                   prefetch_queue_depth=1)
     def pipe():
-        enc = fn.external_source(name="enc", dtype=types.UINT8, ndim=1, no_copy=True)
-        idx = fn.external_source(name="frames", dtype=types.INT32, ndim=1)
-        video = fn.decoders.video(enc, device="mixed" if device == "gpu" else "cpu", frames=idx,
-                                  pad_mode="none")
+        dev = "mixed" if device == "gpu" else "cpu"
+        if images:
+            frames = [fn.decoders.image(fn.external_source(name=f"img{j}", dtype=types.UINT8, ndim=1,
+                                                           no_copy=True), device=dev, output_type=types.RGB)
+                      for j in range(images)]
+            video = fn.stack(*frames, axis=0, axis_name="F")
+        else:
+            enc = fn.external_source(name="enc", dtype=types.UINT8, ndim=1, no_copy=True)
+            idx = fn.external_source(name="frames", dtype=types.INT32, ndim=1)
+            video = fn.decoders.video(enc, device=dev, frames=idx, pad_mode="none")
         outs = []
         for k in range(views):
             v = video
@@ -142,7 +157,8 @@ class DaliVideoLoader:
                  num_threads: int = 2, prefetch: int = 2, dtype: torch.dtype = torch.float32,
                  flip: bool = True, rand_augment: Optional[tuple] = None, erase_prob: float = 0.0,
                  sparse: bool = False, max_retries: int = 10, decoder_instances: int = 1,
-                 target_device=None, min_crop_scale: float = 0.08, short_side: Optional[int] = None):
+                 target_device=None, min_crop_scale: float = 0.08, short_side: Optional[int] = None,
+                 fname_tmpl: str = DEFAULT_TEMPLATE):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if device not in ("cpu", "gpu"):
@@ -160,6 +176,11 @@ class DaliVideoLoader:
                         "left out", device, self.excluded, len(videos), ", ".join(sorted(codecs)))
         if not self.videos:
             raise ValueError(f"no video that DALI can decode on the {device} is left")
+        kinds = {v.codec == RAWFRAMES for v in self.videos}
+        if len(kinds) > 1:
+            raise ValueError("the list mixes video files and frame folders, which DALI decodes with "
+                             "different graphs: split the list, or use --decoder pyav")
+        self.raw_frames, self.fname_tmpl = kinds == {True}, fname_tmpl
         self.mode, self.batch_size, self.seed = mode, int(batch_size), int(seed)
         self.T, self.rate, self.size = int(num_frames), int(sampling_rate), int(input_size)
         self.segments = int(test_segments) if mode == "test" else 1
@@ -244,14 +265,19 @@ class DaliVideoLoader:
 
     # ------------------------------------------------------------------ DALI plumbing
     def _new_pipe(self, batch_size=None, instance: int = 0):
+        images = self.T * self.segments if self.raw_frames else 0
         return _build_pipeline(batch_size or self.batch_size, self.device,
                                self.device_id if self.device == "gpu" else None, self.num_threads,
                                self.size, self.views, self.dtype == torch.float16, self.rand_aug,
-                               self.seed + 7919 * self.rank + 104729 * instance)
+                               self.seed + 7919 * self.rank + 104729 * instance, images)
 
     def _feed(self, pipe, samples: List[_Sample]):
-        pipe.feed_input("enc", [np.fromfile(s.video.path, dtype=np.uint8) for s in samples])
-        pipe.feed_input("frames", [s.frames.astype(np.int32) for s in samples])
+        if self.raw_frames:         # a missing frame file fails here, a corrupt one in DALI: both bad
+            for j in range(self.T * self.segments):
+                pipe.feed_input(f"img{j}", [self._frame_bytes(s, j) for s in samples])
+        else:
+            pipe.feed_input("enc", [np.fromfile(s.video.path, dtype=np.uint8) for s in samples])
+            pipe.feed_input("frames", [s.frames.astype(np.int32) for s in samples])
         for k in range(self.views):
             # resize's roi follows the (H, W) order of the frames
             pipe.feed_input(f"roi_start{k}", [np.array([s.boxes[k][1], s.boxes[k][0]], np.float32)
@@ -261,6 +287,13 @@ class DaliVideoLoader:
                                             for s in samples])
             pipe.feed_input(f"mirror{k}", [np.array(s.mirror[k], np.int32) for s in samples])
         pipe.schedule_run()
+
+    def _frame_bytes(self, s: _Sample, j: int) -> np.ndarray:
+        path = frame_file(s.video.path, self.fname_tmpl, s.video.start + int(s.frames[j]))
+        try:
+            return np.fromfile(path, dtype=np.uint8)
+        except OSError:             # missing: an empty buffer, which the image decoder rejects
+            return np.zeros(0, dtype=np.uint8)
 
     def _decode_error(self, s: _Sample) -> Optional[str]:
         """Decode ``s`` alone in a fresh pipeline: None if DALI accepts the file, else why not."""

@@ -25,20 +25,24 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, get_worker_info
 
-from .video_io import VideoDecodeError, count_frames
+from ..lists import VideoEntry
+from .frames import FrameLayout, count_clip_frames
+from .video_io import VideoDecodeError
 
 logger = logging.getLogger(__name__)
 
 
 class VideoDataset(Dataset):
-    def __init__(self, items: Sequence, seed: int = 0, max_retries: int = 10):
+    def __init__(self, items: Sequence, seed: int = 0, max_retries: int = 10,
+                 layout: FrameLayout | None = None):
         if len(items) == 0:
             raise ValueError("the annotation list is empty: it needs one line per video")
         if max_retries < 0:
             raise ValueError(f"max_retries must be >= 0, got {max_retries}")
         if seed < 0:
             raise ValueError(f"seed must be >= 0 (it seeds numpy's SeedSequence), got {seed}")
-        self.items = list(items)
+        self.layout = layout or FrameLayout()
+        self.items = [as_entry(x, self.layout.start_idx) for x in items]
         self.seed, self.max_retries = int(seed), int(max_retries)
         self.epoch = 0
         # Frame counts found by decoding (lists with total_frames = -1; WebM stores no count).
@@ -56,13 +60,14 @@ class VideoDataset(Dataset):
     def rng(self, index: int, attempt: int = 0) -> np.random.Generator:
         return np.random.default_rng([self.seed, self.epoch, int(index), attempt])
 
-    def frame_count(self, path: str, known: int = -1) -> int:
-        """``known`` if the list or the index gave it, else counted once by decoding."""
-        if known > 0:
-            return known
-        n = self._counted.get(path)
+    def frame_count(self, item: VideoEntry) -> int:
+        """The item's count if the list or the index gave it, else counted once (a video by
+        decoding it, a frame folder by its consecutive files)."""
+        if item.total > 0:
+            return item.total
+        n = self._counted.get(item.path)
         if n is None:
-            n = self._counted[path] = count_frames(path)
+            n = self._counted[item.path] = count_clip_frames(item.path, self.layout, item.start)
         return n
 
     def path_of(self, index: int) -> str:
@@ -137,3 +142,12 @@ class WorkerBoard:
             if pid in pids and self.busy[row]:
                 out.append(bytes(self.paths[row].tolist()).rstrip(b"\0").decode("utf-8", "replace"))
         return out
+
+
+def as_entry(item, start_idx: int) -> VideoEntry:
+    """A `VideoEntry` from an entry or a ``(path, label)`` pair (whose frame folder, if it is one,
+    starts at ``start_idx``)."""
+    if isinstance(item, VideoEntry):
+        return item
+    path, label = item
+    return VideoEntry(path, start=start_idx, label=label)

@@ -17,7 +17,7 @@ to ``short_side_size``, centre crop. Randomness: ``default_rng([seed, epoch, ind
 from __future__ import annotations
 
 import logging
-from typing import Sequence, Tuple
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -27,9 +27,10 @@ from torch.utils.data import Dataset
 from ..clip_sampling import (finetune_frame_indices, random_resized_crop_box, sparse_frame_indices,
                              test_crop_offsets, test_frame_indices)
 from ..transforms import cube_random_erasing, normalize, resize_short_side, to_float_tchw
-from .base import VideoDataset
+from .base import VideoDataset, as_entry
+from .frames import FrameLayout, count_clip_frames, decode_clip
 from .randaugment import VideoRandAugment
-from .video_io import VideoDecodeError, count_frames, decode_frames
+from .video_io import VideoDecodeError
 
 __all__ = ["VideoClsDataset", "VideoTestDataset", "cls_collate", "eval_collate"]
 
@@ -46,12 +47,14 @@ class VideoClsDataset(VideoDataset):
     ``(None, label, ((path, reason),), path)`` (dropped by the collate).
     """
 
-    def __init__(self, items: Sequence[Tuple[str, int]], train: bool, num_frames: int = 16,
+    def __init__(self, items: Sequence, train: bool, num_frames: int = 16,
                  sampling_rate: int = 4, input_size: int = 224, short_side_size: int = 224,
                  num_sample: int = 2, flip: bool = True, aa: str = "rand-m7-n4-mstd0.5-inc1",
                  reprob: float = 0.25, min_crop_scale: float = 0.08, sparse: bool = False,
-                 seed: int = 0, max_retries: int = 10):
-        super().__init__(items, seed, max_retries)
+                 seed: int = 0, max_retries: int = 10, layout: FrameLayout | None = None):
+        """``items``: `VideoEntry` records or ``(path, label)`` pairs; a path may be a video file
+        or a frame folder (``layout``)."""
+        super().__init__(items, seed, max_retries, layout)
         self.train = train
         self.num_frames, self.sampling_rate = int(num_frames), int(sampling_rate)
         self.input_size, self.short_side_size = int(input_size), int(short_side_size)
@@ -60,8 +63,8 @@ class VideoClsDataset(VideoDataset):
         self.min_crop_scale = float(min_crop_scale)
         self.randaug = VideoRandAugment.from_policy(aa) if train else None
 
-    def _indices(self, path: str, rng) -> np.ndarray:
-        n = self.frame_count(path)
+    def _indices(self, item, rng) -> np.ndarray:
+        n = self.frame_count(item)
         if self.sparse:
             return sparse_frame_indices(n, self.num_frames, rng, self.train)
         return finetune_frame_indices(n, self.num_frames, self.sampling_rate, rng, self.train)
@@ -90,9 +93,9 @@ class VideoClsDataset(VideoDataset):
 
     def _train_item(self, current: int, rng):
         """The clips and the label of the video actually loaded (a replacement has its own)."""
-        path, label = self.items[current]
-        frames = decode_frames(path, self._indices(path, rng))
-        return torch.stack([self._train_view(frames, rng) for _ in range(self.num_sample)]), label
+        item = self.items[current]
+        frames = decode_clip(item.path, self._indices(item, rng), self.layout, item.start)
+        return torch.stack([self._train_view(frames, rng) for _ in range(self.num_sample)]), item.label
 
     def __getitem__(self, index: int):
         if self.train:
@@ -100,10 +103,11 @@ class VideoClsDataset(VideoDataset):
             if loaded is None:
                 return None, -1, skipped
             return loaded[0], loaded[1], skipped
-        path, label = self.items[int(index)]
+        item = self.items[int(index)]
+        path, label = item.path, item.label
         try:
             with self.reading(path):
-                frames = decode_frames(path, self._indices(path, self.rng(index)))
+                frames = decode_clip(path, self._indices(item, self.rng(index)), self.layout, item.start)
             return self._val_view(frames)[None], label, (), path
         except VideoDecodeError as exc:
             logger.warning("skipping unreadable video %s (%s)", path, exc)
@@ -130,22 +134,26 @@ class VideoTestDataset(Dataset):
     the long side. An unreadable video gives ``(None, label, ((path, reason),), path)``, dropped by
     the collate."""
 
-    def __init__(self, items: Sequence[Tuple[str, int]], num_frames: int = 16, sampling_rate: int = 4,
+    def __init__(self, items: Sequence, num_frames: int = 16, sampling_rate: int = 4,
                  input_size: int = 224, short_side_size: int = 224, segments: int = 5, crops: int = 3,
-                 sparse: bool = False):
+                 sparse: bool = False, layout: FrameLayout | None = None):
         if segments < 1 or crops < 1:
             raise ValueError("the number of temporal segments and spatial crops must be at least 1")
-        self.items = list(items)
+        self.layout = layout or FrameLayout()
+        self.items = [as_entry(x, self.layout.start_idx) for x in items]
         self.T, self.rate, self.size = int(num_frames), int(sampling_rate), int(input_size)
         self.short_side, self.segments, self.crops, self.sparse = int(short_side_size), segments, crops, sparse
 
     def __len__(self) -> int:
         return len(self.items)
 
-    def views(self, path: str) -> torch.Tensor:
-        idx = test_frame_indices(count_frames(path), self.T, self.rate, self.segments, self.sparse)
+    def views(self, item) -> torch.Tensor:
+        """The views of one `VideoEntry` (or a path: a video, or a folder from ``start_idx``)."""
+        item = as_entry((item, None), self.layout.start_idx) if isinstance(item, str) else item
+        n = item.total if item.total > 0 else count_clip_frames(item.path, self.layout, item.start)
+        idx = test_frame_indices(n, self.T, self.rate, self.segments, self.sparse)
         uniq, inv = np.unique(idx.reshape(-1), return_inverse=True)
-        frames = decode_frames(path, uniq)                              # (U, H, W, 3), one decode
+        frames = decode_clip(item.path, uniq, self.layout, item.start)   # (U, H, W, 3), one decode
         h, w = frames.shape[1:3]
         buf = resize_short_side(to_float_tchw(frames), self.short_side)
         out = []
@@ -159,9 +167,10 @@ class VideoTestDataset(Dataset):
         return torch.stack(out)
 
     def __getitem__(self, index: int):
-        path, label = self.items[int(index)]
+        item = self.items[int(index)]
+        path, label = item.path, item.label
         try:
-            return self.views(path), label, (), path
+            return self.views(item), label, (), path
         except VideoDecodeError as exc:
             logger.warning("skipping unreadable video %s (%s)", path, exc)
             return None, label, ((path, str(exc)),), path

@@ -15,7 +15,6 @@ reports the ``(path, reason)`` of each video it skipped (`base.VideoDataset.with
 from __future__ import annotations
 
 import logging
-import os
 from typing import Optional, Sequence, Tuple
 
 import numpy as np
@@ -25,7 +24,7 @@ from ..clip_sampling import multiscale_crop_box, pretrain_frame_indices
 from ..lists import VideoEntry
 from ..transforms import crop_resize_normalize
 from .base import VideoDataset
-from .video_io import decode_frames
+from .frames import FrameLayout, decode_clip
 
 __all__ = ["PretrainVideoDataset", "pretrain_collate"]
 
@@ -37,8 +36,9 @@ class PretrainVideoDataset(VideoDataset):
     readable video was found) and the ``(path, reason)`` pairs of the videos passed over."""
 
     def __init__(self, items: Sequence[VideoEntry], num_frames: int = 16, sampling_rate: int = 4,
-                 input_size: int = 224, num_sample: int = 1, seed: int = 0, max_retries: int = 10):
-        super().__init__(items, seed, max_retries)
+                 input_size: int = 224, num_sample: int = 1, seed: int = 0, max_retries: int = 10,
+                 layout: FrameLayout | None = None):
+        super().__init__(items, seed, max_retries, layout)
         if num_sample < 1:
             raise ValueError(f"num_sample must be >= 1, got {num_sample}")
         self.num_frames = int(num_frames)
@@ -48,13 +48,10 @@ class PretrainVideoDataset(VideoDataset):
 
     def _load(self, current: int, rng: np.random.Generator) -> torch.Tensor:
         item = self.items[current]
-        if os.path.isdir(item.path):
-            # Skipping would silently drop a whole raw-frame dataset: fail loudly instead.
-            raise NotImplementedError(f"{item.path} is a directory of frames; raw-frame datasets are "
-                                      "not supported yet, list video files instead")
-        n_frames = self.frame_count(item.path, item.total)
+        n_frames = self.frame_count(item)
         indices = pretrain_frame_indices(n_frames, self.num_frames, self.sampling_rate, rng)
-        frames = decode_frames(item.path, indices)  # (T, H, W, 3) uint8, decoded once
+        # (T, H, W, 3) uint8, decoded once; a frame folder starts at its list line's start_idx
+        frames = decode_clip(item.path, indices, self.layout, item.start)
         h, w = frames.shape[1:3]
         x = torch.from_numpy(frames)
         views = [crop_resize_normalize(x, multiscale_crop_box(w, h, self.input_size, rng),

@@ -27,8 +27,8 @@ def open_video(path: str, threads: int):
     if not os.path.exists(path):
         raise VideoDecodeError(f"video file not found: {path}")
     if os.path.isdir(path):
-        raise VideoDecodeError(
-            f"{path} is a directory; raw-frame folders are not supported yet, only video files")
+        raise VideoDecodeError(f"{path} is a directory, not a video file (frame folders are read "
+                               "by data.pyav.frames)")
     try:
         container = av.open(path)
     except (av.FFmpegError, OSError, ValueError) as exc:

@@ -1,0 +1,107 @@
+"""Frame folders, the official raw-frame layout: one image per frame, named by a template.
+
+Frame ``i`` (0-based) of a folder is ``folder / template.format(start + i)``; the official defaults
+are ``img_{:05}.jpg`` and start 1 (``--fname_tmpl``, ``--start_idx``), and a pre-training list gives
+the start per line (``frame_dir start_idx total_frames``). Frames are decoded on the CPU with PIL
+(the official code uses OpenCV; both read JPEG with libjpeg, so pixels may differ in the last bit
+where the builds differ). A missing, unreadable or differently sized frame raises
+:class:`VideoDecodeError` naming the file, so the datasets skip and count the clip exactly as
+they skip an unreadable video.
+
+`decode_clip` and `count_clip_frames` are what the datasets call: a folder goes here, a file to
+`video_io`.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import List, Sequence
+
+import numpy as np
+
+from .video_io import VideoDecodeError, count_frames, decode_frames
+
+__all__ = ["DEFAULT_TEMPLATE", "DEFAULT_START", "FrameLayout", "frame_file", "scan_frame_folder",
+           "read_frame_folder", "decode_clip", "count_clip_frames"]
+
+DEFAULT_TEMPLATE = "img_{:05}.jpg"
+DEFAULT_START = 1
+
+
+@dataclass(frozen=True)
+class FrameLayout:
+    """How frame folders name their files; ``start_idx`` is the default first number (lists
+    without a start column), a pre-training list's own start wins."""
+    template: str = DEFAULT_TEMPLATE
+    start_idx: int = DEFAULT_START
+
+
+def frame_file(folder: str, template: str, number: int) -> str:
+    return os.path.join(folder, template.format(number))
+
+
+def _names(folder: str) -> set:
+    try:
+        return set(os.listdir(folder))
+    except OSError as exc:
+        raise VideoDecodeError(f"cannot list the frame folder {folder}: {exc}") from exc
+
+
+def scan_frame_folder(folder: str, template: str, start: int, listed: int = -1) -> tuple[int, List[str]]:
+    """``(frames, missing)``: with a listed count, that count and the listed frames that are
+    absent; without one, the number of consecutive frames from ``start`` (none missing)."""
+    names = _names(folder)
+    if listed > 0:
+        expected = [template.format(start + i) for i in range(listed)]
+        return listed, [n for n in expected if n not in names]
+    n = 0
+    while template.format(start + n) in names:
+        n += 1
+    return n, []
+
+
+def _read_image(path: str) -> np.ndarray:
+    from PIL import Image
+    try:
+        with Image.open(path) as img:
+            return np.asarray(img.convert("RGB"))
+    except FileNotFoundError:
+        raise VideoDecodeError(f"missing frame {path}") from None
+    except (OSError, ValueError, SyntaxError) as exc:    # PIL's errors for truncated / bad files
+        raise VideoDecodeError(f"unreadable frame {path}: {exc}") from exc
+
+
+def read_frame_folder(folder: str, indices: Sequence[int], template: str, start: int) -> np.ndarray:
+    """Frames ``indices`` (0-based, repeats allowed) of a folder as uint8 RGB ``(T, H, W, 3)``; each
+    distinct frame is decoded once."""
+    idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+    if idx.size == 0:
+        raise ValueError("read_frame_folder needs at least one frame index")
+    if not os.path.isdir(folder):
+        raise VideoDecodeError(f"frame folder not found: {folder}")
+    decoded = {i: _read_image(frame_file(folder, template, start + i)) for i in np.unique(idx).tolist()}
+    shapes = {a.shape for a in decoded.values()}
+    if len(shapes) > 1:
+        raise VideoDecodeError(f"frames of {folder} have different sizes {sorted(shapes)}")
+    return np.stack([decoded[i] for i in idx.tolist()])
+
+
+def decode_clip(path: str, indices: Sequence[int], layout: FrameLayout, start: int | None = None) -> np.ndarray:
+    """The frames ``indices`` of a video file or a frame folder (``start``: its first number,
+    default ``layout.start_idx``), ``(T, H, W, 3)`` uint8."""
+    if os.path.isdir(path):
+        return read_frame_folder(path, indices, layout.template,
+                                 layout.start_idx if start is None else start)
+    return decode_frames(path, indices)
+
+
+def count_clip_frames(path: str, layout: FrameLayout, start: int | None = None) -> int:
+    """Frames of a video file (decoded count) or a frame folder (consecutive files from start)."""
+    if not os.path.isdir(path):
+        return count_frames(path)
+    first = layout.start_idx if start is None else start
+    n, _ = scan_frame_folder(path, layout.template, first)
+    if n == 0:
+        raise VideoDecodeError(f"no frame named {layout.template.format(first)} in {path} (check "
+                               "--fname-tmpl and --start-idx)")
+    return n
