@@ -23,19 +23,19 @@ def flags(ds, out, **extra):
 
 
 def kill_worker_reading(victim: str, reads: Path, kill_on):
-    """decode_frames that SIGKILLs its own worker process when it reads ``victim`` for the n-th
+    """decode_clip that SIGKILLs its own worker process when it reads ``victim`` for the n-th
     time, n in ``kill_on`` (the reads are counted in the file ``reads``, across processes; the
     first read, in epoch 0, is spared so that a checkpoint exists). Workers are forked, so they
     get the patch."""
-    real = pyav_pretrain.decode_frames
+    real = pyav_pretrain.decode_clip
 
-    def decode(path, indices, **kw):
+    def decode(path, indices, *args, **kw):
         if os.path.basename(path) == victim and torch.utils.data.get_worker_info() is not None:
             with open(reads, "a") as f:
                 f.write("x")
             if reads.stat().st_size in kill_on:
                 os.kill(os.getpid(), signal.SIGKILL)
-        return real(path, indices, **kw)
+        return real(path, indices, *args, **kw)
     return decode
 
 
@@ -50,7 +50,7 @@ def test_a_killed_worker_is_named_and_the_run_resumes_by_itself(tiny_synthetic, 
     assert main_for("pretrain", flags(tiny_synthetic, truth)) == 0
     victim = victim_of(tiny_synthetic)
     reads = tmp_path / "reads"
-    monkeypatch.setattr(pyav_pretrain, "decode_frames", kill_worker_reading(victim, reads, {2}))
+    monkeypatch.setattr(pyav_pretrain, "decode_clip", kill_worker_reading(victim, reads, {2}))
     assert main_for("pretrain", flags(tiny_synthetic, out)) == 0
     assert reads.stat().st_size >= 3                            # killed at the 2nd read, then read again
     log = (out / "log.txt").read_text()
@@ -66,7 +66,7 @@ def test_a_killed_worker_is_named_and_the_run_resumes_by_itself(tiny_synthetic, 
 
 def test_a_worker_that_keeps_dying_stops_cleanly_with_the_resume_command(tiny_synthetic, tmp_path,
                                                                           monkeypatch, capsys):
-    monkeypatch.setattr(pyav_pretrain, "decode_frames",
+    monkeypatch.setattr(pyav_pretrain, "decode_clip",
                         kill_worker_reading(victim_of(tiny_synthetic), tmp_path / "reads", range(2, 99)))
     out = tmp_path / "run"
     assert main_for("pretrain", flags(tiny_synthetic, out)) == 2

@@ -105,9 +105,10 @@ def test_missing_frames_are_skipped_and_counted(frames, tmp_path):
     items = [type(folders[0])(str(broken), start=1, total=folders[0].total, label=0)] + folders[1:]
     ds = VideoClsDataset(items, True, num_frames=8, sampling_rate=2, input_size=32, aa="none", layout=PNG)
     clips, label, skipped = ds[0]
-    assert skipped >= 1 and clips.shape == (2, 3, 8, 32, 32)
+    assert len(skipped) >= 1 and clips.shape == (2, 3, 8, 32, 32)
+    assert {path for path, _ in skipped} == {str(broken)}   # each skip names the folder and why
     val = VideoClsDataset(items, False, num_frames=8, sampling_rate=2, input_size=32, layout=PNG)
-    assert val[0][0] is None and val[0][2] == 1            # evaluation drops it, counted
+    assert val[0][0] is None and [p for p, _ in val[0][2]] == [str(broken)]   # dropped, named
     with pytest.raises(VideoDecodeError, match="missing frame"):
         read_frame_folder(str(broken), [1], PNG.template, 1)
 
@@ -149,7 +150,7 @@ def test_dali_image_decoder_agrees_with_pil(frames, tmp_path):
                          layout=FrameLayout(JPG.template, 0))
     seen = dropped = 0
     for video, labels, n_skipped, paths in dl(0):
-        dropped += int(n_skipped)
+        dropped += len(n_skipped)
         for k, path in enumerate(paths):
             ref = next(ds[i][0] for i in range(len(ds)) if ds.items[i].path == path)[0]
             assert (video[k] - ref).abs().mean() < 0.02        # same JPEG pixels, same geometry
