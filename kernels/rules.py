@@ -24,6 +24,24 @@ def compute_dtype(device: torch.device, *dtypes: torch.dtype) -> torch.dtype:
     return out
 
 
+_STATS: dict = {}
+
+
+def channel_stats(mean, std, dtype: torch.dtype, device: torch.device):
+    """The per-channel (mean, std) as two 1-D tensors on `device`, built once per (values, dtype,
+    device) and then reused. Building them on every call (`torch.as_tensor(mean, device=...)`)
+    copies host memory to the GPU and waits for it: a host sync inside the training step."""
+    key = (tuple(float(x) for x in mean), tuple(float(x) for x in std), dtype, torch.device(device))
+    stats = _STATS.get(key)
+    if stats is None:
+        # Built outside any inference-mode / no-grad context so the tensors can serve any later call.
+        with torch.inference_mode(False), torch.no_grad():
+            stats = tuple(torch.tensor(v, dtype=dtype, device=device) for v in key[:2])
+        if not torch.compiler.is_compiling():     # traced calls get constants in their graph
+            _STATS[key] = stats
+    return stats
+
+
 def acc_dtype(dtype: torch.dtype) -> torch.dtype:
     """Accumulation dtype: float64 for float64 inputs, float32 for everything else."""
     return torch.float64 if dtype == torch.float64 else torch.float32

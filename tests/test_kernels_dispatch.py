@@ -51,7 +51,7 @@ def test_auto_picks_cpp_for_cpu_tensors_and_logs_once(restore_backend, caplog):
     with caplog.at_level(logging.INFO, logger="vmae2_fast.ops"):
         for _ in range(3):
             out = ops.visible_patch_embed(x["video"], x["weight"].requires_grad_(), x["bias"], x["pos_e"], x["vis"], 2)
-    assert out.grad_fn is not None and "Embed" in type(out.grad_fn).__name__
+    assert out.grad_fn is not None and "visible_patch_embed" in type(out.grad_fn).__name__
     msgs = [r.getMessage() for r in caplog.records if "fused ops" in r.getMessage()]
     assert msgs == ["fused ops: C++ CPU ops for CPU tensors (auto)"]
 
