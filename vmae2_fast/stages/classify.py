@@ -24,7 +24,7 @@ from ..train.checkpoint import save_checkpoint
 from ..train.distributed import DistInfo, all_reduce_sum
 from ..train.loop import resolve_precision
 from ..train.mixup import VideoMixup, soft_target_cross_entropy
-from .build import build_trainer, embedded_dataset, seed_everything, session
+from .build import apply_attention, build_trainer, embedded_dataset, seed_everything, session
 from .evaluate import video_log_probs
 
 log = logging.getLogger("vmae2_fast")
@@ -158,13 +158,16 @@ class ClassifyStage:
 
 
 # ------------------------------------------------------------------------------------ models
-def build_model(cfg, num_classes: int, model_name: str | None = None, drop_path=None):
-    return build_classifier(
+def build_model(cfg, num_classes: int, model_name: str | None = None, drop_path=None, device=None):
+    """The classifier of `cfg`; with `device`, its attention backend is set for that device and
+    the run's precision (`--attention`)."""
+    model = build_classifier(
         model_name or cfg.model, num_classes, img_size=cfg.input_size, num_frames=cfg.num_frames,
         tubelet_size=cfg.tubelet_size, drop_rate=cfg.drop, attn_drop_rate=cfg.attn_drop,
         drop_path_rate=cfg.drop_path if drop_path is None else drop_path,
         head_drop_rate=cfg.head_drop, init_scale=cfg.init_scale,
         activation_checkpointing=cfg.activation_checkpointing)
+    return model if device is None else apply_attention(model, cfg.attention, device, cfg.precision)
 
 
 def load_teacher(cfg, num_classes: int, class_names, device, precision: str):
@@ -176,7 +179,7 @@ def load_teacher(cfg, num_classes: int, class_names, device, precision: str):
                          f"({len(t_names)} classes: {', '.join(t_names[:4])}, ...) than the data "
                          f"({len(class_names)}: {', '.join(class_names[:4])}, ...); distil on the "
                          "teacher's classes")
-    teacher = build_model(cfg, num_classes, cfg.teacher_model, drop_path=0.0)
+    teacher = build_model(cfg, num_classes, cfg.teacher_model, drop_path=0.0, device=device)
     report = load_classifier_weights(teacher, cfg.teacher)
     if report.head != "loaded":
         raise ValueError(f"the teacher {cfg.teacher} has no {num_classes}-class head (its head "
@@ -210,7 +213,7 @@ def run(cfg: FinetuneConfig) -> dict:
         if not os.path.exists(first):
             raise FileNotFoundError(f"the first video of {train_path}, {first}, does not exist; is "
                                     f"--data-root ({root or 'not set'}) right?")
-        model = build_model(cfg, num_classes)
+        model = build_model(cfg, num_classes, device=device)
         if cfg.init:
             load_classifier_weights(model, cfg.init, cfg.head_map)
         elif cfg.head_map:
