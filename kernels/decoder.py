@@ -10,7 +10,8 @@ import triton
 import triton.language as tl
 
 from . import autograd
-from ._common import acc_dtype, check_device, dot_dtype, mma_dtype, table_grad, tl_dtype
+from ._common import acc_dtype, check_device, dot_dtype, mma_dtype, tl_dtype
+from .rules import decoder_grads
 
 BM, BN, BK = 64, 64, 32
 
@@ -75,25 +76,8 @@ def decoder_forward(z, proj_weight, pos_table, vis_idx, dec_idx, mask_token, out
     return out
 
 
-def decoder_backward(grad_out, z, w, pos_table, vis_idx, dec_idx, mask_token, out_dtype, needs):
-    """(grad_z, grad_weight, grad_pos, grad_token), None where `needs` says so: three plain
-    GEMM-shaped reductions and the table scatter."""
-    bsz, nv, ce = z.shape
-    cd = w.shape[0]
-    g_vis = grad_out[:, :nv].reshape(bsz * nv, cd)
-    g_dec = grad_out[:, nv:]
-    grad_z = grad_w = grad_pos = grad_tok = None
-    dot = dot_dtype(out_dtype)
-    if needs[0]:
-        grad_z = (g_vis.to(dot) @ w.to(dot)).view(bsz, nv, ce).to(z.dtype)
-    if needs[1]:
-        grad_w = (g_vis.t().to(dot) @ z.reshape(bsz * nv, ce).to(dot)).to(w.dtype)
-    if needs[2]:
-        grad_pos = table_grad(grad_out[:, :nv], vis_idx.long(), pos_table)
-        grad_pos += table_grad(g_dec, dec_idx.long(), pos_table)
-    if needs[3]:
-        grad_tok = g_dec.sum((0, 1), dtype=acc_dtype(dot)).to(mask_token.dtype).view(mask_token.shape)
-    return grad_z, grad_w, grad_pos, grad_tok
+# The backward is three plain GEMM-shaped reductions, the same on every face.
+decoder_backward = decoder_grads
 
 
 def decoder_input(z, proj_weight, pos_table, vis_idx, dec_idx, mask_token):

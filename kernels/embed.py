@@ -14,7 +14,8 @@ import triton.language as tl
 
 from . import autograd
 from ._common import (acc_dtype, check_device, check_video, cube_row_base, dot_dtype, mma_dtype,
-                      table_grad, tile, tl_dtype)
+                      tile, tl_dtype)
+from .rules import embed_grads
 
 BM, BN, BK = 64, 64, 32
 
@@ -115,13 +116,15 @@ def embed_backward(grad_out, video, weight, pos_table, vis_idx, tubelet_size: in
                    bias_dtype, needs):
     """(grad_weight, grad_bias, grad_pos), None where `needs` says so. The weight gradient
     re-gathers the cubes from the video instead of keeping them from the forward pass."""
-    ce = weight.shape[0]
-    k = weight[0].numel()
-    bsz, nv = vis_idx.shape
-    g = grad_out.reshape(bsz * nv, ce).contiguous()
-    grad_w = grad_b = grad_pos = None
-    dot = dot_dtype(out_dtype)
+    _, grad_b, grad_pos = embed_grads(grad_out, weight, pos_table, vis_idx, out_dtype, bias_dtype,
+                                      (False, needs[1], needs[2]))
+    grad_w = None
     if needs[0]:
+        ce = weight.shape[0]
+        k = weight[0].numel()
+        bsz, nv = vis_idx.shape
+        g = grad_out.reshape(bsz * nv, ce).contiguous()
+        dot = dot_dtype(out_dtype)
         acc = acc_dtype(dot)
         gw = torch.empty(ce, k, dtype=acc, device=video.device)
         grid = (triton.cdiv(ce, BN), triton.cdiv(k, BK))
@@ -129,10 +132,6 @@ def embed_backward(grad_out, video, weight, pos_table, vis_idx, tubelet_size: in
                            ACC=tl_dtype(acc), PREC="ieee", BLOCK_M=BM, BLOCK_N=BN, BLOCK_K=BK,
                            **_launch_args(video, vis_idx, weight))
         grad_w = gw.view_as(weight).to(weight.dtype)
-    if needs[1]:
-        grad_b = g.sum(0, dtype=acc_dtype(g.dtype)).to(bias_dtype)
-    if needs[2]:
-        grad_pos = table_grad(g.view(bsz, nv, ce), vis_idx, pos_table)
     return grad_w, grad_b, grad_pos
 
 

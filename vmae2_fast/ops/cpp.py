@@ -17,7 +17,7 @@ import torch
 
 from ..constants import IMAGENET_MEAN, IMAGENET_STD
 from ..kernels import autograd
-from ..kernels.rules import acc_dtype, refuse_video_grad, table_grad
+from ..kernels.rules import acc_dtype, decoder_grads, embed_grads, refuse_video_grad
 
 log = logging.getLogger(__name__)
 _module = None
@@ -83,17 +83,9 @@ def embed_forward(video, weight, bias, pos_table, vis_idx, tubelet_size, out_dty
 
 def embed_backward(grad_out, video, weight, pos_table, vis_idx, tubelet_size, out_dtype, bias_dtype,
                    needs):
-    ce = weight.shape[0]
-    g = grad_out.reshape(-1, ce)
-    gw = gb = gp = None
-    if needs[0]:  # the cubes are gathered again instead of being kept
-        cubes = load().gather_cubes(video, vis_idx, weight.shape[-1], tubelet_size).to(out_dtype)
-        gw = (g.to(out_dtype).t() @ cubes).view_as(weight).to(weight.dtype)
-    if needs[1]:
-        gb = g.sum(0, dtype=acc_dtype(g.dtype)).to(bias_dtype)
-    if needs[2]:
-        gp = table_grad(grad_out, vis_idx, pos_table)
-    return gw, gb, gp
+    # the cubes are gathered again instead of being kept from the forward pass
+    return embed_grads(grad_out, weight, pos_table, vis_idx, out_dtype, bias_dtype, needs,
+                       cubes=lambda: load().gather_cubes(video, vis_idx, weight.shape[-1], tubelet_size))
 
 
 def decoder_forward(z, proj_weight, pos_table, vis_idx, dec_idx, mask_token, out_dtype):
@@ -102,20 +94,7 @@ def decoder_forward(z, proj_weight, pos_table, vis_idx, dec_idx, mask_token, out
                                   mask_token, out_dtype)
 
 
-def decoder_backward(grad_out, z, w, pos_table, vis_idx, dec_idx, mask_token, out_dtype, needs):
-    nv, dt = z.shape[1], out_dtype
-    g_vis = grad_out[:, :nv].to(dt)
-    gz = gw = gp = gt = None
-    if needs[0]:
-        gz = (g_vis @ w.to(dt)).to(z.dtype)
-    if needs[1]:
-        gw = (g_vis.reshape(-1, w.shape[0]).t() @ z.reshape(-1, z.shape[2]).to(dt)).to(w.dtype)
-    if needs[2]:
-        gp = table_grad(grad_out[:, :nv], vis_idx, pos_table)
-        gp += table_grad(grad_out[:, nv:], dec_idx, pos_table)
-    if needs[3]:
-        gt = grad_out[:, nv:].sum((0, 1), dtype=acc_dtype(dt)).to(mask_token.dtype).view(mask_token.shape)
-    return gz, gw, gp, gt
+decoder_backward = decoder_grads
 
 
 def _mse_args(pred, video, patch_size, tubelet_size, normalize, eps, mean, std):

@@ -24,7 +24,8 @@ import torch
 from torch import Tensor
 
 from ..constants import IMAGENET_MEAN, IMAGENET_STD
-from ..kernels.rules import compute_dtype, masked_token_mean, num_tokens, refuse_video_grad
+from ..kernels.rules import (compute_dtype, decoder_grads, embed_grads, masked_token_mean, num_tokens,
+                             refuse_video_grad)
 from . import reference
 
 __all__ = ["visible_patch_embed", "decoder_input", "masked_mse", "masked_mse_per_token", "OPS",
@@ -256,60 +257,44 @@ def masked_mse(pred, video, vis_idx, dec_idx, patch_size: int, tubelet_size: int
 # ------------------------------------------------------------------------ the reference as a face
 class _ReferenceFace:
     """The plain-PyTorch reference in the face form, for 'auto' where no compiled face can run
-    (no C++ compiler, no triton): the forward runs it without autograd, the backward runs it
-    again under autograd and differentiates (slow, but the spec)."""
+    (no C++ compiler, no triton): the forwards are the reference's, under the autocast that
+    gives the requested dtype; the backwards are the closed-form gradients every face shares
+    (kernels/rules.py), with the cubes and targets rebuilt by the reference."""
 
     @staticmethod
-    def _run(fn, inputs, needs, grad, out_dtype, device):
-        """fn(*inputs) under the autocast that makes `out_dtype`; with `grad`, the gradients of
-        the inputs flagged in `needs` (None elsewhere)."""
-        half = out_dtype in (torch.bfloat16, torch.float16)
-        cast = torch.autocast(device.type, dtype=out_dtype) if half else _no_autocast(device)
-        if grad is None:
-            with torch.no_grad(), cast:
-                return fn(*inputs)
-        wanted = [x for x, need in zip(inputs, needs) if need]
-
-        def of_wanted(*w):
-            it = iter(w)
-            return fn(*(next(it) if need else x for x, need in zip(inputs, needs)))
-
-        with cast:
-            _, vjp = torch.func.vjp(of_wanted, *wanted)
-        got = iter(vjp(grad) if wanted else ())
-        return tuple(next(got) if need else None for need in needs)
+    def _cast(out_dtype, device):
+        if out_dtype in (torch.bfloat16, torch.float16):
+            return torch.autocast(device.type, dtype=out_dtype)
+        return _no_autocast(device)
 
     @classmethod
     def embed_forward(cls, video, weight, bias, pos_table, vis_idx, tubelet_size, out_dtype):
-        fn = lambda w, b, p: reference.visible_patch_embed(video, w, b, p, vis_idx, tubelet_size)  # noqa: E731
-        return cls._run(fn, (weight, bias, pos_table), (False,) * 3, None, out_dtype, video.device)
+        with cls._cast(out_dtype, video.device):
+            return reference.visible_patch_embed(video, weight, bias, pos_table, vis_idx, tubelet_size)
 
-    @classmethod
-    def embed_backward(cls, grad, video, weight, pos_table, vis_idx, tubelet_size, out_dtype,
-                       bias_dtype, needs):
-        # the bias gradient is the column sum of grad, whatever the bias values: zeros stand in
-        bias = torch.zeros(weight.shape[0], dtype=bias_dtype, device=weight.device) if needs[1] else None
-        fn = lambda w, b, p: reference.visible_patch_embed(video, w, b, p, vis_idx, tubelet_size)  # noqa: E731
-        return cls._run(fn, (weight, bias, pos_table), needs, grad, out_dtype, video.device)
+    @staticmethod
+    def embed_backward(grad, video, weight, pos_table, vis_idx, tubelet_size, out_dtype, bias_dtype,
+                       needs):
+        def cubes():
+            rows = reference.patchify(video, weight.shape[-1], tubelet_size)
+            return reference.gather_tokens(rows, vis_idx).reshape(-1, rows.shape[-1])
+        return embed_grads(grad, weight, pos_table, vis_idx, out_dtype, bias_dtype, needs, cubes)
 
     @classmethod
     def decoder_forward(cls, z, proj_weight, pos_table, vis_idx, dec_idx, mask_token, out_dtype):
-        fn = lambda z_, w, p, t: reference.decoder_input(z_, w, p, vis_idx, dec_idx, t)  # noqa: E731
-        return cls._run(fn, (z, proj_weight, pos_table, mask_token), (False,) * 4, None, out_dtype,
-                        z.device)
+        with cls._cast(out_dtype, z.device):
+            return reference.decoder_input(z, proj_weight, pos_table, vis_idx, dec_idx, mask_token)
 
-    @classmethod
-    def decoder_backward(cls, grad, z, proj_weight, pos_table, vis_idx, dec_idx, mask_token,
-                         out_dtype, needs):
-        fn = lambda z_, w, p, t: reference.decoder_input(z_, w, p, vis_idx, dec_idx, t)  # noqa: E731
-        return cls._run(fn, (z, proj_weight, pos_table, mask_token), needs, grad, out_dtype, z.device)
+    decoder_backward = staticmethod(decoder_grads)
 
-    @classmethod
-    def mse_forward(cls, pred, video, dec_idx, *args):
-        fn = lambda p: reference.mse_per_token(p, video, dec_idx, *args)  # noqa: E731
-        return cls._run(fn, (pred,), (False,), None, torch.float32, video.device)
+    @staticmethod
+    def mse_forward(pred, video, dec_idx, *args):
+        return reference.mse_per_token(pred, video, dec_idx, *args)
 
-    @classmethod
-    def mse_backward(cls, grad, pred, video, dec_idx, *args):
-        fn = lambda p: reference.mse_per_token(p, video, dec_idx, *args)  # noqa: E731
-        return cls._run(fn, (pred,), (True,), grad, torch.float32, video.device)[0]
+    @staticmethod
+    def mse_backward(grad, pred, video, dec_idx, patch_size, tubelet_size, normalize, eps, mean, std):
+        """d mean((pred - target)^2) / d pred = 2 (pred - target) / D, times each token's grad."""
+        target = reference.normalized_targets(video, dec_idx, patch_size, tubelet_size, normalize,
+                                              mean, std, eps)
+        diff = pred.to(target.dtype) - target
+        return (diff * (grad.to(target.dtype) * 2 / diff.shape[-1]).unsqueeze(-1)).to(pred.dtype)

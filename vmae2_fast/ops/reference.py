@@ -16,7 +16,7 @@ from ..constants import IMAGENET_MEAN, IMAGENET_STD
 from ..kernels.rules import channel_stats, encoder_masked, masked_token_mean
 
 
-def _gather_tokens(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+def gather_tokens(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """x (B, N, D) at idx (B, k) -> (B, k, D)."""
     return x.gather(1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
 
@@ -49,7 +49,7 @@ def visible_patch_embed(video, weight, bias, pos_table, vis_idx, tubelet_size: i
     `vis_idx` (the official order of operations), but spends the projection on N_vis tokens only.
     weight: the Conv3d weight (C_e, 3, t, p, p); bias (C_e,).
     """
-    cubes = _gather_tokens(patchify(video, weight.shape[-1], tubelet_size), vis_idx)
+    cubes = gather_tokens(patchify(video, weight.shape[-1], tubelet_size), vis_idx)
     tokens = F.linear(cubes, weight.reshape(weight.shape[0], -1), bias)
     return tokens + _gather_table(pos_table, vis_idx).to(tokens.dtype)
 
@@ -73,7 +73,7 @@ def normalized_targets(video, idx, patch_size: int, tubelet_size: int, normalize
     same numbers for the ~half that enter the loss. Computed in at least float32.
     """
     dtype = torch.promote_types(video.dtype, torch.float32)
-    cubes = _gather_tokens(patchify(video.to(dtype), patch_size, tubelet_size, channel_last=True), idx)
+    cubes = gather_tokens(patchify(video.to(dtype), patch_size, tubelet_size, channel_last=True), idx)
     B, k, _ = cubes.shape
     cubes = cubes.view(B, k, -1, video.shape[1])                      # (B, k, t*p*p, C)
     m, s = channel_stats(mean, std, dtype, video.device)     # cached: no host copy per call
