@@ -71,8 +71,8 @@ def mse_dtype(video: Tensor) -> torch.dtype:
 
 
 # ------------------------------------------------------------------------ visible patch embedding
-def _embed_kernel(video: Tensor, weight: Tensor, bias: Optional[Tensor], pos_table: Tensor, vis_idx: Tensor,
-           tubelet_size: int, out_dtype: torch.dtype) -> Tensor:
+def _embed_kernel(video: Tensor, weight: Tensor, bias: Optional[Tensor], pos_table: Tensor,
+                  vis_idx: Tensor, tubelet_size: int, out_dtype: torch.dtype) -> Tensor:
     with _no_autocast(video.device):
         return _face(video.device).embed_forward(video, weight, bias, pos_table, vis_idx,
                                                  tubelet_size, out_dtype)
@@ -86,9 +86,10 @@ def _(video, weight, bias, pos_table, vis_idx, tubelet_size, out_dtype):
     return video.new_empty((*vis_idx.shape, weight.shape[0]), dtype=out_dtype)
 
 
-def _embed_bwd_kernel(grad: Tensor, video: Tensor, weight: Tensor, pos_table: Tensor, vis_idx: Tensor,
-               tubelet_size: int, out_dtype: torch.dtype, bias_dtype: torch.dtype, need_weight: bool,
-               need_bias: bool, need_pos: bool) -> tuple[Tensor, Tensor, Tensor]:
+def _embed_bwd_kernel(grad: Tensor, video: Tensor, weight: Tensor, pos_table: Tensor,
+                      vis_idx: Tensor, tubelet_size: int, out_dtype: torch.dtype,
+                      bias_dtype: torch.dtype, need_weight: bool, need_bias: bool,
+                      need_pos: bool) -> tuple[Tensor, Tensor, Tensor]:
     with _no_autocast(grad.device):
         grads = _face(grad.device).embed_backward(grad, video, weight, pos_table, vis_idx, tubelet_size,
                                                   out_dtype, bias_dtype, (need_weight, need_bias, need_pos))
@@ -125,8 +126,8 @@ _embed.register_autograd(_embed_grad, setup_context=_embed_setup)
 
 
 # ------------------------------------------------------------------------ decoder input assembly
-def _decoder_kernel(z: Tensor, proj_weight: Tensor, pos_table: Tensor, vis_idx: Tensor, dec_idx: Tensor,
-             mask_token: Tensor, out_dtype: torch.dtype) -> Tensor:
+def _decoder_kernel(z: Tensor, proj_weight: Tensor, pos_table: Tensor, vis_idx: Tensor,
+                    dec_idx: Tensor, mask_token: Tensor, out_dtype: torch.dtype) -> Tensor:
     with _no_autocast(z.device):
         return _face(z.device).decoder_forward(z, proj_weight, pos_table, vis_idx, dec_idx, mask_token,
                                                out_dtype)
@@ -140,9 +141,10 @@ def _(z, proj_weight, pos_table, vis_idx, dec_idx, mask_token, out_dtype):
     return z.new_empty((z.shape[0], z.shape[1] + dec_idx.shape[1], proj_weight.shape[0]), dtype=out_dtype)
 
 
-def _decoder_bwd_kernel(grad: Tensor, z: Tensor, proj_weight: Tensor, pos_table: Tensor, vis_idx: Tensor,
-                 dec_idx: Tensor, mask_token: Tensor, out_dtype: torch.dtype, need_z: bool,
-                 need_weight: bool, need_pos: bool, need_token: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def _decoder_bwd_kernel(grad: Tensor, z: Tensor, proj_weight: Tensor, pos_table: Tensor,
+                        vis_idx: Tensor, dec_idx: Tensor, mask_token: Tensor,
+                        out_dtype: torch.dtype, need_z: bool, need_weight: bool, need_pos: bool,
+                        need_token: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     needs = (need_z, need_weight, need_pos, need_token)
     with _no_autocast(grad.device):
         grads = _face(grad.device).decoder_backward(grad, z, proj_weight, pos_table, vis_idx, dec_idx,
@@ -180,7 +182,7 @@ _decoder.register_autograd(_decoder_grad, setup_context=_decoder_setup)
 
 # ------------------------------------------------------------------------ masked MSE (per token)
 def _mse_kernel(pred: Tensor, video: Tensor, dec_idx: Tensor, patch_size: int, tubelet_size: int,
-         normalize: bool, eps: float, mean: list[float], std: list[float]) -> Tensor:
+                normalize: bool, eps: float, mean: list[float], std: list[float]) -> Tensor:
     with _no_autocast(video.device):
         out = _face(video.device).mse_forward(pred, video, dec_idx, patch_size, tubelet_size, normalize,
                                               eps, mean, std)
@@ -196,7 +198,8 @@ def _(pred, video, dec_idx, patch_size, tubelet_size, normalize, eps, mean, std)
 
 
 def _mse_bwd_kernel(grad: Tensor, pred: Tensor, video: Tensor, dec_idx: Tensor, patch_size: int,
-             tubelet_size: int, normalize: bool, eps: float, mean: list[float], std: list[float]) -> Tensor:
+                    tubelet_size: int, normalize: bool, eps: float, mean: list[float],
+                    std: list[float]) -> Tensor:
     with _no_autocast(video.device):
         return _face(video.device).mse_backward(grad, pred, video, dec_idx, patch_size, tubelet_size,
                                                 normalize, eps, mean, std)
