@@ -145,4 +145,4 @@ def test_compiled_pretrain_step_on_a_gpu(autocast_dtype):
     eager = loss_and_grads(model, step, args, autocast_dtype)
     compiled = torch.compile(step, fullgraph=True)
     assert_same(eager, loss_and_grads(model, compiled, args, autocast_dtype),
-                1e-5 if autocast_dtype is None else 2e-2)
+                1e-5 if autocast_dtype is None else 3e-2)

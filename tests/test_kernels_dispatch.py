@@ -52,6 +52,7 @@ def test_auto_picks_cpp_for_cpu_tensors_and_logs_once(restore_backend, caplog):
     ops.use_backend("reference")
     ops.use_backend("auto")
     x = make_inputs(CASES[0])
+    caplog.clear()              # (selecting 'reference' logs that choice)
     with caplog.at_level(logging.INFO, logger="vmae2_fast.ops"):
         for _ in range(3):
             out = ops.visible_patch_embed(x["video"], x["weight"].requires_grad_(), x["bias"], x["pos_e"], x["vis"], 2)
