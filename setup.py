@@ -43,6 +43,12 @@ setup(
         # wheel plus ~400 MB of nvimgcodec/nvjpeg libraries, no torch of its own.
         "test": ["pytest>=7", "triton>=3.2; platform_system == 'Linux'", "transformers>=4.46,<6", "safetensors>=0.4", "nvidia-dali-cuda130>=2.0"],
         "dali": ["nvidia-dali-cuda130>=2.0"],
+        # Optional attention kernels (--attention flash-attn2 / xformers; `auto` uses them when they
+        # run). Both build against the installed torch: flash-attn needs --no-build-isolation and a
+        # CUDA toolkit, xformers a wheel made for your torch. FlashAttention-3 (Hopper) has no
+        # PyPI wheel: build it from the hopper/ folder of Dao-AILab/flash-attention.
+        "flash": ["flash-attn>=2.6"],
+        "xformers": ["xformers>=0.0.28"],
         "tensorboard": ["tensorboard"],
         # bench/throughput.py --official-repo: the official code imports einops
         "bench": ["einops"],

@@ -8,6 +8,10 @@ use it on its own. Each op has the signature of the plain-PyTorch reference:
   masked_mse(pred, video, vis_idx, dec_idx, patch_size, tubelet_size, normalize=True,
              denominator=None, eps=1e-6, mean=IMAGENET_MEAN, std=IMAGENET_STD)
 
+Each op is also available as two plain functions with explicit dtypes and no autograd
+(`embed_forward` / `embed_backward`, `decoder_*`, `mse_*`; see `autograd.py`), the form a
+torch.library custom op wraps so that torch.compile keeps the op whole.
+
 They run on CUDA tensors, or on CPU tensors under the Triton interpreter (`TRITON_INTERPRET=1`
 set before the first op is used). Accumulation is float32 (float64 for float64 inputs); inputs
 may be float32, bfloat16 or float16 (and float64).
@@ -23,7 +27,10 @@ import importlib
 from .rules import IMAGENET_MEAN, IMAGENET_STD
 
 _LAZY = {"visible_patch_embed": ".embed", "decoder_input": ".decoder", "masked_mse": ".mse",
-         "masked_mse_per_token": ".mse", "interpreter_active": "._common"}
+         "masked_mse_per_token": ".mse", "interpreter_active": "._common",
+         # the face functions without autograd (see autograd.py), for torch.library registration
+         "embed_forward": ".embed", "embed_backward": ".embed", "decoder_forward": ".decoder",
+         "decoder_backward": ".decoder", "mse_forward": ".mse", "mse_backward": ".mse"}
 _import_error: str | None = None
 
 
@@ -49,4 +56,5 @@ def __getattr__(name):
 
 
 __all__ = ["load", "visible_patch_embed", "decoder_input", "masked_mse", "masked_mse_per_token",
-           "interpreter_active", "IMAGENET_MEAN", "IMAGENET_STD"]
+           "interpreter_active", "IMAGENET_MEAN", "IMAGENET_STD", "embed_forward", "embed_backward",
+           "decoder_forward", "decoder_backward", "mse_forward", "mse_backward"]

@@ -6,7 +6,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .rules import acc_dtype, check_video, compute_dtype, num_tokens, table_grad  # noqa: F401
+from .rules import acc_dtype, check_video  # noqa: F401 (re-exported to the ops)
 
 _TL = {torch.float32: tl.float32, torch.float64: tl.float64, torch.bfloat16: tl.bfloat16,
        torch.float16: tl.float16}
@@ -37,6 +37,12 @@ def mma_dtype(dtype: torch.dtype):
 
 def tl_dtype(dtype: torch.dtype):
     return _TL[dtype]
+
+
+def dot_dtype(out_dtype: torch.dtype) -> torch.dtype:
+    """The dtype the GEMMs multiply in: half types as they are, everything else in the
+    accumulation dtype (float32, or float64 for float64)."""
+    return out_dtype if out_dtype in (torch.bfloat16, torch.float16) else acc_dtype(out_dtype)
 
 
 @triton.jit

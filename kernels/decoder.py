@@ -3,11 +3,15 @@ the first programs run the encoder-to-decoder GEMM with the position gather as i
 rest fill the mask-token rows. The backward is three plain GEMM-shaped reductions."""
 from __future__ import annotations
 
+import sys
+
 import torch
 import triton
 import triton.language as tl
 
-from ._common import acc_dtype, mma_dtype, check_device, compute_dtype, table_grad, tl_dtype
+from . import autograd
+from ._common import acc_dtype, check_device, dot_dtype, mma_dtype, tl_dtype
+from .rules import decoder_grads
 
 BM, BN, BK = 64, 64, 32
 
@@ -51,54 +55,32 @@ def _decoder_fwd(z, w, pos, vis, dec, tokw, out, MV, MD, NV, ND, CE, CD, n_vis_b
     tl.store(out + row[:, None] * CD + rn[None, :], acc.to(out.dtype.element_ty), mask=msk)
 
 
-class _DecoderInput(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, z, proj_weight, pos_table, vis_idx, dec_idx, mask_token):
-        check_device(z, proj_weight, pos_table, vis_idx, dec_idx, mask_token)
-        vis_idx, dec_idx = vis_idx.long(), dec_idx.long()  # one index type for both branches
-        out_dtype = compute_dtype(z.device, z.dtype, proj_weight.dtype)
-        acc = acc_dtype(out_dtype)
-        dot = out_dtype if out_dtype in (torch.bfloat16, torch.float16) else acc
-        bsz, nv, ce = z.shape
-        nd = dec_idx.shape[1]
-        cd = proj_weight.shape[0]
-        z2 = z.reshape(bsz * nv, ce).contiguous()
-        w = proj_weight.contiguous()
-        pos = pos_table.reshape(-1, cd).contiguous()
-        out = torch.empty(bsz, nv + nd, cd, dtype=out_dtype, device=z.device)
-        nvb = triton.cdiv(bsz * nv, BM)
-        grid = (nvb + triton.cdiv(bsz * nd, BM), triton.cdiv(cd, BN))
-        _decoder_fwd[grid](z2, w, pos, vis_idx, dec_idx, mask_token.reshape(-1), out, bsz * nv,
-                           bsz * nd, nv, nd, ce, cd, nvb, vis_idx.stride(0), vis_idx.stride(1),
-                           dec_idx.stride(0), dec_idx.stride(1), DOT=tl_dtype(dot), MMA=mma_dtype(dot), ACC=tl_dtype(acc),
-                           PREC="ieee", BLOCK_M=BM, BLOCK_N=BN, BLOCK_K=BK)
-        ctx.save_for_backward(z, proj_weight, vis_idx, dec_idx, pos_table)
-        ctx.dot = dot
-        ctx.token_dtype = mask_token.dtype
-        ctx.token_shape = mask_token.shape
-        return out
+def decoder_forward(z, proj_weight, pos_table, vis_idx, dec_idx, mask_token, out_dtype):
+    """The decoder sequence (B, N_vis + N_dec, C_d) in `out_dtype`."""
+    check_device(z, proj_weight, pos_table, vis_idx, dec_idx, mask_token)
+    vis_idx, dec_idx = vis_idx.long(), dec_idx.long()  # one index type for both branches
+    dot, acc = dot_dtype(out_dtype), acc_dtype(out_dtype)
+    bsz, nv, ce = z.shape
+    nd = dec_idx.shape[1]
+    cd = proj_weight.shape[0]
+    z2 = z.reshape(bsz * nv, ce).contiguous()
+    w = proj_weight.contiguous()
+    pos = pos_table.reshape(-1, cd).contiguous()
+    out = torch.empty(bsz, nv + nd, cd, dtype=out_dtype, device=z.device)
+    nvb = triton.cdiv(bsz * nv, BM)
+    grid = (nvb + triton.cdiv(bsz * nd, BM), triton.cdiv(cd, BN))
+    _decoder_fwd[grid](z2, w, pos, vis_idx, dec_idx, mask_token.reshape(-1), out, bsz * nv,
+                       bsz * nd, nv, nd, ce, cd, nvb, vis_idx.stride(0), vis_idx.stride(1),
+                       dec_idx.stride(0), dec_idx.stride(1), DOT=tl_dtype(dot), MMA=mma_dtype(dot), ACC=tl_dtype(acc),
+                       PREC="ieee", BLOCK_M=BM, BLOCK_N=BN, BLOCK_K=BK)
+    return out
 
-    @staticmethod
-    def backward(ctx, grad_out):
-        z, w, vis_idx, dec_idx, pos_table = ctx.saved_tensors
-        bsz, nv, ce = z.shape
-        cd = w.shape[0]
-        g_vis = grad_out[:, :nv].reshape(bsz * nv, cd)
-        g_dec = grad_out[:, nv:]
-        grad_z = grad_w = grad_pos = grad_tok = None
-        dot = ctx.dot
-        if ctx.needs_input_grad[0]:
-            grad_z = (g_vis.to(dot) @ w.to(dot)).view(bsz, nv, ce).to(z.dtype)
-        if ctx.needs_input_grad[1]:
-            grad_w = (g_vis.t().to(dot) @ z.reshape(bsz * nv, ce).to(dot)).to(w.dtype)
-        if ctx.needs_input_grad[2]:
-            grad_pos = table_grad(grad_out[:, :nv], vis_idx, pos_table)
-            grad_pos += table_grad(g_dec, dec_idx, pos_table)
-        if ctx.needs_input_grad[5]:
-            grad_tok = g_dec.sum((0, 1), dtype=acc_dtype(dot)).to(ctx.token_dtype).view(ctx.token_shape)
-        return grad_z, grad_w, grad_pos, None, None, grad_tok
+
+# The backward is three plain GEMM-shaped reductions, the same on every face.
+decoder_backward = decoder_grads
 
 
 def decoder_input(z, proj_weight, pos_table, vis_idx, dec_idx, mask_token):
     """The decoder sequence (B, N_vis + N_dec, C_d): visible tokens first, mask tokens last."""
-    return _DecoderInput.apply(z, proj_weight, pos_table, vis_idx, dec_idx, mask_token)
+    return autograd.decoder_input(sys.modules[__name__], z, proj_weight, pos_table, vis_idx,
+                                  dec_idx, mask_token)

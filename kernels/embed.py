@@ -6,12 +6,16 @@ the gathered cubes are kept between forward and backward.
 """
 from __future__ import annotations
 
+import sys
+
 import torch
 import triton
 import triton.language as tl
 
-from ._common import (acc_dtype, mma_dtype, check_device, check_video, compute_dtype, cube_row_base,
-                      table_grad, tile, tl_dtype)
+from . import autograd
+from ._common import (acc_dtype, check_device, check_video, cube_row_base, dot_dtype, mma_dtype,
+                      tile, tl_dtype)
+from .rules import embed_grads
 
 BM, BN, BK = 64, 64, 32
 
@@ -86,57 +90,52 @@ def _launch_args(video, vis_idx, weight):
                 s_ib=vis_idx.stride(0), s_ij=vis_idx.stride(1), TUB=tub, P=p)
 
 
-class _VisiblePatchEmbed(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, video, weight, bias, pos_table, vis_idx, tubelet_size):
-        check_device(video, weight, pos_table, vis_idx)
-        if weight.ndim != 5 or weight.shape[2] != tubelet_size:
-            raise ValueError(f"weight must be the Conv3d weight (C_e, C, {tubelet_size}, p, p), "
-                             f"got {tuple(weight.shape)}")
-        check_video(video, weight.shape[-1], tubelet_size)
-        out_dtype = compute_dtype(video.device, video.dtype, weight.dtype)
-        acc = acc_dtype(out_dtype)
-        dot = out_dtype if out_dtype in (torch.bfloat16, torch.float16) else acc
-        ce = weight.shape[0]
-        k = weight[0].numel()
-        bsz, nv = vis_idx.shape
-        m = bsz * nv
-        w2 = weight.reshape(ce, k).contiguous()
-        pos = pos_table.reshape(-1, ce).contiguous()
-        out = torch.empty(m, ce, dtype=out_dtype, device=video.device)
-        grid = (triton.cdiv(m, BM), triton.cdiv(ce, BN))
-        _embed_fwd[grid](video, w2, bias if bias is not None else w2, pos, vis_idx, out, m, nv, ce, k,
-                         HAS_BIAS=bias is not None, DOT=tl_dtype(dot), MMA=mma_dtype(dot), ACC=tl_dtype(acc), PREC="ieee",
-                         BLOCK_M=BM, BLOCK_N=BN, BLOCK_K=BK, **_launch_args(video, vis_idx, weight))
-        ctx.save_for_backward(video, weight, vis_idx, pos_table)
-        ctx.has_bias = bias is not None
-        ctx.bias_dtype = bias.dtype if bias is not None else None
-        ctx.dot = dot
-        return out.view(bsz, nv, ce)
+def embed_forward(video, weight, bias, pos_table, vis_idx, tubelet_size: int, out_dtype):
+    """Tokens (B, N_vis, C_e) in `out_dtype`: conv3d(video) + pos, gathered at vis_idx."""
+    check_device(video, weight, pos_table, vis_idx)
+    if weight.ndim != 5 or weight.shape[2] != tubelet_size:
+        raise ValueError(f"weight must be the Conv3d weight (C_e, C, {tubelet_size}, p, p), "
+                         f"got {tuple(weight.shape)}")
+    check_video(video, weight.shape[-1], tubelet_size)
+    dot, acc = dot_dtype(out_dtype), acc_dtype(out_dtype)
+    ce = weight.shape[0]
+    k = weight[0].numel()
+    bsz, nv = vis_idx.shape
+    m = bsz * nv
+    w2 = weight.reshape(ce, k).contiguous()
+    pos = pos_table.reshape(-1, ce).contiguous()
+    out = torch.empty(m, ce, dtype=out_dtype, device=video.device)
+    grid = (triton.cdiv(m, BM), triton.cdiv(ce, BN))
+    _embed_fwd[grid](video, w2, bias if bias is not None else w2, pos, vis_idx, out, m, nv, ce, k,
+                     HAS_BIAS=bias is not None, DOT=tl_dtype(dot), MMA=mma_dtype(dot), ACC=tl_dtype(acc), PREC="ieee",
+                     BLOCK_M=BM, BLOCK_N=BN, BLOCK_K=BK, **_launch_args(video, vis_idx, weight))
+    return out.view(bsz, nv, ce)
 
-    @staticmethod
-    def backward(ctx, grad_out):
-        video, weight, vis_idx, pos_table = ctx.saved_tensors
+
+def embed_backward(grad_out, video, weight, pos_table, vis_idx, tubelet_size: int, out_dtype,
+                   bias_dtype, needs):
+    """(grad_weight, grad_bias, grad_pos), None where `needs` says so. The weight gradient
+    re-gathers the cubes from the video instead of keeping them from the forward pass."""
+    _, grad_b, grad_pos = embed_grads(grad_out, weight, pos_table, vis_idx, out_dtype, bias_dtype,
+                                      (False, needs[1], needs[2]))
+    grad_w = None
+    if needs[0]:
         ce = weight.shape[0]
         k = weight[0].numel()
         bsz, nv = vis_idx.shape
         g = grad_out.reshape(bsz * nv, ce).contiguous()
-        grad_w = grad_b = grad_pos = None
-        if ctx.needs_input_grad[1]:
-            acc = acc_dtype(ctx.dot)
-            gw = torch.empty(ce, k, dtype=acc, device=video.device)
-            grid = (triton.cdiv(ce, BN), triton.cdiv(k, BK))
-            _embed_bwd_w[grid](video, g, vis_idx, gw, bsz * nv, nv, ce, k, DOT=tl_dtype(ctx.dot), MMA=mma_dtype(ctx.dot),
-                               ACC=tl_dtype(acc), PREC="ieee", BLOCK_M=BM, BLOCK_N=BN, BLOCK_K=BK,
-                               **_launch_args(video, vis_idx, weight))
-            grad_w = gw.view_as(weight).to(weight.dtype)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_b = g.sum(0, dtype=acc_dtype(g.dtype)).to(ctx.bias_dtype)
-        if ctx.needs_input_grad[3]:
-            grad_pos = table_grad(g.view(bsz, nv, ce), vis_idx, pos_table)
-        return None, grad_w, grad_b, grad_pos, None, None
+        dot = dot_dtype(out_dtype)
+        acc = acc_dtype(dot)
+        gw = torch.empty(ce, k, dtype=acc, device=video.device)
+        grid = (triton.cdiv(ce, BN), triton.cdiv(k, BK))
+        _embed_bwd_w[grid](video, g, vis_idx, gw, bsz * nv, nv, ce, k, DOT=tl_dtype(dot), MMA=mma_dtype(dot),
+                           ACC=tl_dtype(acc), PREC="ieee", BLOCK_M=BM, BLOCK_N=BN, BLOCK_K=BK,
+                           **_launch_args(video, vis_idx, weight))
+        grad_w = gw.view_as(weight).to(weight.dtype)
+    return grad_w, grad_b, grad_pos
 
 
 def visible_patch_embed(video, weight, bias, pos_table, vis_idx, tubelet_size: int):
     """Tokens (B, N_vis, C_e) of the visible cubes: conv3d(video) + pos, gathered at vis_idx."""
-    return _VisiblePatchEmbed.apply(video, weight, bias, pos_table, vis_idx, tubelet_size)
+    return autograd.visible_patch_embed(sys.modules[__name__], video, weight, bias, pos_table,
+                                        vis_idx, tubelet_size)

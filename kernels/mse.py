@@ -4,12 +4,15 @@ returns the token's mean squared error against the prediction. The backward reco
 the same way, so targets are never stored."""
 from __future__ import annotations
 
+import sys
+
 import torch
 import triton
 import triton.language as tl
 
-from ._common import acc_dtype, check_device, check_video, cube_row_base, num_tokens, tl_dtype
-from .rules import IMAGENET_MEAN, IMAGENET_STD, masked_token_mean
+from . import autograd
+from ._common import acc_dtype, check_device, check_video, cube_row_base, tl_dtype
+from .rules import IMAGENET_MEAN, IMAGENET_STD, channel_stats
 
 
 @triton.jit
@@ -64,7 +67,7 @@ def _mse_bwd(pred, video, dec, mean, std, gtok, gpred, ND, C, D, GH, GW, s_b, s_
     tl.store(gpred + off, ((pr - tgt) * g).to(gpred.dtype.element_ty), mask=msk)
 
 
-def _args(video, dec_idx, patch_size, tubelet_size, mean, std, normalize, eps):
+def _args(video, dec_idx, patch_size, tubelet_size, normalize, eps):
     bsz, c, _, h, w = video.shape
     acc = acc_dtype(torch.promote_types(video.dtype, torch.float32))
     return dict(ND=dec_idx.shape[1], C=c, D=c * tubelet_size * patch_size ** 2, GH=h // patch_size,
@@ -76,43 +79,48 @@ def _args(video, dec_idx, patch_size, tubelet_size, mean, std, normalize, eps):
                 BLOCK_C=triton.next_power_of_2(c)), acc
 
 
-class _MaskedMSEPerToken(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, pred, video, dec_idx, patch_size, tubelet_size, normalize, eps, mean, std):
-        check_device(pred, video, dec_idx)
-        check_video(video, patch_size, tubelet_size)
-        kw, acc = _args(video, dec_idx, patch_size, tubelet_size, mean, std, normalize, eps)
-        if pred.shape != (*dec_idx.shape, kw["D"]):
-            raise ValueError(f"pred must be {(*dec_idx.shape, kw['D'])}, got {tuple(pred.shape)}")
-        pred_c = pred.contiguous()
-        m = torch.as_tensor(mean, dtype=acc, device=video.device)
-        s = torch.as_tensor(std, dtype=acc, device=video.device)
-        out = torch.empty(dec_idx.shape, dtype=acc, device=video.device)
-        _mse_fwd[(dec_idx.numel(),)](pred_c, video, dec_idx, m, s, out, **kw)
-        ctx.save_for_backward(pred_c, video, dec_idx, m, s)
-        ctx.kw = kw
-        return out
+def _checked_args(pred, video, dec_idx, patch_size, tubelet_size, normalize, eps):
+    check_device(pred, video, dec_idx)
+    check_video(video, patch_size, tubelet_size)
+    kw, acc = _args(video, dec_idx, patch_size, tubelet_size, normalize, eps)
+    if pred.shape != (*dec_idx.shape, kw["D"]):
+        raise ValueError(f"pred must be {(*dec_idx.shape, kw['D'])}, got {tuple(pred.shape)}")
+    return kw, acc
 
-    @staticmethod
-    def backward(ctx, grad_tok):
-        pred, video, dec_idx, m, s = ctx.saved_tensors
-        gpred = torch.empty_like(pred)
-        _mse_bwd[(dec_idx.numel(),)](pred, video, dec_idx, m, s, grad_tok.contiguous(), gpred, **ctx.kw)
-        return gpred, None, None, None, None, None, None, None, None
+
+def mse_forward(pred, video, dec_idx, patch_size, tubelet_size, normalize=True, eps=1e-6,
+                mean=IMAGENET_MEAN, std=IMAGENET_STD):
+    """Each decoded token's mean squared error against its normalised target, (B, N_dec), in the
+    accumulation dtype."""
+    kw, acc = _checked_args(pred, video, dec_idx, patch_size, tubelet_size, normalize, eps)
+    m, s = channel_stats(mean, std, acc, video.device)
+    out = torch.empty(dec_idx.shape, dtype=acc, device=video.device)
+    _mse_fwd[(dec_idx.numel(),)](pred.contiguous(), video, dec_idx, m, s, out, **kw)
+    return out
+
+
+def mse_backward(grad_tok, pred, video, dec_idx, patch_size, tubelet_size, normalize=True,
+                 eps=1e-6, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+    """The gradient of the per-token errors with respect to `pred` (its dtype); the targets are
+    recomputed, never stored."""
+    kw, acc = _checked_args(pred, video, dec_idx, patch_size, tubelet_size, normalize, eps)
+    m, s = channel_stats(mean, std, acc, video.device)
+    pred = pred.contiguous()
+    gpred = torch.empty_like(pred)
+    _mse_bwd[(dec_idx.numel(),)](pred, video, dec_idx, m, s, grad_tok.contiguous(), gpred, **kw)
+    return gpred
 
 
 def masked_mse_per_token(pred, video, dec_idx, patch_size, tubelet_size, normalize=True, eps=1e-6,
                          mean=IMAGENET_MEAN, std=IMAGENET_STD):
     """Each decoded token's mean squared error against its normalised target, (B, N_dec)."""
-    return _MaskedMSEPerToken.apply(pred, video, dec_idx, patch_size, tubelet_size, normalize, eps,
-                                    mean, std)
+    return autograd.masked_mse_per_token(sys.modules[__name__], pred, video, dec_idx, patch_size,
+                                         tubelet_size, normalize, eps, mean, std)
 
 
 def masked_mse(pred, video, vis_idx, dec_idx, patch_size: int, tubelet_size: int, normalize=True,
                denominator=None, eps: float = 1e-6, mean=IMAGENET_MEAN, std=IMAGENET_STD):
     """The official masked MSE (see the reference): token errors weighted by the encoder-masked
     flag, divided by their count (or `denominator`), clamped to at least 1."""
-    per_token = masked_mse_per_token(pred, video, dec_idx, patch_size, tubelet_size, normalize, eps,
-                                     mean, std)
-    return masked_token_mean(per_token, vis_idx, dec_idx, num_tokens(video, patch_size, tubelet_size),
-                             denominator)
+    return autograd.masked_mse(sys.modules[__name__], pred, video, vis_idx, dec_idx, patch_size,
+                               tubelet_size, normalize, denominator, eps, mean, std)

@@ -44,10 +44,17 @@ def tube_mask(batch: int, grid: Grid, mask_ratio: float, *, device=None,
     Returns the sorted visible indices (B, N_vis), int64. A uniformly random subset of the H'W'
     positions (argsort of uniform noise) is kept, as the official shuffle of a 0/1 row does.
     """
-    t, h, w = grid
-    hw = h * w
+    noise = torch.rand(batch, grid[1] * grid[2], device=device, generator=generator)
+    return tube_mask_from_noise(noise, grid, mask_ratio)
+
+
+def tube_mask_from_noise(noise: torch.Tensor, grid: Grid, mask_ratio: float) -> torch.Tensor:
+    """Tube masking from uniform noise (B, H'W'): the positions of the smallest values stay
+    visible. Tensor ops only, so torch.compile traces it (a `generator` argument cannot be)."""
+    t = grid[0]
     keep = tube_num_visible(grid, mask_ratio) // t
-    noise = torch.rand(batch, hw, device=device, generator=generator)
+    batch = noise.shape[0]
+    hw = grid[1] * grid[2]
     spatial = noise.argsort(dim=1)[:, :keep].sort(dim=1).values          # (B, keep)
     offsets = torch.arange(t, device=spatial.device) * hw                  # (T',)
     return (offsets[None, :, None] + spatial[:, None, :]).reshape(batch, t * keep)
@@ -110,10 +117,23 @@ class DualMasking:
             self.num_decoded = self.num_tokens - self.num_visible
 
     def __call__(self, batch: int, generator: torch.Generator | None = None):
-        vis = tube_mask(batch, self.grid, self.mask_ratio, device=self.device, generator=generator)
+        return self.from_noise(*self.draw(batch, generator))
+
+    def draw(self, batch: int, generator: torch.Generator | None = None):
+        """The random numbers of one batch's masks: (uniform noise (B, H'W'), running-cell map
+        per sample (B,) or None), drawn on the device from `generator`."""
+        noise = torch.rand(batch, self.grid[1] * self.grid[2], device=self.device, generator=generator)
+        choice = None
+        if self.cell_table is not None:
+            choice = torch.randint(0, 4, (batch,), device=self.device, generator=generator)
+        return noise, choice
+
+    def from_noise(self, noise: torch.Tensor, choice: torch.Tensor | None = None):
+        """(vis_idx, dec_idx) from `draw`'s random numbers: tensor ops only, so this half of the
+        masking traces into a torch.compile graph (the draw with a seeded generator cannot)."""
+        vis = tube_mask_from_noise(noise, self.grid, self.mask_ratio)
         if self.cell_table is None:
             return vis, complement_indices(vis, self.num_tokens)
-        choice = torch.randint(0, 4, (batch,), device=self.device, generator=generator)
         return vis, self.cell_table[choice]
 
 

@@ -11,7 +11,7 @@ Conventions for every config (stage configs extend `RunConfig`; the tools have t
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 DECODERS = ("auto", "dali", "pyav")
@@ -25,7 +25,10 @@ class RunConfig:
     num_frames: int = 16
     tubelet_size: int = 2
     drop_path: float = 0.0
-    activation_checkpointing: bool = False
+    # none | full | K (every K-th block); a bare --activation-checkpointing is full, and the
+    # true/false of older configs and presets mean full/none
+    activation_checkpointing: str = field(default="none", metadata={"bare": "full", "no": "none"})
+    attention: str = "auto"            # auto | sdpa | sdpa-{flash,efficient,cudnn,math} | math | flash-attn2 | flash-attn3 | xformers
     # official model options (every released model leaves them at these values)
     init_values: float = 0.0           # layer scale gamma init (0: off)
     learnable_pos_emb: bool = False    # a learned (1, N, C) position table instead of the sinusoid
@@ -78,8 +81,14 @@ class RunConfig:
     preset: str = ""
     preset_model: str = ""             # take the preset's values of this model size (sizes without one)
 
+    def __post_init__(self):
+        from ..models.vit import checkpoint_policy      # 'none' | 'full' | 'K', or ValueError
+        self.activation_checkpointing = checkpoint_policy(self.activation_checkpointing)
+
     def check(self) -> None:
         """Raise ValueError naming the flag to change for any value that cannot work."""
+        from ..models.attention_backends import BACKENDS as ATTENTION_BACKENDS
+        one_of("attention", self.attention, ATTENTION_BACKENDS)
         for name in ("batch_size", "accum_steps", "epochs", "num_sample", "sampling_rate",
                      "dali_instances", "input_size", "num_frames", "save_every"):
             if getattr(self, name) < 1:

@@ -31,6 +31,11 @@ def add_config_flags(parser: argparse.ArgumentParser, cls, help_text: dict[str, 
         elif typing.get_origin(base) is tuple:
             parser.add_argument(flag, type=float, nargs=len(typing.get_args(base)), default=argparse.SUPPRESS,
                                 metavar="X", help=h)
+        elif "bare" in f.metadata:      # a value, or the flag alone; --no-<flag> for the "no" value
+            parser.add_argument(flag, type=base, nargs="?", const=f.metadata["bare"],
+                                default=argparse.SUPPRESS, help=h)
+            parser.add_argument("--no-" + flag[2:], dest=f.name, action="store_const",
+                                const=f.metadata["no"], default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         else:
             parser.add_argument(flag, type=base, default=argparse.SUPPRESS, help=h)
 

@@ -38,9 +38,12 @@ class EvaluateConfig:
     precision: str = "auto"            # auto (bf16 on GPU) | bf16 | fp32
     seed: int = 0
     trust_checkpoint: bool = False     # unpickle code in --checkpoint (trusted files only)
+    attention: str = "auto"            # the attention backend (see models/attention.py)
 
     def check(self) -> None:
         _required(self, "checkpoint")
+        from ..models.attention_backends import BACKENDS as ATTENTION_BACKENDS
+        one_of("attention", self.attention, ATTENTION_BACKENDS)
         if (self.num_segments or 1) < 1 or (self.num_crops or 1) < 1:
             raise ValueError("--num-segments and --num-crops must be at least 1")
         if self.batch_views < 1 or self.dali_instances < 1 or self.num_workers < 0:

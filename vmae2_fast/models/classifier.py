@@ -4,7 +4,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .vit import PatchEmbed, make_blocks, position_table, run_blocks, set_position_table, trunc_normal_init_
+from .vit import (PatchEmbed, checkpoint_policy, make_blocks, position_table, run_blocks,
+                  set_position_table, trunc_normal_init_)
 
 
 class VisionTransformer(nn.Module):
@@ -32,7 +33,8 @@ class VisionTransformer(nn.Module):
         self.head_dropout = nn.Dropout(head_drop_rate)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         self.use_mean_pooling = use_mean_pooling
-        self.activation_checkpointing = activation_checkpointing
+        # 'none' | 'full' | K (every K-th block); booleans are accepted (True: 'full')
+        self.activation_checkpointing = checkpoint_policy(activation_checkpointing)
         self.apply(trunc_normal_init_)
         if isinstance(self.head, nn.Linear):
             with torch.no_grad():

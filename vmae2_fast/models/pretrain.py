@@ -12,7 +12,8 @@ import torch.nn as nn
 
 from .. import ops
 from ..masking import as_indices, complement_indices, num_tokens
-from .vit import PatchEmbed, make_blocks, position_table, run_blocks, set_position_table, sinusoid_table, xavier_init_
+from .vit import (PatchEmbed, checkpoint_policy, make_blocks, position_table, run_blocks,
+                  set_position_table, sinusoid_table, xavier_init_)
 
 
 class PretrainEncoder(nn.Module):
@@ -84,7 +85,8 @@ class PretrainVisionTransformer(nn.Module):
         self.patch_size = patch_size
         self.tubelet_size = tubelet_size
         self.normalize_target = normalize_target
-        self.activation_checkpointing = activation_checkpointing
+        # 'none' | 'full' | K (every K-th block); booleans are accepted (True: 'full')
+        self.activation_checkpointing = checkpoint_policy(activation_checkpointing)
 
     @property
     def num_tokens(self) -> int:

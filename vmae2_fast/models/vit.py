@@ -126,9 +126,41 @@ def make_blocks(depth, dim, num_heads, mlp_ratio, qkv_bias, drop_path_rate, norm
                                **options) for i in range(depth))
 
 
-def run_blocks(blocks: nn.ModuleList, x: torch.Tensor, activation_checkpointing: bool) -> torch.Tensor:
-    for blk in blocks:
-        if activation_checkpointing and torch.is_grad_enabled():
+_OFF = ("none", "false", "off", "no", "")
+_ALL = ("full", "true", "on", "yes", "all")
+
+
+def checkpoint_interval(policy) -> int:
+    """Activation checkpointing policy -> k: blocks k, 2k, ... (1-based) of each stack recompute
+    their activations in the backward pass; 0 is none. Accepts 'none' / 'full' / K (an int or
+    digits), and the booleans of older configs and the official `with_cp` (True is 'full')."""
+    if policy is None or isinstance(policy, bool):
+        return int(bool(policy))
+    if isinstance(policy, int):
+        k = policy
+    else:
+        text = str(policy).strip().lower()
+        if text in _OFF or text in _ALL:
+            return int(text in _ALL)
+        k = int(text) if text.isdigit() else -1
+    if k < 0:
+        raise ValueError(f"--activation-checkpointing must be none, full or K (every K-th block), "
+                         f"got {policy!r}")
+    return k
+
+
+def checkpoint_policy(policy) -> str:
+    """The policy's canonical name: 'none', 'full' or the block interval K as a string."""
+    k = checkpoint_interval(policy)
+    return {0: "none", 1: "full"}.get(k, str(k))
+
+
+def run_blocks(blocks: nn.ModuleList, x: torch.Tensor, activation_checkpointing=False) -> torch.Tensor:
+    """Run the blocks in order; under autograd, blocks k, 2k, ... are checkpointed (torch's
+    non-reentrant checkpoint: their activations are recomputed in the backward pass)."""
+    k = checkpoint_interval(activation_checkpointing) if torch.is_grad_enabled() else 0
+    for i, blk in enumerate(blocks):
+        if k and (i + 1) % k == 0:
             x = checkpoint(blk, x, use_reentrant=False)
         else:
             x = blk(x)
@@ -180,5 +212,5 @@ def count_parameters(model: nn.Module) -> int:
 
 
 __all__ = ["sinusoid_table", "DropPath", "PatchEmbed", "Mlp", "Attention", "Block", "make_blocks",
-           "run_blocks", "xavier_init_", "trunc_normal_init_", "position_table", "set_position_table",
-           "count_parameters"]
+           "run_blocks", "checkpoint_interval", "checkpoint_policy", "xavier_init_", "trunc_normal_init_",
+           "position_table", "set_position_table", "count_parameters"]

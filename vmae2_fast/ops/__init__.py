@@ -10,13 +10,18 @@ faces share (output dtypes, table gradients, loss weighting) are in `vmae2_fast.
   unavailable the reference runs and the reason is logged once (never a silent fallback);
 - 'triton' / 'cpp': that face only; an error where it cannot run;
 - 'reference': the plain-PyTorch definitions.
+
+Except under 'reference', each op is a torch.library custom op (`ops/custom.py`): torch.compile
+keeps it whole, and its kernel asks `_impl` for the face when it runs, so the face is chosen and
+logged at run time, never while torch.compile traces. Under 'reference' the ops are plain
+PyTorch, which autograd and torch.compile see through.
 """
 from __future__ import annotations
 
 import logging
 
 from ..constants import IMAGENET_MEAN, IMAGENET_STD
-from . import reference
+from . import custom, reference
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +65,8 @@ def use_backend(name: str) -> None:
     if name != _active:
         _logged.clear()
     _active = name
+    if name == "reference":
+        _log_once("reference", "fused ops: reference backend (plain PyTorch), as requested")
 
 
 def active_backend() -> str:
@@ -69,7 +76,6 @@ def active_backend() -> str:
 def _impl(device):
     """The module that runs an op on tensors of `device`, per the selected backend."""
     if _active == "reference":
-        _log_once("reference", "fused ops: reference backend (plain PyTorch), as requested")
         return reference
     if _active == "cpp":
         if device.type != "cpu":
@@ -100,19 +106,24 @@ def _impl(device):
     return reference
 
 
+def _front():
+    """The module whose functions the model calls: plain PyTorch under 'reference', else the
+    custom ops (whose kernels dispatch per device when they run)."""
+    return reference if _active == "reference" else custom
+
+
 def visible_patch_embed(video, weight, bias, pos_table, vis_idx, tubelet_size):
-    return _impl(video.device).visible_patch_embed(video, weight, bias, pos_table, vis_idx, tubelet_size)
+    return _front().visible_patch_embed(video, weight, bias, pos_table, vis_idx, tubelet_size)
 
 
 def decoder_input(z, proj_weight, pos_table, vis_idx, dec_idx, mask_token):
-    return _impl(z.device).decoder_input(z, proj_weight, pos_table, vis_idx, dec_idx, mask_token)
+    return _front().decoder_input(z, proj_weight, pos_table, vis_idx, dec_idx, mask_token)
 
 
 def masked_mse(pred, video, vis_idx, dec_idx, patch_size, tubelet_size, normalize=True,
                denominator=None, eps=1e-6, mean=IMAGENET_MEAN, std=IMAGENET_STD):
-    return _impl(pred.device).masked_mse(pred, video, vis_idx, dec_idx, patch_size, tubelet_size,
-                                         normalize=normalize, denominator=denominator, eps=eps,
-                                         mean=mean, std=std)
+    return _front().masked_mse(pred, video, vis_idx, dec_idx, patch_size, tubelet_size,
+                               normalize=normalize, denominator=denominator, eps=eps, mean=mean, std=std)
 
 
 # Not fused ops, shared by every backend.

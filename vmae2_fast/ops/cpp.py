@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 
 from ..constants import IMAGENET_MEAN, IMAGENET_STD
-from ..kernels.rules import (acc_dtype, compute_dtype, masked_token_mean, num_tokens,
-                             refuse_video_grad, table_grad)
+from ..kernels import autograd
+from ..kernels.rules import acc_dtype, decoder_grads, embed_grads, refuse_video_grad
 
 log = logging.getLogger(__name__)
 _module = None
@@ -79,93 +79,63 @@ def available() -> bool:
         return False
 
 
-class _Embed(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, video, weight, bias, pos_table, vis_idx, tubelet_size):
-        refuse_video_grad(video)
-        ce, p = weight.shape[0], weight.shape[-1]
-        out_dtype = compute_dtype(video.device, video.dtype, weight.dtype)
-        out = load().embed_forward(video, weight.reshape(ce, -1), bias, pos_table.reshape(-1, ce),
-                                   vis_idx, p, tubelet_size, out_dtype)
-        ctx.save_for_backward(video, weight, vis_idx, pos_table)
-        ctx.tub, ctx.dtype, ctx.bias_dtype = tubelet_size, out_dtype, None if bias is None else bias.dtype
-        return out.view(*vis_idx.shape, ce)
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        video, weight, vis_idx, pos_table = ctx.saved_tensors
-        ce = weight.shape[0]
-        g = grad_out.reshape(-1, ce)
-        gw = gb = gp = None
-        if ctx.needs_input_grad[1]:  # the cubes are gathered again instead of being kept
-            cubes = load().gather_cubes(video, vis_idx, weight.shape[-1], ctx.tub).to(ctx.dtype)
-            gw = (g.to(ctx.dtype).t() @ cubes).view_as(weight).to(weight.dtype)
-        if ctx.bias_dtype is not None and ctx.needs_input_grad[2]:
-            gb = g.sum(0, dtype=acc_dtype(g.dtype)).to(ctx.bias_dtype)
-        if ctx.needs_input_grad[3]:
-            gp = table_grad(grad_out, vis_idx, pos_table)
-        return None, gw, gb, gp, None, None
+# ---- the face: plain functions, dtypes explicit (see vmae2_fast.kernels.autograd)
+def embed_forward(video, weight, bias, pos_table, vis_idx, tubelet_size, out_dtype):
+    refuse_video_grad(video)
+    ce, p = weight.shape[0], weight.shape[-1]
+    out = load().embed_forward(video, weight.reshape(ce, -1), bias, pos_table.reshape(-1, ce),
+                               vis_idx, p, tubelet_size, out_dtype)
+    return out.view(*vis_idx.shape, ce)
 
 
-class _Decoder(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, z, proj_weight, pos_table, vis_idx, dec_idx, mask_token):
-        cd = proj_weight.shape[0]
-        dtype = compute_dtype(z.device, z.dtype, proj_weight.dtype)
-        out = load().decoder_forward(z, proj_weight, pos_table.reshape(-1, cd), vis_idx, dec_idx,
-                                     mask_token, dtype)
-        ctx.save_for_backward(z, proj_weight, vis_idx, dec_idx, pos_table)
-        ctx.dtype, ctx.token = dtype, (mask_token.dtype, mask_token.shape)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        z, w, vis_idx, dec_idx, pos_table = ctx.saved_tensors
-        nv, dt = z.shape[1], ctx.dtype
-        g_vis = grad_out[:, :nv].to(dt)
-        gz = gw = gp = gt = None
-        if ctx.needs_input_grad[0]:
-            gz = (g_vis @ w.to(dt)).to(z.dtype)
-        if ctx.needs_input_grad[1]:
-            gw = (g_vis.reshape(-1, w.shape[0]).t() @ z.reshape(-1, z.shape[2]).to(dt)).to(w.dtype)
-        if ctx.needs_input_grad[2]:
-            gp = table_grad(grad_out[:, :nv], vis_idx, pos_table)
-            gp += table_grad(grad_out[:, nv:], dec_idx, pos_table)
-        if ctx.needs_input_grad[5]:
-            gt = grad_out[:, nv:].sum((0, 1), dtype=acc_dtype(dt)).to(ctx.token[0]).view(ctx.token[1])
-        return gz, gw, gp, None, None, gt
+def embed_backward(grad_out, video, weight, pos_table, vis_idx, tubelet_size, out_dtype, bias_dtype,
+                   needs):
+    # the cubes are gathered again instead of being kept from the forward pass
+    return embed_grads(grad_out, weight, pos_table, vis_idx, out_dtype, bias_dtype, needs,
+                       cubes=lambda: load().gather_cubes(video, vis_idx, weight.shape[-1], tubelet_size))
 
 
-class _MSETokens(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, pred, video, dec_idx, patch_size, tubelet_size, normalize, eps, mean, std):
-        refuse_video_grad(video)
-        acc = acc_dtype(torch.promote_types(video.dtype, pred.dtype))
-        pred_c = pred.to(acc).contiguous()
-        args = (patch_size, tubelet_size, [float(x) for x in mean], [float(x) for x in std],
-                bool(normalize), float(eps))
-        ctx.save_for_backward(pred_c, video, dec_idx)
-        ctx.args, ctx.pred_dtype = args, pred.dtype
-        return load().mse_tokens(pred_c, video, dec_idx, *args, None)
+def decoder_forward(z, proj_weight, pos_table, vis_idx, dec_idx, mask_token, out_dtype):
+    cd = proj_weight.shape[0]
+    return load().decoder_forward(z, proj_weight, pos_table.reshape(-1, cd), vis_idx, dec_idx,
+                                  mask_token, out_dtype)
 
-    @staticmethod
-    def backward(ctx, grad_tok):
-        pred_c, video, dec_idx = ctx.saved_tensors
-        g = load().mse_tokens(pred_c, video, dec_idx, *ctx.args, grad_tok)
-        return g.to(ctx.pred_dtype), None, None, None, None, None, None, None, None
+
+decoder_backward = decoder_grads
+
+
+def _mse_args(pred, video, patch_size, tubelet_size, normalize, eps, mean, std):
+    refuse_video_grad(video)
+    acc = acc_dtype(torch.promote_types(video.dtype, pred.dtype))
+    return pred.to(acc).contiguous(), (patch_size, tubelet_size, [float(x) for x in mean],
+                                       [float(x) for x in std], bool(normalize), float(eps))
+
+
+def mse_forward(pred, video, dec_idx, patch_size, tubelet_size, normalize=True, eps=1e-6,
+                mean=IMAGENET_MEAN, std=IMAGENET_STD):
+    pred_c, args = _mse_args(pred, video, patch_size, tubelet_size, normalize, eps, mean, std)
+    return load().mse_tokens(pred_c, video, dec_idx, *args, None)
+
+
+def mse_backward(grad_tok, pred, video, dec_idx, patch_size, tubelet_size, normalize=True, eps=1e-6,
+                 mean=IMAGENET_MEAN, std=IMAGENET_STD):
+    pred_c, args = _mse_args(pred, video, patch_size, tubelet_size, normalize, eps, mean, std)
+    return load().mse_tokens(pred_c, video, dec_idx, *args, grad_tok).to(pred.dtype)
+
+
+# ---- the three ops with autograd, for callers of this face alone
+_face = sys.modules[__name__]
 
 
 def visible_patch_embed(video, weight, bias, pos_table, vis_idx, tubelet_size):
-    return _Embed.apply(video, weight, bias, pos_table, vis_idx, tubelet_size)
+    return autograd.visible_patch_embed(_face, video, weight, bias, pos_table, vis_idx, tubelet_size)
 
 
 def decoder_input(z, proj_weight, pos_table, vis_idx, dec_idx, mask_token):
-    return _Decoder.apply(z, proj_weight, pos_table, vis_idx, dec_idx, mask_token)
+    return autograd.decoder_input(_face, z, proj_weight, pos_table, vis_idx, dec_idx, mask_token)
 
 
 def masked_mse(pred, video, vis_idx, dec_idx, patch_size, tubelet_size, normalize=True,
                denominator=None, eps=1e-6, mean=IMAGENET_MEAN, std=IMAGENET_STD):
-    per_token = _MSETokens.apply(pred, video, dec_idx, patch_size, tubelet_size, normalize, eps,
-                                 mean, std)
-    return masked_token_mean(per_token, vis_idx, dec_idx, num_tokens(video, patch_size, tubelet_size),
-                             denominator)
+    return autograd.masked_mse(_face, pred, video, vis_idx, dec_idx, patch_size, tubelet_size,
+                               normalize, denominator, eps, mean, std)

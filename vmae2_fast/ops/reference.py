@@ -13,10 +13,10 @@ import torch
 import torch.nn.functional as F
 
 from ..constants import IMAGENET_MEAN, IMAGENET_STD
-from ..kernels.rules import encoder_masked, masked_token_mean
+from ..kernels.rules import channel_stats, encoder_masked, masked_token_mean
 
 
-def _gather_tokens(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+def gather_tokens(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """x (B, N, D) at idx (B, k) -> (B, k, D)."""
     return x.gather(1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
 
@@ -49,7 +49,7 @@ def visible_patch_embed(video, weight, bias, pos_table, vis_idx, tubelet_size: i
     `vis_idx` (the official order of operations), but spends the projection on N_vis tokens only.
     weight: the Conv3d weight (C_e, 3, t, p, p); bias (C_e,).
     """
-    cubes = _gather_tokens(patchify(video, weight.shape[-1], tubelet_size), vis_idx)
+    cubes = gather_tokens(patchify(video, weight.shape[-1], tubelet_size), vis_idx)
     tokens = F.linear(cubes, weight.reshape(weight.shape[0], -1), bias)
     return tokens + _gather_table(pos_table, vis_idx).to(tokens.dtype)
 
@@ -73,11 +73,10 @@ def normalized_targets(video, idx, patch_size: int, tubelet_size: int, normalize
     same numbers for the ~half that enter the loss. Computed in at least float32.
     """
     dtype = torch.promote_types(video.dtype, torch.float32)
-    cubes = _gather_tokens(patchify(video.to(dtype), patch_size, tubelet_size, channel_last=True), idx)
+    cubes = gather_tokens(patchify(video.to(dtype), patch_size, tubelet_size, channel_last=True), idx)
     B, k, _ = cubes.shape
     cubes = cubes.view(B, k, -1, video.shape[1])                      # (B, k, t*p*p, C)
-    m = torch.as_tensor(mean, dtype=dtype, device=video.device)
-    s = torch.as_tensor(std, dtype=dtype, device=video.device)
+    m, s = channel_stats(mean, std, dtype, video.device)     # cached: no host copy per call
     cubes = cubes * s + m
     if normalize:
         mu = cubes.mean(dim=-2, keepdim=True)
@@ -99,10 +98,16 @@ def masked_mse(pred, video, vis_idx, dec_idx, patch_size: int, tubelet_size: int
     encoder-masked the official code divides by zero; the count is clamped to 1 here so that such a
     degenerate batch gives 0 instead of NaN.
     """
-    target = normalized_targets(video, dec_idx, patch_size, tubelet_size, normalize, mean, std, eps)
-    per_token = (pred.to(target.dtype) - target).pow(2).mean(dim=-1)
+    per_token = mse_per_token(pred, video, dec_idx, patch_size, tubelet_size, normalize, eps, mean, std)
     n = (video.shape[2] // tubelet_size) * (video.shape[3] // patch_size) * (video.shape[4] // patch_size)
     return masked_token_mean(per_token, vis_idx, dec_idx, n, denominator)
+
+
+def mse_per_token(pred, video, dec_idx, patch_size: int, tubelet_size: int, normalize: bool = True,
+                  eps: float = 1e-6, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+    """Each decoded token's mean squared error against its target, (B, N_dec), in at least float32."""
+    target = normalized_targets(video, dec_idx, patch_size, tubelet_size, normalize, mean, std, eps)
+    return (pred.to(target.dtype) - target).pow(2).mean(dim=-1)
 
 
 def loss_token_count(vis_idx, dec_idx, num_tokens: int):

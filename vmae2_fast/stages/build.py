@@ -26,7 +26,7 @@ from ..train.schedule import run_schedules
 log = logging.getLogger("vmae2_fast")
 
 __all__ = ["pick_device", "session", "seed_everything", "rank0_first", "build_trainer",
-           "embedded_dataset"]
+           "embedded_dataset", "apply_attention"]
 
 
 def pick_device(name: str, dist: DistInfo | None = None) -> torch.device:
@@ -52,6 +52,16 @@ def session(device_name: str, output_dir: str | None):
         yield device, dist
     finally:
         cleanup(dist)
+
+
+def apply_attention(model: torch.nn.Module, backend: str, device: torch.device, precision: str):
+    """Set `model`'s attention backend (`--attention`) for the device and the dtype attention
+    runs in under `precision`; `auto` logs its choice, a named backend that cannot run is refused
+    with the reason (models/attention.py). Returns the model."""
+    from ..models.attention import set_attention_backend
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(resolve_precision(precision, device),
+                                                              torch.float32)
+    return set_attention_backend(model, backend, device, dtype)
 
 
 def seed_everything(seed: int, rank: int = 0, threads: int = 0) -> None:

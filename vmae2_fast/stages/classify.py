@@ -27,7 +27,7 @@ from ..train.ema import ModelEma
 from ..train.distributed import DistInfo, all_reduce_sum
 from ..train.loop import resolve_precision
 from ..train.mixup import VideoMixup, soft_target_cross_entropy
-from .build import build_trainer, embedded_dataset, seed_everything, session
+from .build import apply_attention, build_trainer, embedded_dataset, seed_everything, session
 from .evaluate import video_log_probs
 
 log = logging.getLogger("vmae2_fast")
@@ -195,13 +195,16 @@ class ClassifyStage:
 
 
 # ------------------------------------------------------------------------------------ models
-def build_model(cfg, num_classes: int, model_name: str | None = None, drop_path=None):
-    return build_classifier(
+def build_model(cfg, num_classes: int, model_name: str | None = None, drop_path=None, device=None):
+    """The classifier of `cfg`; with `device`, its attention backend is set for that device and
+    the run's precision (`--attention`)."""
+    model = build_classifier(
         model_name or cfg.model, num_classes, img_size=cfg.input_size, num_frames=cfg.num_frames,
         tubelet_size=cfg.tubelet_size, drop_rate=cfg.drop, attn_drop_rate=cfg.attn_drop,
         drop_path_rate=cfg.drop_path if drop_path is None else drop_path,
         head_drop_rate=cfg.head_drop, init_scale=cfg.init_scale, use_mean_pooling=cfg.use_mean_pooling,
         activation_checkpointing=cfg.activation_checkpointing, **model_options(cfg))
+    return model if device is None else apply_attention(model, cfg.attention, device, cfg.precision)
 
 
 def load_teacher(cfg, num_classes: int, class_names, device, precision: str):
@@ -213,7 +216,7 @@ def load_teacher(cfg, num_classes: int, class_names, device, precision: str):
                          f"({len(t_names)} classes: {', '.join(t_names[:4])}, ...) than the data "
                          f"({len(class_names)}: {', '.join(class_names[:4])}, ...); distil on the "
                          "teacher's classes")
-    teacher = build_model(cfg, num_classes, cfg.teacher_model, drop_path=0.0)
+    teacher = build_model(cfg, num_classes, cfg.teacher_model, drop_path=0.0, device=device)
     report = load_classifier_weights(teacher, cfg.teacher, trust_code=cfg.trust_checkpoint)
     if report.head != "loaded":
         raise ValueError(f"the teacher {cfg.teacher} has no {num_classes}-class head (its head "
@@ -246,7 +249,7 @@ def run(cfg: FinetuneConfig) -> dict:
         val_items, val_index = load_list(val_path, root, decoder=decoder, labels=True, build=build,
                                          layout=layout)
         num_classes = check_lists(train_items, val_items, cfg.num_classes, names, train_path, val_path)
-        model = build_model(cfg, num_classes)
+        model = build_model(cfg, num_classes, device=device)
         if cfg.init:
             load_classifier_weights(model, cfg.init, cfg.head_map or kinetics_rows(cfg, num_classes, names,
                                                                                    train_path),

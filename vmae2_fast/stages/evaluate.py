@@ -24,7 +24,7 @@ from ..models import build_classifier
 from ..models.zoo import model_options
 from ..models.weights import CheckpointMismatchError, load_classifier_weights, read_checkpoint
 from ..train.distributed import all_gather_objects
-from .build import embedded_dataset, session
+from .build import apply_attention, embedded_dataset, session
 
 log = logging.getLogger("vmae2_fast")
 
@@ -96,12 +96,12 @@ def run(cfg: EvaluateConfig) -> dict:
         if report.head != "loaded":
             raise CheckpointMismatchError(f"{cfg.checkpoint} has no {num_classes}-class head; pass the "
                                           "right --num-classes or a fine-tuned checkpoint")
-        model = model.to(device).eval()
+        bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
+        model = apply_attention(model.to(device).eval(), cfg.attention, device, "bf16" if bf16 else "fp32")
         segments, crops = view.test_views
         views = segments * crops
         loader = eval_loader(entries, index, view, dist, device, decoder, mode="test",
                              batch_size=max(1, cfg.batch_views // views), segments=segments, crops=crops)
-        bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
         t0, rows = time.time(), []
         try:
             for video, labels, _, paths in loader(0):

@@ -19,7 +19,7 @@ from ..masking import DualMasking
 from ..models import build_pretrain_model, count_parameters
 from ..models.zoo import model_options
 from ..train.distributed import DistInfo, all_reduce_sum
-from .build import build_trainer, embedded_dataset, seed_everything, session
+from .build import apply_attention, build_trainer, embedded_dataset, seed_everything, session
 
 log = logging.getLogger("vmae2_fast")
 
@@ -79,12 +79,15 @@ class PretrainStage:
         return {"preview": str(path)}
 
 
-def build_model(cfg: PretrainConfig):
-    return build_pretrain_model(
+def build_model(cfg: PretrainConfig, device: torch.device | None = None):
+    """The stage-1 model of `cfg`; with `device`, its attention backend is set for that device
+    and the run's precision (`--attention`)."""
+    model = build_pretrain_model(
         cfg.model, img_size=cfg.input_size, num_frames=cfg.num_frames, tubelet_size=cfg.tubelet_size,
         decoder_depth=cfg.decoder_depth, drop_path_rate=cfg.drop_path,
         normalize_target=cfg.normalize_target, activation_checkpointing=cfg.activation_checkpointing,
         **model_options(cfg))
+    return model if device is None else apply_attention(model, cfg.attention, device, cfg.precision)
 
 
 def run(cfg: PretrainConfig) -> dict:
@@ -95,7 +98,7 @@ def run(cfg: PretrainConfig) -> dict:
         ops.use_backend(cfg.kernels)  # fused ops: logs which face runs, once
 
         # Everything that can fail on bad input is checked before any compute is spent.
-        model = build_model(cfg).to(device)
+        model = build_model(cfg, device).to(device)
         decoder = choose_decoder(cfg.decoder, device, log_choice=dist.is_main)
         list_file, root = cfg.data, cfg.data_root
         if list_file is None:
