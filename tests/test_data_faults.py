@@ -8,6 +8,8 @@ import signal
 from pathlib import Path
 
 import pytest
+
+import needs
 import torch
 
 from test_pretrain_loop import assert_same_weights, final_weights, micro_flags
@@ -87,10 +89,8 @@ def test_the_board_names_what_each_worker_reads():
 
 
 def test_dali_pipeline_failure_without_a_bad_file_is_a_data_plane_error(tiny_synthetic, tmp_path):
-    from vmae2_fast.data.dali.pipeline import DaliVideoLoader, dali_status
-    ok, why = dali_status()
-    if not ok:
-        pytest.skip(f"needs nvidia-dali: {why}")
+    from vmae2_fast.data.dali.pipeline import DaliVideoLoader
+    needs.dali()                 # not installed: skip locally, fail on CI
     from vmae2_fast.data.index import build_index
     videos = build_index(tiny_synthetic.pretrain_list, tiny_synthetic.root, progress=False,
                          output=str(tmp_path / "faults.index.json")).videos

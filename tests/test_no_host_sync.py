@@ -7,6 +7,8 @@ tensors built from host data and cross-device copies, inside the fused ops' kern
 the CPU run cannot see (waits inside CUDA-only code) is listed in that module's docstring."""
 import numpy as np
 import pytest
+
+import needs
 import torch
 
 from vmae2_fast import ops
@@ -47,8 +49,8 @@ def pretrain_trainer(tmp_path, device, precision="fp32", checkpointing="2", comp
 @pytest.mark.parametrize("face", ["cpp", "reference"])
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_cpu_train_step_makes_no_host_sync(tmp_path, backend, face, precision):
-    if face == "cpp" and not cpp_ops.available():
-        pytest.skip(cpp_ops._error)
+    if face == "cpp":
+        needs.cpp_ops()
     backend(face)
     trainer, batches = pretrain_trainer(tmp_path, torch.device("cpu"), precision)
     trainer.train_step(batches)                # warm-up: lazy optimiser state, cached buffers
@@ -72,8 +74,7 @@ def test_the_guard_sees_the_old_per_call_statistics(tmp_path, backend, monkeypat
 
 def test_the_guard_looks_inside_the_custom_ops(tmp_path, backend, monkeypatch):
     """A value read inside a face's kernel (behind the custom op) is caught as well."""
-    if not cpp_ops.available():
-        pytest.skip(cpp_ops._error)
+    needs.cpp_ops()
     backend("cpp")
     trainer, batches = pretrain_trainer(tmp_path, torch.device("cpu"))
     trainer.train_step(batches)

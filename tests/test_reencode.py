@@ -11,6 +11,8 @@ from fractions import Fraction
 import av
 import numpy as np
 import pytest
+
+import needs
 import torch
 import torch.nn.functional as F
 
@@ -158,7 +160,6 @@ def test_new_list_and_index(h264_run):
 
 
 def test_vp9_output_and_dali_cpu_decode(sources, tmp_path):
-    from vmae2_fast.data.dali.pipeline import dali_status
     root, _ = sources
     lst = tmp_path / "vp9.txt"
     lst.write_text("sub/chroma422.mp4 3\nsub/divx.avi 5\n")       # path label
@@ -176,9 +177,7 @@ def test_vp9_output_and_dali_cpu_decode(sources, tmp_path):
     src = read_back(str(root / "sub" / "chroma422.mp4"))
     assert np.abs(dst["frames"] - resized(src["frames"], 106, 64)).mean() < 4.0
 
-    ok, why = dali_status()
-    if not ok:
-        pytest.skip(f"DALI part needs nvidia-dali: {why}")
+    needs.dali()                 # not installed: skip locally, fail on CI
     want = np.array([0, 17, 31, 39])   # across GOPs: DALI seeks to keyframes
     dali = dali_decode(path, want, "cpu")
     assert dali.shape == (4, 64, 106, 3)
@@ -210,10 +209,7 @@ def dali_decode(path, frames, device):
 def test_h264_output_decodes_on_nvdec(h264_run):
     """The point of H.264 outputs: NVDEC reads them, including those made from 4:2:2 sources
     and MPEG-4 Part 2 AVIs, which it cannot read as they were."""
-    from vmae2_fast.data.dali.pipeline import dali_status
-    ok, why = dali_status()
-    if not ok:
-        pytest.skip(f"needs nvidia-dali: {why}")
+    needs.dali()
     _, out, _ = h264_run
     want = np.array([1, 16, 30, 39])
     for name in ("chroma422.mp4", "divx.mp4"):
