@@ -32,7 +32,7 @@ from vmae2_fast.models import build_pretrain_model
 from vmae2_fast.models.zoo import model_spec
 from vmae2_fast.testing import baseline
 
-__all__ = ["Impl", "official_impls", "fast_impls", "hf_impl", "fast_settings", "row_names"]
+__all__ = ["Impl", "official_impls", "fast_impls", "hf_impl", "fast_settings", "row_names", "grid_of"]
 
 
 @dataclass
@@ -97,7 +97,7 @@ def official_impls(args, init_state, video, device, autocast, n_steps: int) -> t
         official.load_state_dict(init_state, strict=True)  # same weights; the key names are official
         official.to(device).train()
         opt = official_adamw(official)
-        gen = OfficialMasks(code, _grid(args), args.mask_ratio, args.decoder_mask_ratio)
+        gen = OfficialMasks(code, grid_of(args), args.mask_ratio, args.decoder_mask_ratio)
         masks = iter([gen(args.batch) for _ in range(n_steps)])
 
         def step():
@@ -115,7 +115,8 @@ def official_impls(args, init_state, video, device, autocast, n_steps: int) -> t
     return [official, restatement], meta
 
 
-def _grid(args):
+def grid_of(args):
+    """The clip's cube grid (t, h, w) for the model's patch size (tubelets of 2 frames)."""
     p = model_spec(args.model).patch_size
     return (args.frames // 2, args.size // p, args.size // p)
 
@@ -223,7 +224,7 @@ def hf_impl(args, video, device, autocast, n_steps: int) -> Impl:
         model = transformers.VideoMAEForPreTraining(config).to(device).train()
         opt = torch.optim.AdamW(model.parameters(), lr=LR, betas=BETAS, weight_decay=WEIGHT_DECAY)
         pixels = video.permute(0, 2, 1, 3, 4).contiguous()           # HF takes (B, T, C, H, W)
-        masks = iter([enc.to(device) for enc, _ in _step_masks(args, _grid(args), n_steps)])
+        masks = iter([enc.to(device) for enc, _ in _step_masks(args, grid_of(args), n_steps)])
 
         def step():
             with autocast():

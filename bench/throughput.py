@@ -53,7 +53,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import report_main  # noqa: E402
-from implementations import fast_impls, hf_impl, official_impls, row_names  # noqa: E402
+from implementations import fast_impls, grid_of, hf_impl, official_impls, row_names  # noqa: E402
 from step_common import add_step_flags, autocast_for, environment, sync  # noqa: E402
 from throughput_report import write  # noqa: E402
 
@@ -102,9 +102,10 @@ def time_interleaved(steps: dict, n_steps: int, warmup: int, device) -> dict:
         except RuntimeError as exc:
             if not _is_oom(exc):
                 raise
-            out[name] = "oom"
-            del steps[name]
-            _free(device)
+        # freed after the except clause: until then its traceback holds the step's tensors
+        out[name] = "oom"
+        del steps[name]
+        _free(device)
 
     for _ in range(warmup):
         for name in list(steps):
@@ -129,6 +130,7 @@ def time_interleaved(steps: dict, n_steps: int, warmup: int, device) -> dict:
 
 def time_alone(build, n_steps: int, warmup: int, device):
     """Build one implementation, time it with the device to itself, free it: (times, peak) or "oom"."""
+    step, got = None, None
     try:
         step = build()
         for _ in range(warmup):
@@ -137,10 +139,13 @@ def time_alone(build, n_steps: int, warmup: int, device):
     except RuntimeError as exc:
         if not _is_oom(exc):
             raise
+    # freed after the except clause (its traceback holds the step's tensors); compiled graphs
+    # hold the parameters too, and the next implementation is built from scratch
+    step = None
+    torch._dynamo.reset()
+    _free(device)
+    if got is None:
         return "oom"
-    finally:
-        step = None
-        _free(device)
     peaks = [p for _, p in got if p is not None]
     return [t for t, _ in got], (max(peaks) if peaks else None)
 
@@ -214,7 +219,7 @@ def record(a, impl, timed) -> dict:
     model_flops, hw_flops = flops_of(a, impl.flops)
     clips = a.batch / med
     rec.update(status="ok", median_step_s=med, min_step_s=min(times), max_step_s=max(times), step_s=times,
-               clips_per_s=clips, tokens_per_s=clips * num_tokens(_grid_of(a)),
+               clips_per_s=clips, tokens_per_s=clips * num_tokens(grid_of(a)),
                model_tflop_per_clip=model_flops / 1e12, hardware_tflop_per_clip=hw_flops / 1e12,
                tflops=clips * model_flops / 1e12, hardware_tflops=clips * hw_flops / 1e12,
                peak_mem_gib=peak, peak_mem_per_clip_gib=None if peak is None else peak / a.batch)
@@ -225,10 +230,9 @@ def record(a, impl, timed) -> dict:
     return rec
 
 
-def _grid_of(a):
-    from vmae2_fast.models.zoo import model_spec
-    p = model_spec(a.model).patch_size
-    return (a.frames // 2, a.size // p, a.size // p)
+def _params(model: str) -> int:
+    with torch.device("meta"):      # the count without allocating (ViT-g: 4 GB)
+        return count_parameters(build_pretrain_model(model))
 
 
 def _ratios(records: list[dict], paired: bool) -> None:
@@ -269,8 +273,8 @@ def run(args) -> dict:
     at = max(both, key=lambda r: r["batch"]) if both else None
     report = {
         **environment(device, load_before), **meta,
-        "model": args.model, "params_m": round(count_parameters(build_pretrain_model(args.model)) / 1e6, 3),
-        "clip": f"{args.frames}x{args.size}x{args.size}", "tokens_per_clip": num_tokens(_grid_of(args)),
+        "model": args.model, "params_m": round(_params(args.model) / 1e6, 3),
+        "clip": f"{args.frames}x{args.size}x{args.size}", "tokens_per_clip": num_tokens(grid_of(args)),
         "batch": "sweep" if args.sweep else args.batch, "batches": sorted({r["batch"] for r in records}),
         "precision": args.precision, "mask_ratio": args.mask_ratio, "decoder_mask_ratio": args.decoder_mask_ratio,
         "fused_ops": ops.active_backend(), "official_checkpointing": args.official_checkpointing,
