@@ -82,7 +82,10 @@ def official_impls(args, init_state, video, device, autocast, n_steps: int) -> t
             opt.zero_grad()
         return step
 
-    restatement = Impl("re-statement", "re-statement", build_restatement, {"checkpointing": "none"},
+    # the re-statement is functional: it has no --with_checkpoint to honour --official-checkpointing
+    restatement = Impl("re-statement", "re-statement", build_restatement,
+                       {"checkpointing": "none" if not with_cp else "none (the re-statement cannot checkpoint: "
+                                                                    "give --official-repo)"},
                        {**counted, "checkpointing": "none"})
     if not args.official_repo:
         restatement.name = "official"

@@ -63,12 +63,14 @@ def environment(device: torch.device, load_before: float) -> dict:
 
 
 def result_stem(report: dict, out_dir: Path, kind: str) -> Path:
-    """out_dir/<kind>-<machine>-<model>-<precision>[-<frames>x<size>-b<batch>] (shape only when not the default)."""
+    """out_dir/<kind>-<machine>-<model>-<precision>[-<frames>x<size>-b<batch>][-<tag>] (shape only
+    when not the default; the tag when the report has one)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     slug = "".join(c if c.isalnum() else "-" for c in report["machine"]).strip("-").lower()
     shape = "" if (report["clip"], report["batch"]) == ("16x224x224", 2) else \
         f"-{report['clip'].rsplit('x', 1)[0]}-b{report['batch']}"
-    return out_dir / f"{kind}-{slug}-{report['model']}-{report['precision']}{shape}"
+    tag = f"-{report['tag']}" if report.get("tag") else ""     # runs that differ in other flags
+    return out_dir / f"{kind}-{slug}-{report['model']}-{report['precision']}{shape}{tag}"
 
 
 def add_step_flags(p: argparse.ArgumentParser) -> None:

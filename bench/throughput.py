@@ -278,7 +278,7 @@ def run(args) -> dict:
         "batch": "sweep" if args.sweep else args.batch, "batches": sorted({r["batch"] for r in records}),
         "precision": args.precision, "mask_ratio": args.mask_ratio, "decoder_mask_ratio": args.decoder_mask_ratio,
         "fused_ops": ops.active_backend(), "official_checkpointing": args.official_checkpointing,
-        "schedule": args.schedule, "steps": args.steps, "warmup": args.warmup,
+        "schedule": args.schedule, "tag": args.tag, "steps": args.steps, "warmup": args.warmup,
         "peak_tflops": None if args.peak is None else args.peak / 1e12, "peak_source": peak_source,
         "records": records, "results": best,
         # the first fast row against the baseline at the same batch (the largest both ran)
@@ -350,6 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                         "out of memory; report each one's best")
     p.add_argument("--batches", type=int, nargs="+", help=f"the sweep's batch sizes (default {SWEEP_BATCHES})")
     p.add_argument("--time-budget", type=float, default=0.0, help="stop the sweep after this many seconds (0: none)")
+    p.add_argument("--tag", default="", help="appended to the result files' names (runs of the same shape)")
     p.add_argument("--peak-tflops", type=float, help="the device's peak TFLOP/s for MFU (default: flops.peak_flops)")
     p.set_defaults(activation_checkpointing=False)
     return p
