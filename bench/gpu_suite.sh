@@ -49,13 +49,14 @@ case "$DEVICE" in cuda|cpu) ;; *) die "--device must be cuda or cpu, got '$DEVIC
 [[ "$BUDGET" =~ ^[0-9]+$ ]] || die "--budget takes whole seconds, got '$BUDGET'"
 if [ -n "$WHEELS" ] && [ ! -d "$WHEELS" ]; then die "--wheels $WHEELS is not a folder"; fi
 
-REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$REPO" || exit 2
-mkdir -p "$DEST/logs" || die "cannot create $DEST"
-DEST="$(cd "$DEST" && pwd)"
 PY="${PYTHON:-$(command -v python3 || command -v python)}"
 [ -n "$PY" ] || die "no python3 on PATH (set PYTHON)"
-PY="$(command -v "$PY")" || die "cannot run $PYTHON"
+case "$PY" in /*) ;; */*) PY="$PWD/$PY" ;; *) PY="$(command -v "$PY")" || die "cannot find $PY" ;; esac
+[ -x "$PY" ] || die "cannot run $PY"
+mkdir -p "$DEST/logs" || die "cannot create $DEST"
+DEST="$(cd "$DEST" && pwd)"
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$REPO" || exit 2
 export VMAE2_FAST_CACHE="${VMAE2_FAST_CACHE:-$REPO/.cache}" PYTHONUNBUFFERED=1
 START=$SECONDS
 SUMMARY="$DEST/logs/suite.tsv"
@@ -101,7 +102,8 @@ if [ -n "$WHEELS" ]; then
         whl="${first%.part-aa}"
         cat "${whl}".part-* > "$whl.joining" && mv "$whl.joining" "$whl" && say "joined $(basename "$whl")"
     done
-    mapfile -t to_install < <(ls "$WHEELS"/*.whl 2>/dev/null | grep -Ev '/(torch|triton)-[0-9]')
+    # by name, not by file: pip keeps what is already installed (numpy, pillow...) as it is
+    mapfile -t to_install < <(ls "$WHEELS"/*.whl 2>/dev/null | sed 's#.*/##; s/-.*//' | sort -u | grep -Evx 'torch|triton')
     if [ "${#to_install[@]}" -gt 0 ]; then
         t0=$SECONDS
         if "$PY" -m pip install --no-index --find-links "$WHEELS" "${to_install[@]}" > "$DEST/logs/wheels.log" 2>&1; then
