@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import vmae2_fast.data.pyav.pretrain as pd_module
+from vmae2_fast.data.pixels import normalize_on_device
 from vmae2_fast.data.lists import VideoEntry, read_pretrain_list
 from vmae2_fast.data.pyav.pretrain import PretrainVideoDataset, pretrain_collate
 from vmae2_fast.data.synthetic import CLASS_NAMES, synthetic_video_frames
@@ -78,7 +79,7 @@ def test_item_shapes_and_repeated_augmentation_decodes_once(tiny_synthetic, monk
     ds = make_dataset(items)
     clips, skipped = ds[3]
     assert len(calls) == 1                      # one decode for the K views
-    assert clips.dtype == torch.float32 and clips.shape == (3, 3, 8, 32, 32)
+    assert clips.dtype == torch.uint8 and clips.shape == (3, 3, 8, 32, 32)     # pixels
     assert skipped == []
     assert torch.isfinite(clips).all()
     # The K views are different crops of the same clip.

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from ..config import FinetuneConfig
 from ..data.loaders import choose_decoder, eval_loader, finetune_loader, load_list
+from ..data.pixels import normalize_on_device
 from ..models import build_classifier, count_parameters
 from ..models.weights import checkpoint_class_names, load_classifier_weights
 from ..train.checkpoint import save_checkpoint
@@ -86,9 +87,14 @@ class ClassifyStage:
         self.run_config = run_config or {}
         self.best_top1 = -1.0
         self.temperature = getattr(cfg, "distill_temperature", 1.0)
+        # the loaders deliver pixels; the model's input is made here, in its parameters' dtype
+        self.input_dtype = next(model.parameters()).dtype
 
     def compute_loss(self, model, batch):
-        video = batch[0].to(self.device, non_blocking=True)
+        # (pixels, labels, cube-erasing boxes, skipped): erasing writes N(0, 1) noise into the
+        # normalised clip, then mixup mixes the clips, as in the official order
+        video = normalize_on_device(batch[0].to(self.device, non_blocking=True), self.input_dtype,
+                                    erase=batch[2])
         labels = batch[1].to(self.device, non_blocking=True)
         target = None
         if self.mixup.active:
@@ -124,8 +130,9 @@ class ClassifyStage:
             if video is None:            # no readable video in this batch
                 continue
             labels = labels.to(self.device)
+            video = normalize_on_device(video.to(self.device, non_blocking=True), self.input_dtype)
             with autocast():
-                log_probs = video_log_probs(self.model, video.to(self.device), len(labels), chunk)
+                log_probs = video_log_probs(self.model, video, len(labels), chunk)
             top = log_probs.topk(min(5, log_probs.shape[1]), dim=1).indices
             stats += torch.stack([torch.tensor(float(len(labels)), device=self.device),
                                   (top[:, 0] == labels).sum().double(),

@@ -18,6 +18,7 @@ import torch
 
 from ..config import EvaluateConfig
 from ..data.loaders import choose_decoder, eval_loader, load_list
+from ..data.pixels import normalize_on_device
 from ..errors import DataPlaneError, RunStopped
 from ..models import build_classifier
 from ..models.weights import CheckpointMismatchError, load_classifier_weights, read_checkpoint
@@ -57,7 +58,7 @@ def _view_settings(cfg: EvaluateConfig, ckpt: dict) -> SimpleNamespace:
         sampling_rate=get("sampling_rate", 4), short_side_size=get("short_side_size", size),
         sparse_sample=bool(get("sparse_sample", False)), num_classes=get("num_classes", 0),
         tubelet_size=ckpt.get("tubelet_size", 2), seed=cfg.seed, num_workers=cfg.num_workers,
-        dali_instances=cfg.dali_instances)
+        dali_instances=cfg.dali_instances, decoder=cfg.decoder)
 
 
 def run(cfg: EvaluateConfig) -> dict:
@@ -98,8 +99,9 @@ def run(cfg: EvaluateConfig) -> dict:
             for video, labels, _, paths in loader(0):
                 if video is None:
                     continue
+                video = normalize_on_device(video.to(device, non_blocking=True), next(model.parameters()).dtype)
                 with torch.no_grad(), torch.autocast(device.type, torch.bfloat16, enabled=bf16):
-                    probs = video_log_probs(model, video.to(device), len(labels), cfg.batch_views).exp().cpu()
+                    probs = video_log_probs(model, video, len(labels), cfg.batch_views).exp().cpu()
                 for p, label, path in zip(probs.numpy(), labels.tolist(), paths):
                     rows.append({"video": path, "label": int(label), "pred": int(p.argmax()),
                                  "top5": [int(k) for k in np.argsort(-p)[:5]], "probs": p.tolist()})
