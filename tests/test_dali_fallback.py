@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import needs
-from vmae2_fast.data.dali.pipeline import DaliVideoLoader
+from test_dali_pipeline import R, S, T, loader   # batch 4, 2 views, seed 7
 from vmae2_fast.data.index import IndexedVideo, build_index, dali_cannot_decode
 from vmae2_fast.data.lists import VideoEntry
 from vmae2_fast.data.loaders import pretrain_loader
@@ -20,7 +20,6 @@ from vmae2_fast.data.pyav.pretrain import PretrainVideoDataset
 from vmae2_fast.data.synthetic import write_video
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # DALI's RandAugment aliases
-T, R, S = 4, 2, 32
 H264_EVERY = 3                   # every third video of the list is an H.264 copy
 
 
@@ -68,13 +67,6 @@ def lists(dali, tiny_synthetic, tmp_path_factory):
     mix = build_index(str(mixed_list), str(root), progress=False).videos
     assert [v.codec for v in mix].count("h264") == len(rels) // H264_EVERY
     return vp9, mix, str(mixed_list), str(root)
-
-
-def loader(videos, **kw):
-    args = dict(batch_size=4, num_frames=T, sampling_rate=R, input_size=S, num_views=2, seed=7,
-                num_threads=2)
-    args.update(kw)
-    return DaliVideoLoader(videos, **args)
 
 
 def test_the_index_says_which_files_dali_cannot_decode(lists, tmp_path):

@@ -7,7 +7,6 @@ import pytest
 import torch
 
 import vmae2_fast.data.pyav.pretrain as pd_module
-from vmae2_fast.data.pixels import normalize_on_device
 from vmae2_fast.data.lists import VideoEntry, read_pretrain_list
 from vmae2_fast.data.pyav.pretrain import PretrainVideoDataset, pretrain_collate
 from vmae2_fast.data.synthetic import CLASS_NAMES, synthetic_video_frames

@@ -61,11 +61,6 @@ class FallbackDecoder:
             self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="pyav-fallback")
         return self._pool.submit(self.decode, sample)
 
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = None
-
 
 class FallbackRouting:
     """What `DaliVideoLoader` does for the fallback: which videos go to PyAV (``_route``), their

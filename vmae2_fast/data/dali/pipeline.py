@@ -53,8 +53,7 @@ from ..clip_sampling import (finetune_frame_indices, multiscale_crop_box, pretra
                              random_erasing_box, random_resized_crop_box, sparse_frame_indices,
                              test_crop_boxes, test_frame_indices)
 from ..device_feed import to_device_ahead
-from ..index import IndexedVideo, dali_cannot_decode
-from ..pyav.video_io import VideoDecodeError
+from ..index import IndexedVideo
 from ..sampler import GlobalBatchSampler
 from .fallback import FallbackDecoder, FallbackRouting
 from .transfer import pinned_copy, transfer_plan
