@@ -36,3 +36,9 @@ def report_main(parser, run, write, argv=None) -> int:
         print(Path(stem).with_suffix(".md").read_text())
 
     return exit_code(body)
+
+
+def machine_slug(machine: str, limit: int = 60) -> str:
+    """A machine name as a file-name part: lower case, runs of other characters as one '-'."""
+    slug = "".join(c if c.isalnum() else "-" for c in machine).strip("-").lower()
+    return "-".join(x for x in slug.split("-") if x)[:limit]

@@ -266,7 +266,9 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--activation-checkpointing", action="store_true")
-    return report_main(p, run, write, argv)
+    from fed_step import add_fed_step_flags, fed_step_or    # --data LIST: the step fed by its loader
+    add_fed_step_flags(p)
+    return report_main(p, *fed_step_or(run, write), argv)
 
 
 if __name__ == "__main__":
