@@ -1,156 +1,275 @@
-"""Data-loader throughput: clips/s of each decoder on the same videos, in one run.
+"""Data-loader throughput: clips/s and decoded frames/s of each decoder, per codec, per number of
+workers and DALI pipelines, on the same videos, in one run.
 
-    python bench/data.py                                  # synthetic VP9 videos (generated once)
+    python bench/data.py --workers 1 2 --dali-instances 1 2  # synthetic 320x320 videos (made once)
     python bench/data.py --videos /data/k400/val --max-videos 256 --size 224 --frames 16 --rate 4
+    python bench/data.py --codecs h264 --loaders dali-gpu --dali-instances 1 2 4 --workers 4 8
 
-Loaders: `pyav` (the CPU path: PyAV decode + torch transforms in DataLoader workers), `dali-cpu`
-(DALI's CPU decoder, VP8/VP9/MJPEG only) and, on a CUDA machine, `dali-gpu` (NVDEC). All produce
-the pre-training batch (B x K views, 3, T, S, S) with the same sampling; a clip is one view.
-A folder is listed, indexed (`vmae2_fast.data.index`) and the files each loader can decode used.
-`--dali-instances 1 2` times each DALI loader with 1 and with 2 independent pipelines (rows
-`dali-cpu x2`, ...); the `--workers` CPU threads are split between the instances.
-Writes bench/results/data-<machine>.json and .md.
+The source videos (synthetic, or a folder of yours) are re-encoded once per ``--codecs`` entry
+with the re-encoder (`vmae2_fast.data.reencode`: short side at most 320, a keyframe every
+``--gop`` frames), so every codec has the same frames. Loaders, all producing the pre-training
+batch (B x K views, 3, T, S, S) with the same sampling:
+
+* ``pyav``: the CPU path, PyAV decode + torch crops in DataLoader workers (``--workers``);
+* ``dali-cpu``: DALI's CPU decoder (VP8/VP9/MJPEG only: an H.264 row says it is not run);
+* ``dali-gpu``: NVDEC, on a CUDA machine.
+
+For DALI every ``--dali-instances`` N and ``--workers`` W give a row with N pipelines of
+max(1, W // N) threads each. Per row: clips/s (one clip = one view), videos/s (one decode per
+video), sampled frames/s (T per video: what the clip holds) and **decoded frames/s**: the frames
+the decoder must decode to produce the clips, counted from the frame indices each video drew and
+the keyframe positions of its file: from the keyframe at or before the first sampled frame to the
+last (DALI seeks), or from frame 0 for PyAV (`video_io.decode_frames` decodes from the start).
+Writes bench/results/data-<machine>.json, .md and .png (decoded frames/s per row).
 """
 from __future__ import annotations
 
 import argparse
+import bisect
 import json
 import os
 import sys
 import time
 from pathlib import Path
 
+import av
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_name, report_main  # noqa: E402
+from common import machine_name, machine_slug, report_main  # noqa: E402
 
-from vmae2_fast.data import VideoEntry, PretrainVideoDataset, ensure_synthetic_dataset, pretrain_collate
-from vmae2_fast.data.dali.pipeline import DaliVideoLoader, dali_status
-from vmae2_fast.data.index import DALI_CPU_CODECS, build_index
-from vmae2_fast.data.sampler import EpochIndexed, GlobalBatchSampler
+from vmae2_fast.data import ensure_synthetic_dataset  # noqa: E402
+from vmae2_fast.data.clip_sampling import pretrain_frame_indices  # noqa: E402
+from vmae2_fast.data.dali.pipeline import DaliVideoLoader, dali_status  # noqa: E402
+from vmae2_fast.data.index import dali_cannot_decode  # noqa: E402
+from vmae2_fast.data.lists import VideoEntry  # noqa: E402
+from vmae2_fast.data.loaders import PyAVLoader  # noqa: E402
+from vmae2_fast.data.pyav.pretrain import PretrainVideoDataset, pretrain_collate  # noqa: E402
+from vmae2_fast.data.reencode import reencode_list  # noqa: E402
+from vmae2_fast.data.sampler import GlobalBatchSampler  # noqa: E402
+from vmae2_fast.data.transcode import EncodeSettings  # noqa: E402
 
 VIDEO_EXT = (".mp4", ".webm", ".mkv", ".avi", ".mov")
+SEED = 0
 
 
 def list_folder(folder: str, out_dir: Path, max_videos: int) -> tuple:
     files = sorted(os.path.relpath(os.path.join(d, f), folder) for d, _, fs in os.walk(folder)
                    for f in fs if f.lower().endswith(VIDEO_EXT))[:max_videos]
     if not files:
-        raise SystemExit(f"no videos ({', '.join(VIDEO_EXT)}) under {folder}")
+        raise ValueError(f"no videos ({', '.join(VIDEO_EXT)}) under {folder}")
     out_dir.mkdir(parents=True, exist_ok=True)
     lst = out_dir / f"bench-{abs(hash(os.path.abspath(folder))) % 10**8}.txt"
     lst.write_text("".join(f"{f} 0 -1\n" for f in files))
     return str(lst), folder
 
 
-def time_loader(make_epoch, clips_per_batch: int, epochs: int) -> dict:
-    it = make_epoch(0)
+def keyframes(path: str) -> list:
+    """Decode-order numbers of the keyframes of the first video stream (demuxed, not decoded)."""
+    with av.open(path) as c:
+        return [n for n, p in enumerate(q for q in c.demux(video=0) if q.size) if p.is_keyframe]
+
+
+def decoded_frames(videos, keys: dict, seed: int, epoch: int, steps: int, batch: int, T: int,
+                   rate: int, seeks: bool) -> tuple:
+    """(videos decoded, frames they hold, frames the decoder decodes) in ``steps`` batches of
+    ``epoch``, from the same draws the loaders make (`pretrain_frame_indices`)."""
+    sampler = GlobalBatchSampler(len(videos), batch, seed=seed)
+    sampler.set_epoch(epoch)
+    n = sampled = decoded = 0
+    for b in list(sampler)[:steps]:
+        for _, i in b:
+            v = videos[i]
+            idx = pretrain_frame_indices(v.frames, T, rate, np.random.default_rng([seed, epoch, i, 0]))
+            first = 0
+            if seeks:
+                k = keys[v.path]
+                first = k[max(0, bisect.bisect_right(k, int(idx.min())) - 1)] if k else 0
+            n, sampled, decoded = n + 1, sampled + len(idx), decoded + int(idx.max()) - first + 1
+    return n, sampled, decoded
+
+
+def time_loader(loader, videos, keys, args, seeks: bool) -> dict:
+    """A warm-up epoch (its first batch timed: the start-up of workers, pipelines), then
+    ``--epochs`` whole epochs."""
     t0 = time.perf_counter()
-    next(iter(it))                                       # start-up: workers / pipeline build
+    it = iter(loader(0))
+    next(it)
     startup = time.perf_counter() - t0
-    n, t0 = 0, time.perf_counter()
-    for e in range(1, epochs + 1):
-        for batch in make_epoch(e):
-            n += batch[0].shape[0]
+    for _ in it:
+        pass
+    clips, t0 = 0, time.perf_counter()
+    for e in range(1, args.epochs + 1):
+        for batch in loader(e):
+            clips += batch[0].shape[0]
     dt = time.perf_counter() - t0
-    return {"clips": n, "seconds": round(dt, 3), "clips_per_s": round(n / dt, 2),
-            "startup_s": round(startup, 3)}
+    steps = loader.steps_per_epoch
+    counts = [decoded_frames(videos, keys, SEED, e, steps, args.batch_size, args.frames, args.rate, seeks)
+              for e in range(1, args.epochs + 1)]
+    n, sampled, decoded = (sum(c[k] for c in counts) for k in range(3))
+    return {"clips": clips, "seconds": round(dt, 6), "clips_per_s": round(clips / dt, 2),
+            "videos_per_s": round(n / dt, 2), "sampled_frames_per_s": round(sampled / dt, 1),
+            "decoded_frames_per_s": round(decoded / dt, 1),
+            "decoded_per_video": round(decoded / max(n, 1), 1), "startup_s": round(startup, 3)}
+
+
+def sources(args, work: Path) -> tuple:
+    if args.videos:
+        return list_folder(args.videos, work, args.max_videos)
+    folder = work / f"synthetic-{args.synthetic}x{args.synthetic_frames}x{args.synthetic_size}"
+    ds = ensure_synthetic_dataset(str(folder), videos_per_class_train=args.synthetic // 6,
+                                  videos_per_class_val=1, num_frames=args.synthetic_frames,
+                                  size=args.synthetic_size, progress=False)
+    return ds.pretrain_list, ds.root
+
+
+def pyav_rows(videos, keys, args, device) -> dict:
+    rows = {}
+    common = dict(num_frames=args.frames, sampling_rate=args.rate, input_size=args.size)
+    ds = PretrainVideoDataset([VideoEntry(v.path, 0, v.frames) for v in videos], num_sample=args.views,
+                              seed=SEED, **common)
+    for w in args.workers:
+        cfg = argparse.Namespace(batch_size=args.batch_size, seed=SEED, num_workers=w)
+        loader = PyAVLoader(ds, pretrain_collate, cfg, argparse.Namespace(world_size=1, rank=0), device)
+        rows[f"pyav, {w} worker{'s' * (w != 1)}"] = dict(
+            time_loader(loader, videos, keys, args, seeks=False), loader="pyav", workers=w)
+    return rows
+
+
+def dali_rows(name: str, dev: str, videos, keys, args, device) -> dict:
+    ok, info = dali_status()
+    if not ok or (dev == "gpu" and not torch.cuda.is_available()):
+        return {name: {"loader": name, "skipped": info if not ok else "no CUDA device"}}
+    refused = {dali_cannot_decode(v, dev) for v in videos} - {None}
+    if refused:
+        return {name: {"loader": name, "skipped": f"DALI on the {dev} cannot decode them: "
+                                                  f"{', '.join(sorted(refused))}"}}
+    rows, seen = {}, set()
+    for n in args.dali_instances:
+        for w in args.workers:
+            threads = max(1, w // n)
+            if (n, threads) in seen:
+                continue
+            seen.add((n, threads))
+            dl = DaliVideoLoader(videos, batch_size=args.batch_size, num_views=args.views, seed=SEED,
+                                 device=dev, device_id=0 if dev == "gpu" else None, num_threads=threads,
+                                 decoder_instances=n, num_frames=args.frames, sampling_rate=args.rate,
+                                 input_size=args.size, target_device=device if dev == "gpu" else None)
+            rows[f"{name}, {n} pipeline{'s' * (n != 1)} x {threads} thread{'s' * (threads != 1)}"] = dict(
+                time_loader(dl, videos, keys, args, seeks=True), loader=name, instances=n,
+                threads_per_instance=threads)
+    return rows
 
 
 def run(args) -> dict:
     work = Path(args.work_dir)
-    if args.videos:
-        lst, root = list_folder(args.videos, work, args.max_videos)
-    else:
-        ds = ensure_synthetic_dataset(str(work / "synthetic"), videos_per_class_train=args.synthetic // 6,
-                                      videos_per_class_val=1, num_frames=args.synthetic_frames,
-                                      size=args.synthetic_size, progress=False)
-        lst, root = ds.pretrain_list, ds.root
-    index = build_index(lst, root, progress=False, output=str(work / (Path(lst).name + ".index.json")))
-    videos = index.videos
-    common = dict(num_frames=args.frames, sampling_rate=args.rate, input_size=args.size)
-    K, B = args.views, args.batch_size
-    results = {}
-    if "pyav" in args.loaders:
-        items = [VideoEntry(v.path, 0, v.frames) for v in videos]
-        ds = PretrainVideoDataset(items, num_sample=K, seed=0, **common)
-        sampler = GlobalBatchSampler(len(ds), B, seed=0)
-
-        def pyav_epoch(e):
-            sampler.set_epoch(e)
-            return torch.utils.data.DataLoader(EpochIndexed(ds), batch_sampler=sampler,
-                                               num_workers=args.workers, collate_fn=pretrain_collate,
-                                               prefetch_factor=4 if args.workers else None)
-        results["pyav"] = time_loader(pyav_epoch, B * K, args.epochs)
-        results["pyav"]["videos"] = len(items)
+    lst, root = sources(args, work)
+    load_before = os.getloadavg()[0]
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    results, meta = {}, {}
+    for codec in args.codecs:
+        out_root = work / f"reencoded-{codec}-gop{args.gop}-{abs(hash((lst, root))) % 10**8}"
+        res = reencode_list(lst, root, str(out_root), EncodeSettings(codec=codec, gop=args.gop),
+                            workers=os.cpu_count() or 1, progress=False)
+        videos = res.index.videos
+        keys = {v.path: keyframes(v.path) for v in videos}
+        meta[codec] = {"videos": len(videos), "failed": len(res.failed),
+                       "resolution": sorted({f"{v.width}x{v.height}" for v in videos})[:4],
+                       "frames_per_video": round(float(np.mean([v.frames for v in videos])), 1),
+                       "keyframe_interval": round(float(np.mean([np.diff(k).mean() for k in keys.values()
+                                                                   if len(k) > 1] or [0])), 1)}
+        rows = {}
+        if "pyav" in args.loaders:
+            rows.update(pyav_rows(videos, keys, args, device))
+        for name, dev in (("dali-cpu", "cpu"), ("dali-gpu", "gpu")):
+            if name in args.loaders:
+                rows.update(dali_rows(name, dev, videos, keys, args, device))
+        results[codec] = rows
     ok, info = dali_status()
-    for name, dev in (("dali-cpu", "cpu"), ("dali-gpu", "gpu")):
-        if name not in args.loaders:
-            continue
-        if not ok or (dev == "gpu" and not torch.cuda.is_available()):
-            results[name] = {"skipped": info if not ok else "no CUDA device"}
-            continue
-        usable = [v for v in videos if dev == "gpu" or v.codec in DALI_CPU_CODECS]
-        for n in args.dali_instances:
-            threads = max(1, args.workers // n)
-            dl = DaliVideoLoader(usable, batch_size=B, num_views=K, seed=0, device=dev,
-                                 device_id=0 if dev == "gpu" else None, num_threads=threads,
-                                 decoder_instances=n, **common)
-            key = name if n == 1 else f"{name} x{n}"
-            results[key] = time_loader(dl, B * K, args.epochs)
-            results[key].update(videos=len(usable), instances=n, threads_per_instance=threads)
     return {"machine": machine_name(), "cpu_cores": os.cpu_count(), "torch": torch.__version__,
-            "dali": info if ok else None, "videos": args.videos or "synthetic",
-            "codecs": sorted({v.codec for v in videos}),
-            "resolution": sorted({f"{v.width}x{v.height}" for v in videos})[:5],
-            "settings": {"batch_size": B, "views": K, "frames": args.frames, "rate": args.rate,
-                         "size": args.size, "workers_or_threads": args.workers, "epochs": args.epochs,
-                         "dali_instances": args.dali_instances},
+            "dali": info if ok else None, "source": args.videos or "synthetic", "codecs": meta,
+            "load_avg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+            "settings": {"batch_size": args.batch_size, "views": args.views, "frames": args.frames,
+                         "rate": args.rate, "size": args.size, "workers": args.workers,
+                         "epochs": args.epochs, "dali_instances": args.dali_instances, "gop": args.gop},
             "results": results}
+
+
+def chart(report: dict, path: Path) -> None:
+    """Horizontal bars of decoded frames/s, one per row that ran, grouped by codec (PIL)."""
+    from PIL import Image, ImageDraw
+    bars = [(f"{codec}: {name}", r["decoded_frames_per_s"]) for codec, rows in report["results"].items()
+            for name, r in rows.items() if "skipped" not in r]
+    if not bars:
+        return
+    label_w, bar_w, row_h, top = 330, 420, 26, 44
+    img = Image.new("RGB", (label_w + bar_w + 110, top + row_h * len(bars) + 16), "white")
+    d = ImageDraw.Draw(img)
+    d.text((10, 10), f"decoded frames/s on {report['machine']} (load {report['load_avg_1m'][0]})", fill="black")
+    peak = max(v for _, v in bars)
+    colours = {"h264": (66, 133, 244), "vp9": (219, 68, 55)}
+    for k, (label, value) in enumerate(bars):
+        y = top + k * row_h
+        d.text((10, y + 6), label, fill="black")
+        length = max(1, int(bar_w * value / peak))
+        d.rectangle([label_w, y + 4, label_w + length, y + row_h - 4],
+                    fill=colours.get(label.split(":")[0], (15, 157, 88)))
+        d.text((label_w + length + 6, y + 6), f"{value:,.0f}", fill="black")
+    img.save(path)
 
 
 def write(report: dict, out_dir: Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
-    slug = "".join(c if c.isalnum() else "-" for c in report["machine"]).strip("-").lower()
-    slug = "-".join(x for x in slug.split("-") if x)[:60]
-    path = out_dir / f"data-{slug}"
+    path = out_dir / f"data-{machine_slug(report['machine'])}"
     path.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+    chart(report, path.with_suffix(".png"))
     s = report["settings"]
     md = [f"# Data-loader throughput on {report['machine']}", "",
-          f"Videos: {report['videos']} ({', '.join(report['codecs'])}, {', '.join(report['resolution'])}); "
-          f"batch {s['batch_size']} videos x {s['views']} views of {s['frames']} frames (stride "
-          f"{s['rate']}) at {s['size']}x{s['size']}; {s['workers_or_threads']} workers / DALI threads; "
-          f"{s['epochs']} timed epochs after one warm-up batch. torch {report['torch']}, DALI "
-          f"{report['dali']}.", "",
-          "| loader | videos | DALI pipelines x threads | clips/s | start-up (s) |",
-          "|---|---|---|---|---|"]
-    for name, r in report["results"].items():
-        if "skipped" in r:
-            md.append(f"| {name} | - | - | not run: {r['skipped']} | - |")
-        else:
-            pipes = f"{r['instances']} x {r['threads_per_instance']}" if "instances" in r else "-"
-            md.append(f"| {name} | {r['videos']} | {pipes} | {r['clips_per_s']:.1f} | "
-                      f"{r['startup_s']:.2f} |")
+          f"Source: {report['source']}, re-encoded per codec (GOP {s['gop']}); batch {s['batch_size']} "
+          f"videos x {s['views']} views of {s['frames']} frames (stride {s['rate']}) at {s['size']}x{s['size']}; "
+          f"{s['epochs']} timed epochs after a warm-up epoch; torch {report['torch']}, DALI "
+          f"{report['dali']}; 1-minute load average {report['load_avg_1m'][0]} before / "
+          f"{report['load_avg_1m'][1]} after, on {report['cpu_cores']} cores.", "",
+          "Decoded frames: what the decoder decodes to produce the clips (from the keyframe before the "
+          "first sampled frame for DALI, from frame 0 for PyAV); sampled frames: the T frames a clip holds.",
+          ""]
+    for codec, rows in report["results"].items():
+        m = report["codecs"][codec]
+        md += [f"## {codec}: {m['videos']} videos, {', '.join(m['resolution'])}, {m['frames_per_video']} "
+               f"frames each, a keyframe every {m['keyframe_interval']} frames", "",
+               "| loader | decoded frames/s | decoded per video | sampled frames/s | videos/s | clips/s "
+               "| start-up (s) |", "|---|---|---|---|---|---|---|"]
+        for name, r in rows.items():
+            if "skipped" in r:
+                md.append(f"| {name} | not run: {r['skipped']} | | | | | |")
+            else:
+                md.append(f"| {name} | {r['decoded_frames_per_s']:,.0f} | {r['decoded_per_video']} | "
+                          f"{r['sampled_frames_per_s']:,.0f} | {r['videos_per_s']:.1f} | {r['clips_per_s']:.1f} "
+                          f"| {r['startup_s']:.2f} |")
+        md.append("")
+    md.append(f"Chart: `{path.with_suffix('.png').name}`.")
     path.with_suffix(".md").write_text("\n".join(md) + "\n")
     return path
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--videos", help="folder of videos (default: generated synthetic VP9 videos)")
+    p.add_argument("--videos", help="folder of videos (default: generated synthetic videos)")
     p.add_argument("--max-videos", type=int, default=512)
     p.add_argument("--synthetic", type=int, default=48, help="number of synthetic videos")
-    p.add_argument("--synthetic-frames", type=int, default=64)
-    p.add_argument("--synthetic-size", type=int, default=160)
+    p.add_argument("--synthetic-frames", type=int, default=96)
+    p.add_argument("--synthetic-size", type=int, default=320)
+    p.add_argument("--codecs", nargs="+", default=["vp9", "h264"], choices=["vp9", "h264"])
+    p.add_argument("--gop", type=int, default=16, help="keyframe interval of the re-encoded copies")
     p.add_argument("--loaders", nargs="+", default=["pyav", "dali-cpu", "dali-gpu"])
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--views", type=int, default=2)
     p.add_argument("--frames", type=int, default=16)
-    p.add_argument("--rate", type=int, default=2)
-    p.add_argument("--size", type=int, default=112)
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 2,
-                   help="PyAV DataLoader workers; DALI CPU threads, split between --dali-instances")
+    p.add_argument("--rate", type=int, default=4)
+    p.add_argument("--size", type=int, default=224)
+    p.add_argument("--workers", type=int, nargs="+", default=[os.cpu_count() or 2],
+                   help="PyAV DataLoader workers; DALI threads, split between --dali-instances")
     p.add_argument("--dali-instances", type=int, nargs="+", default=[1],
                    help="time each DALI loader with each of these numbers of pipelines")
     p.add_argument("--epochs", type=int, default=2)

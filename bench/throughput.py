@@ -356,9 +356,34 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _fed_step():
+    """bench/fed_step.py (`--data LIST`: the step fed by its loader), or None where the data plane
+    cannot load because PyAV is missing (the GPU machines have none): the step report needs no video."""
+    try:
+        import fed_step
+    except ModuleNotFoundError as exc:
+        if exc.name != "av":
+            raise
+        return None
+    return fed_step
+
+
+def _without_data(run_step):
+    def run_or_refuse(args):
+        if args.data:
+            raise ValueError("--data (the fed step) needs PyAV, which is not installed: pip install av")
+        return run_step(args)
+    return run_or_refuse
+
+
 def main(argv=None):
     p = build_parser()
-    return report_main(p, run, write, argv)
+    fed = _fed_step()
+    if fed is None:
+        p.add_argument("--data", metavar="LIST", help="the step fed by its loader (needs PyAV: not installed)")
+        return report_main(p, _without_data(run), write, argv)
+    fed.add_fed_step_flags(p)
+    return report_main(p, *fed.fed_step_or(run, write), argv)
 
 
 if __name__ == "__main__":

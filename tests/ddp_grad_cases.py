@@ -12,7 +12,8 @@ CASES = ("pretrain", "classify")
 
 
 def build_case(name: str, dist: DistInfo):
-    """(model, stage, global batch) with fixed seeds; float64 weights and clips."""
+    """(model, stage, global batch) with fixed seeds; float64 weights and clips (pixels in
+    0..255, as the loaders deliver them; the stage normalises them)."""
     from vmae2_fast.stages.classify import ClassifyStage
     from vmae2_fast.config import PretrainConfig
     from vmae2_fast.config import FinetuneConfig
@@ -20,7 +21,7 @@ def build_case(name: str, dist: DistInfo):
     from vmae2_fast.stages.pretrain import PretrainStage
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(1)
-    video = torch.randn(GLOBAL_BATCH, 3, 4, 64, 64, generator=g, dtype=torch.float64)
+    video = 255 * torch.rand(GLOBAL_BATCH, 3, 4, 64, 64, generator=g, dtype=torch.float64)
     cpu = torch.device("cpu")
     if name == "pretrain":
         model = build_pretrain_model("vit_micro", img_size=64, num_frames=4).double()
@@ -34,5 +35,5 @@ def build_case(name: str, dist: DistInfo):
         cfg = FinetuneConfig(model="vit_micro", input_size=64, num_frames=4, mixup=0.0, cutmix=0.0,
                              smoothing=0.1, seed=5)
         labels = torch.tensor([0, 3, 5, 1])
-        return model, ClassifyStage(model, cfg, cpu, dist), [video, labels]
+        return model, ClassifyStage(model, cfg, cpu, dist), [video, labels, []]   # no erasing
     raise ValueError(f"unknown case {name!r}; choose one of {CASES}")

@@ -37,13 +37,13 @@ def edit(old, new):
 
 BUGS = [
     Bug("stale-index-ignored", "vmae2_fast/data/loaders.py",
-        edit("        return None\n    return load_index(list_file, data_root)",
+        edit("        return None\n    return load_index(list_file, data_root, **opts)",
              "        return None\n    return None"),
         ("tests/test_index.py::test_pyav_training_refuses_a_stale_index",),
         "an existing index is never read, so a stale one is not refused"),
     Bug("resume-starts-over", "vmae2_fast/train/loop.py",
-        edit("path = self.out / LAST if (self.out / LAST).exists() else latest_checkpoint(self.out)",
-             "path = None"),
+        edit("return self.out / LAST if (self.out / LAST).exists() else latest_checkpoint(self.out)",
+             "return None"),
         ("tests/test_pretrain_loop.py::test_kill_and_resume",),
         "--resume auto ignores the checkpoint and retrains from step 0 (same final weights!)"),
     Bug("ddp-per-process-denominator", "vmae2_fast/stages/pretrain.py",

@@ -2,6 +2,7 @@
 Markdown, PNG), naming the baseline it timed; its rates, FLOPs, MFU and HFU are what the step
 times and vmae2_fast.flops say; a sweep stops an implementation at its first out-of-memory."""
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import pytest
 from PIL import Image
 
 from fake_official_checkout import make_fake_checkout
+from hidden_packages import hide
 from needs import transformers
 
 from vmae2_fast.flops import train_flops
@@ -23,9 +25,9 @@ TINY = ["--model", "vit_micro", "--size", "32", "--frames", "4", "--mask-ratio",
         "--steps", "1", "--warmup", "1", "--device", "cpu"]
 
 
-def run_bench(out, *extra):
+def run_bench(out, *extra, env=None):
     return subprocess.run([sys.executable, str(ROOT / "bench" / "throughput.py"), *TINY, "--out", str(out), *extra],
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300, env=env)
 
 
 def the_report(out: Path) -> dict:
@@ -153,3 +155,12 @@ def test_bad_compile_value_is_a_usage_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         throughput.main([*TINY, "--out", str(tmp_path), "--compile", "yes"])
     assert exc.value.code == 2 and "--compile takes on and/or off" in capsys.readouterr().err
+
+
+def test_without_pyav_the_step_report_runs_and_the_fed_step_says_what_it_needs(tmp_path):
+    env = {**os.environ, "PYTHONPATH": hide(tmp_path / "shim", "av")}
+    res = run_bench(tmp_path / "out", "--impl", "official", "fast", env=env)
+    assert res.returncode == 0, res.stderr
+    assert set(the_report(tmp_path / "out")["results"]) == {"official", "fast"}
+    res = run_bench(tmp_path / "out", "--data", str(tmp_path / "list.csv"), env=env)
+    assert res.returncode == 2 and "error: --data (the fed step) needs PyAV" in res.stderr

@@ -9,6 +9,7 @@ import needs
 from vmae2_fast.data import VideoEntry, PretrainVideoDataset
 from vmae2_fast.data.dali.pipeline import DaliVideoLoader
 from vmae2_fast.data.index import IndexedVideo, build_index
+from vmae2_fast.data.pixels import normalize_on_device
 from vmae2_fast.data.clip_sampling import pretrain_frame_indices
 from vmae2_fast.data.clip_sampling import multiscale_crop_box
 from vmae2_fast.data.pyav.video_io import decode_frames
@@ -47,7 +48,8 @@ def test_indices_and_boxes_are_the_official_sampler(videos):
 
 def test_output_equals_cpu_path(videos):
     """Shapes, dtype, normalisation and crop geometry: the PyAV dataset with the same seed gives
-    the same clips up to the decoders' colour conversion (PyAV: nearest chroma, DALI: bilinear)."""
+    the same clips up to the decoders' colour conversion (PyAV: nearest chroma, DALI: bilinear).
+    Both deliver uint8 pixels; the model's input is what `normalize_on_device` makes of them."""
     dl = loader(videos)
     ds = PretrainVideoDataset([VideoEntry(v.path, 0, v.frames) for v in videos], num_frames=T,
                               sampling_rate=R, input_size=S, num_sample=2, seed=7)
@@ -57,9 +59,11 @@ def test_output_equals_cpu_path(videos):
     batches = list(dl(1))
     assert len(batches) == len(order) == len(videos) // 4
     for (video, n_skipped), idxs in zip(batches, order):
-        assert video.shape == (8, 3, T, S, S) and video.dtype == torch.float32
+        assert video.shape == (8, 3, T, S, S) and video.dtype == torch.uint8
         assert n_skipped == ()
         ref = torch.cat([ds[i][0] for i in idxs])
+        assert ref.dtype == torch.uint8
+        video, ref = normalize_on_device(video), normalize_on_device(ref)
         diff = (video - ref).abs()
         assert diff.mean() < 0.06, diff.mean()          # ~1-2 grey levels on average
         assert abs(video.mean() - ref.mean()) < 0.02
@@ -139,9 +143,18 @@ def test_sharding_covers_every_video_once_and_resume_skips(videos):
 def test_finetune_and_test_views(videos):
     labelled = [IndexedVideo(v.path, v.rel, v.frames, v.fps, v.codec, v.width, v.height, label=k % 6)
                 for k, v in enumerate(videos[:4])]
-    ft = loader(labelled, mode="finetune", batch_size=2, rand_augment=(4, 7), erase_prob=0.5)
-    video, labels, n = next(iter(ft(0)))
+    ft = loader(labelled, mode="finetune", batch_size=2, rand_augment=(4, 7), erase_prob=1.0)
+    video, labels, erasures, n = next(iter(ft(0)))
     assert video.shape == (4, 3, T, S, S) and labels.tolist()[::2] == labels.tolist()[1::2]
+    # cube erasing travels as boxes; the noise is N(0, 1) in NORMALISED space, drawn on the device
+    assert video.dtype == torch.uint8 and erasures and all(e[-1] is None for e in erasures)
+    plain, erased = normalize_on_device(video), normalize_on_device(video, erase=erasures)
+    box = torch.zeros(plain.shape, dtype=torch.bool)
+    for i, y0, x0, h, w, _ in erasures:
+        box[i, :, :, y0:y0 + h, x0:x0 + w] = True
+    assert torch.equal(erased[~box], plain[~box])
+    noise = erased[box]
+    assert noise.numel() > 200 and abs(noise.mean()) < 0.25 and 0.8 < noise.std() < 1.2
     te = loader(labelled, mode="test", batch_size=3, num_views=3, test_segments=2)
     out = list(te(0))
     assert [o[0].shape[0] for o in out] == [3 * 6, 1 * 6]          # last batch is partial
@@ -185,8 +198,8 @@ def test_val_and_test_views_equal_the_cpu_path(videos):
     for batches, cpu, views in ((val, cpu_val, 1), (test, cpu_test, 6)):
         assert [p for b in batches for p in b[3]] == [v.path for v in labelled]    # every video once
         assert torch.cat([b[1] for b in batches]).tolist() == [v.label for v in labelled]
-        got = torch.cat([b[0] for b in batches])
-        ref = torch.cat([cpu[i][0] for i in range(len(items))])
+        got = normalize_on_device(torch.cat([b[0] for b in batches]))
+        ref = normalize_on_device(torch.cat([cpu[i][0] for i in range(len(items))]))
         assert got.shape == ref.shape == (len(items) * views, 3, T, S, S)
         diff = (got - ref).abs().mean()
         assert diff < 0.08, diff

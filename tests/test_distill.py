@@ -3,9 +3,9 @@ is in eval mode, frozen"): the first loss a real run logs is that KL, computed h
 the run's batch, teacher and student; after real updates the teacher is untouched."""
 import pytest
 import torch
-import torch.nn.functional as F
 
 from cli_runs import FROZEN_LR, FirstBatchSpy, as_argv, train_records
+from vmae2_fast.data.pixels import normalize_on_device
 from vmae2_fast import distill
 from vmae2_fast.stages.classify import ClassifyStage
 from vmae2_fast.models import build_classifier
@@ -56,7 +56,7 @@ def test_first_logged_loss_is_kl_teacher_to_student_at_the_temperature(tiny_synt
     assert distill.main(distill_argv(tiny_synthetic, tmp_path / "d", teacher_path, student_path,
                                      max_steps=1, distill_temperature=tau, **FROZEN_LR)) == 0
     logged = train_records(tmp_path / "d")[0]["loss"]
-    video = spy.batch[0]
+    video = normalize_on_device(spy.batch[0], erase=spy.batch[2])   # the stage's model input
     teacher = build_classifier("vit_micro", 6, img_size=32, num_frames=4).eval()
     teacher.load_state_dict(torch.load(teacher_path, weights_only=True)["model"])
     student = build_classifier("vit_micro", 6, img_size=32, num_frames=4).eval()

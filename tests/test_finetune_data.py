@@ -116,9 +116,10 @@ def test_dataset_items(tiny_synthetic):
     items = read_cls_list(tiny_synthetic.train_list, tiny_synthetic.root)
     tr = VideoClsDataset(items, True, num_frames=4, sampling_rate=2, input_size=32, num_sample=2)
     va = VideoClsDataset(items, False, num_frames=4, sampling_rate=2, input_size=32, short_side_size=32)
-    clips, labels, skipped = cls_collate([tr[0], tr[1]])
+    clips, labels, erasures, skipped = cls_collate([tr[0], tr[1]])
     assert clips.shape == (4, 3, 4, 32, 32) and labels.tolist() == [items[0][1]] * 2 + [items[1][1]] * 2
-    assert skipped == ()
+    assert clips.dtype == torch.float32 and 0 <= clips.min() and clips.max() <= 255     # pixels
+    assert skipped == () and all(0 <= e[0] < 4 for e in erasures)
     assert torch.equal(tr[3][0], tr[3][0])                               # pure function of the index
     assert va[0][0].shape == (1, 3, 4, 32, 32)
     with pytest.raises(ValueError, match="empty"):

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from hidden_packages import hide
+
 ROOT = Path(__file__).resolve().parents[1]
 SUITE = ROOT / "bench" / "gpu_suite.sh"
 pytestmark = pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None,
@@ -24,20 +26,11 @@ def run_suite(*args, env_extra=None, timeout=240):
                           env=env, cwd=ROOT)
 
 
-def hide_pyav(folder: Path) -> str:
-    """A PYTHONPATH entry under which `import av` fails as if PyAV were not installed (the GPU
-    machines have none)."""
-    (folder / "av").mkdir(parents=True)
-    (folder / "av" / "__init__.py").write_text(
-        "raise ModuleNotFoundError(\"No module named 'av'\", name='av')\n")
-    return str(folder)
-
-
 @pytest.mark.slow
 def test_cpu_mode_runs_every_step_and_writes_where_told(tmp_path):
     out = tmp_path / "results"
     res = run_suite("--device", "cpu", "--budget", "220",
-                    env_extra={"OUT": str(out), "PYTHONPATH": hide_pyav(tmp_path / "shim")})
+                    env_extra={"OUT": str(out), "PYTHONPATH": hide(tmp_path / "shim", "av")})
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
     summary = json.loads((out / "suite.json").read_text())
     status = {s["step"]: s["status"] for s in summary["steps"]}

@@ -15,6 +15,7 @@ import torch
 
 from cli_runs import FROZEN_LR, FirstBatchSpy, micro_flags, train_records
 from test_parity import HELD_OUT_LIKE, TOL, rel
+from vmae2_fast.data.pixels import normalize_on_device
 from vmae2_fast.masking import DualMasking, indices_to_mask
 from vmae2_fast.models import from_official_config
 from vmae2_fast.pretrain import main
@@ -80,7 +81,7 @@ def test_first_logged_loss_of_a_cli_run_is_the_official_loss(tiny_synthetic, tmp
     cfg = dict(patch_size=16, tubelet_size=tubelet, encoder_depth=2, encoder_num_heads=2,
                decoder_depth=4, decoder_num_heads=2, layer_norm_eps=1e-6)
     sd = {k: v.double() for k, v in ckpt["model"].items()}
-    video = spy.batch[0].double()
+    video = normalize_on_device(spy.batch[0]).double()     # what the stage gives the model
     gen = torch.Generator().manual_seed(0)
     gen.set_state(spy.mask_state)                   # the run's masks, drawn again
     vis, dec = DualMasking((4 // tubelet, 2, 2), 0.75, 0.5)(video.shape[0], gen)

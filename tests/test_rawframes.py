@@ -103,7 +103,7 @@ def test_missing_frames_are_skipped_and_counted(frames, tmp_path):
         (broken / PNG.template.format(i)).unlink(missing_ok=True)
     items = [type(folders[0])(str(broken), start=1, total=folders[0].total, label=0)] + folders[1:]
     ds = VideoClsDataset(items, True, num_frames=8, sampling_rate=2, input_size=32, aa="none", layout=PNG)
-    clips, label, skipped = ds[0]
+    clips, label, erasures, skipped = ds[0]
     assert len(skipped) >= 1 and clips.shape == (2, 3, 8, 32, 32)
     assert {path for path, _ in skipped} == {str(broken)}   # each skip names the folder and why
     val = VideoClsDataset(items, False, num_frames=8, sampling_rate=2, input_size=32, layout=PNG)
@@ -151,7 +151,9 @@ def test_dali_image_decoder_agrees_with_pil(frames, tmp_path):
         dropped += len(n_skipped)
         for k, path in enumerate(paths):
             ref = next(ds[i][0] for i in range(len(ds)) if ds.items[i].path == path)[0]
-            assert (video[k] - ref).abs().mean() < 0.02        # same JPEG pixels, same geometry
+            # both are pixels in 0..255 (DALI's uint8, PyAV's float32 resize): the same JPEG
+            # pixels and geometry differ by DALI's rounding (<= 0.5) and little else
+            assert (video[k].float() - ref).abs().mean() < 1.0
             seen += 1
     assert seen == 5 and dropped == 1                          # the corrupt frame's clip is dropped
 

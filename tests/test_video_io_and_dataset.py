@@ -78,7 +78,7 @@ def test_item_shapes_and_repeated_augmentation_decodes_once(tiny_synthetic, monk
     ds = make_dataset(items)
     clips, skipped = ds[3]
     assert len(calls) == 1                      # one decode for the K views
-    assert clips.dtype == torch.float32 and clips.shape == (3, 3, 8, 32, 32)
+    assert clips.dtype == torch.uint8 and clips.shape == (3, 3, 8, 32, 32)     # pixels
     assert skipped == []
     assert torch.isfinite(clips).all()
     # The K views are different crops of the same clip.

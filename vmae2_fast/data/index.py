@@ -3,7 +3,7 @@
     python -m vmae2_fast.data.index LIST --data-root DIR [--workers 16] [--full-decode]
 
 writes ``LIST.index.json`` beside the list. For each video it records the frame count, fps, codec,
-width x height, file size and mtime; files that cannot be used are excluded with the reason
+pixel format (chroma subsampling and bit depth), width x height, file size and mtime; files that cannot be used are excluded with the reason
 (missing, not a video, corrupt, truncated, no decodable frame). The DALI pipeline needs the frame
 counts (the official lists say ``-1``) to draw the official frame indices before decoding.
 
@@ -37,12 +37,19 @@ from .lists import KINDS, VideoEntry, detect_kind, read_list
 from .pyav.frames import DEFAULT_START, DEFAULT_TEMPLATE, frame_file, scan_frame_folder
 
 __all__ = ["IndexedVideo", "VideoIndex", "StaleIndexError", "probe_video", "build_index",
-           "load_index", "index_path", "DALI_CPU_CODECS", "DALI_GPU_CODECS"]
+           "load_index", "index_path", "DALI_CPU_CODECS", "DALI_GPU_CODECS", "DALI_PIX_FMTS",
+           "dali_cannot_decode"]
 
 VERSION = 1
 RAWFRAMES = "rawframes"         # the codec name of a frame folder (DALI reads it with its image decoder)
 DALI_CPU_CODECS = frozenset({"vp8", "vp9", "mjpeg", RAWFRAMES})
-DALI_GPU_CODECS = frozenset({"vp8", "vp9", "mjpeg", "h264", "hevc", "av1", "mpeg4", RAWFRAMES})
+# MPEG-4 Part 2 (DivX/Xvid AVIs) is left out: NVDEC's support for it is unreliable (re-encode).
+DALI_GPU_CODECS = frozenset({"vp8", "vp9", "mjpeg", "h264", "hevc", "av1", RAWFRAMES})
+# 8-bit 4:2:0, the only chroma format NVDEC reads for H.264 (4:2:2 / 4:4:4 H.264 is refused) and
+# the one both DALI backends are tested with; "" = not recorded (an index written before the
+# pixel format was, or a frame folder), taken as decodable. MJPEG's full-range 4:2:2 is also read.
+DALI_PIX_FMTS = frozenset({"yuv420p", "yuvj420p", "nv12", ""})
+_MJPEG_PIX_FMTS = frozenset({"yuvj422p", "yuv422p"})
 
 
 class StaleIndexError(ValueError):
@@ -60,6 +67,18 @@ class IndexedVideo:
     height: int
     label: Optional[int] = None
     start: int = 0
+    pix_fmt: str = ""          # FFmpeg's name, e.g. yuv420p; "" when the index did not record it
+
+
+def dali_cannot_decode(video: IndexedVideo, device: str) -> Optional[str]:
+    """Why DALI on ``device`` (``"cpu"`` | ``"gpu"``) cannot decode ``video``, from what the index
+    recorded (codec, pixel format); None when it can."""
+    codecs = DALI_GPU_CODECS if device == "gpu" else DALI_CPU_CODECS
+    if video.codec not in codecs:
+        return f"codec {video.codec or 'unknown'} (DALI on the {device} reads {', '.join(sorted(codecs))})"
+    if video.pix_fmt not in DALI_PIX_FMTS and not (video.codec == "mjpeg" and video.pix_fmt in _MJPEG_PIX_FMTS):
+        return f"pixel format {video.pix_fmt} (DALI reads 8-bit 4:2:0)"
+    return None
 
 
 @dataclass
@@ -123,12 +142,12 @@ def probe_frame_folder(path: str, rec: dict, template: str, start: int, listed: 
 
 def probe_video(path: str, full_decode: bool = False, *, template: str = DEFAULT_TEMPLATE,
                 start: int = DEFAULT_START, listed: int = -1) -> dict:
-    """Describe one file or frame folder: ``frames, fps, codec, width, height, size, mtime_ns,
+    """Describe one file or frame folder: ``frames, fps, codec, pix_fmt, width, height, size, mtime_ns,
     readable, reason``. ``template``, ``start`` and ``listed`` (the list's frame count) describe a
     frame folder."""
     size, mtime = _stat(path)
-    rec = dict(frames=0, fps=0.0, codec="", width=0, height=0, size=size, mtime_ns=mtime,
-               readable=False, reason="")
+    rec = dict(frames=0, fps=0.0, codec="", pix_fmt="", width=0, height=0, size=size,
+               mtime_ns=mtime, readable=False, reason="")
     if size < 0:
         rec["reason"] = "missing"
         return rec
@@ -143,7 +162,8 @@ def probe_video(path: str, full_decode: bool = False, *, template: str = DEFAULT
             s = c.streams.video[0]
             rate = s.average_rate or s.guessed_rate or 0
             rec.update(codec=s.codec_context.name, width=s.codec_context.width,
-                       height=s.codec_context.height, fps=float(rate))
+                       height=s.codec_context.height, fps=float(rate),
+                       pix_fmt=s.codec_context.pix_fmt or "")
             expected = (c.duration or 0) / 1e6 * float(rate)   # frames the header promises
             if full_decode:
                 n = sum(1 for _ in c.decode(s))
@@ -184,9 +204,9 @@ def build_index(list_file: str, data_root: str = "", kind: str = "auto", workers
                          total=len(entries), desc="probing videos", disable=not progress,
                          unit="video", dynamic_ncols=True))
     cols = ["rel", "frames", "fps", "codec", "width", "height", "size", "mtime_ns", "readable",
-            "reason", "label", "start"]
+            "reason", "label", "start", "pix_fmt"]
     rows = [[e.rel, r["frames"], r["fps"], r["codec"], r["width"], r["height"], r["size"],
-             r["mtime_ns"], r["readable"], r["reason"], e.label, e.start]
+             r["mtime_ns"], r["readable"], r["reason"], e.label, e.start, r["pix_fmt"]]
             for e, r in zip(entries, recs)]
     doc = {"version": VERSION, "list_sha256": _sha256(list_file),
            "data_root": os.path.abspath(data_root) if data_root else "",
@@ -209,8 +229,9 @@ def _to_index(list_file, data_root, entries: List[VideoEntry], doc) -> VideoInde
             excluded.append({"rel": e.rel, "reason": row[c["reason"]]})
             continue
         frames = row[c["frames"]]
+        pix_fmt = row[c["pix_fmt"]] if "pix_fmt" in c else ""   # older indexes: not recorded
         videos.append(IndexedVideo(e.path, e.rel, frames, row[c["fps"]], row[c["codec"]],
-                                   row[c["width"]], row[c["height"]], e.label, e.start))
+                                   row[c["width"]], row[c["height"]], e.label, e.start, pix_fmt))
     return VideoIndex(list_file, data_root, videos, excluded)
 
 
@@ -221,6 +242,13 @@ def rebuild_hint(list_file: str, data_root: str, fname_tmpl: str = DEFAULT_TEMPL
     frames = "" if fname_tmpl == DEFAULT_TEMPLATE else f" --fname-tmpl '{fname_tmpl}'"
     frames += "" if start_idx == DEFAULT_START else f" --start-idx {start_idx}"
     return f"python -m vmae2_fast.data.index {list_file}{root}{frames}"
+
+
+def reencode_hint(list_file: str, data_root: str) -> str:
+    """The command that re-encodes a list for DALI (H.264 4:2:0; see `data.reencode`)."""
+    root = data_root.rstrip("/") if data_root else os.path.dirname(os.path.abspath(list_file))
+    flag = f" --data-root {data_root}" if data_root else ""
+    return f"python -m vmae2_fast.data.reencode {list_file}{flag} --out-root {root}_reencoded"
 
 
 def load_index(list_file: str, data_root: str = "", kind: str = "auto", check_files: bool = True,
@@ -281,6 +309,13 @@ def summarize(index: VideoIndex) -> str:
     if not_cpu:
         lines.append(f"{not_cpu} videos use codecs DALI decodes only on the GPU "
                      f"(on the CPU it handles {', '.join(sorted(DALI_CPU_CODECS))})")
+    not_gpu = Counter(why for why in (dali_cannot_decode(v, "gpu") for v in index.videos
+                                      if v.codec != "rawframes") if why)
+    if not_gpu:
+        lines.append(f"{sum(not_gpu.values())} videos DALI cannot decode even on the GPU ("
+                     + ", ".join(f"{k}: {n}" for k, n in not_gpu.most_common(5))
+                     + "); --decoder auto decodes them with PyAV, or re-encode them: "
+                     + reencode_hint(index.list_file, index.data_root))
     if n_ex:
         reasons = Counter(x["reason"].split(":")[0] for x in index.excluded)
         lines.append("excluded: " + ", ".join(f"{k} {n}" for k, n in reasons.most_common()))

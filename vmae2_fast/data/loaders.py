@@ -4,9 +4,14 @@ interface over both decoders.
 A loader has ``steps_per_epoch`` and is called as ``loader(epoch, skip_steps)``; it yields
 
 * ``pretrain``: ``(video (B*K, 3, T, S, S), skipped)``;
-* ``finetune``: ``(video (B*K, ...), labels (B*K,), skipped)``;
+* ``finetune``: ``(video (B*K, ...), labels (B*K,), erasures, skipped)``;
 * ``val`` / ``test`` (every video of this process's shard once, in list order; unreadable videos
   dropped and reported): ``(video (B*V, ...), labels (B,), skipped, paths)``, V views per video.
+
+``video`` holds pixels in 0..255, not normalised (uint8; float32 for the PyAV classification
+views), and ``erasures`` fine-tuning's cube-erasing boxes: the stage makes the model's input on
+the device with `pixels.normalize_on_device` (see that module). On a CUDA device the batches come
+already on it, copied one batch ahead on a side stream (`device_feed.to_device_ahead`).
 
 ``skipped`` holds the ``(path, reason)`` of every unreadable video the batch passed over (the
 trainer lists each file once); a training ``video`` is None when an item found no readable video
@@ -27,7 +32,8 @@ from typing import List, Optional
 import torch
 
 from ..errors import BadDataError, DataPlaneError
-from .index import VideoIndex, build_index, index_path, load_index, rebuild_hint
+from .device_feed import to_device_ahead
+from .index import VideoIndex, build_index, index_path, load_index, rebuild_hint, reencode_hint
 from .lists import VideoEntry, detect_kind, read_list
 from .pyav.frames import FrameLayout
 from .sampler import EpochIndexed, GlobalBatchSampler
@@ -188,6 +194,7 @@ class PyAVLoader:
         self.steps_per_epoch = self.sampler.steps_per_epoch
         self.num_videos = len(dataset)
         self.num_workers, self.pin = cfg.num_workers, device.type == "cuda"
+        self.device = device
         self.board = _board(dataset, self.num_workers)
 
     def data_plane_error(self, exc: BaseException) -> Optional[DataPlaneError]:
@@ -196,16 +203,17 @@ class PyAVLoader:
 
     def __call__(self, epoch: int = 0, skip: int = 0):
         self.sampler.set_epoch(epoch, skip)
-        return guarded(torch.utils.data.DataLoader(
+        return to_device_ahead(guarded(torch.utils.data.DataLoader(
             self.dataset, batch_sampler=self.sampler, num_workers=self.num_workers,
             collate_fn=self.collate, pin_memory=self.pin,
-            prefetch_factor=4 if self.num_workers else None), self.board)
+            prefetch_factor=4 if self.num_workers else None), self.board), self.device)
 
 
 class PyAVEvalLoader:
     """Every video of this process's contiguous shard once, in list order (val / test)."""
 
-    def __init__(self, dataset, batch_size: int, num_workers: int, dist):
+    def __init__(self, dataset, batch_size: int, num_workers: int, dist,
+                 device: torch.device = torch.device("cpu")):
         from .pyav.classify import eval_collate
         per_rank = -(-len(dataset) // dist.world_size)
         shard = range(dist.rank * per_rank, min(len(dataset), (dist.rank + 1) * per_rank))
@@ -214,12 +222,13 @@ class PyAVEvalLoader:
         self.batch_size, self.num_workers, self.collate = batch_size, num_workers, eval_collate
         self.steps_per_epoch = -(-len(self.dataset) // batch_size)
         self.num_videos = len(self.dataset)
+        self.device = device
 
     def __call__(self, epoch: int = 0, skip: int = 0):
-        return guarded(torch.utils.data.DataLoader(
+        return to_device_ahead(guarded(torch.utils.data.DataLoader(
             torch.utils.data.Subset(self.dataset, list(range(skip * self.batch_size, len(self.dataset)))),
-            batch_size=self.batch_size, num_workers=self.num_workers, collate_fn=self.collate),
-            self.board)
+            batch_size=self.batch_size, num_workers=self.num_workers, collate_fn=self.collate,
+            pin_memory=self.device.type == "cuda"), self.board), self.device)
 
 
 def frame_layout(cfg) -> FrameLayout:
@@ -231,13 +240,18 @@ def frame_layout(cfg) -> FrameLayout:
 
 
 def _dali(index: VideoIndex, mode: str, cfg, dist, device: torch.device, **kw):
+    """The DALI loader of the list; with ``--decoder auto`` the files DALI cannot decode (codec,
+    pixel format) are decoded by PyAV within it, with ``--decoder dali`` they are left out (the
+    warning names the re-encode command)."""
     from .dali.pipeline import DaliVideoLoader
     return DaliVideoLoader(
         index.videos, mode=mode, num_frames=cfg.num_frames, sampling_rate=cfg.sampling_rate,
         input_size=cfg.input_size, seed=cfg.seed, world_size=dist.world_size, rank=dist.rank,
         device=_dali_dev(device), device_id=device.index if device.type == "cuda" else None,
         target_device=device, num_threads=max(1, min(cfg.num_workers, os.cpu_count() or 1)),
-        decoder_instances=cfg.dali_instances, fname_tmpl=frame_layout(cfg).template, **kw)
+        decoder_instances=cfg.dali_instances, fname_tmpl=frame_layout(cfg).template,
+        fallback=getattr(cfg, "decoder", "dali") == "auto",
+        reencode_hint=reencode_hint(index.list_file, index.data_root), **kw)
 
 
 def pretrain_loader(entries: List[VideoEntry], index, cfg, dist, device: torch.device, decoder: str):
@@ -288,4 +302,4 @@ def eval_loader(entries: List[VideoEntry], index, cfg, dist, device: torch.devic
                   short_side_size=cfg.short_side_size, sparse=cfg.sparse_sample, layout=frame_layout(cfg))
     dataset = (VideoClsDataset(entries, False, seed=cfg.seed, **common) if mode == "val" else
                VideoTestDataset(entries, segments=segments, crops=crops, **common))
-    return PyAVEvalLoader(dataset, batch_size, cfg.num_workers, dist)
+    return PyAVEvalLoader(dataset, batch_size, cfg.num_workers, dist, device)

@@ -1,5 +1,5 @@
-"""Pixel operations of the CPU (PyAV) data path, in torch: crop + resize + normalise (stage 1),
-ImageNet normalisation, short-side resize and cube random erasing (stages 2 and 3).
+"""Pixel operations of the CPU (PyAV) data path, in torch: crop + resize (stage 1), ImageNet
+normalisation, short-side resize and cube random erasing (stages 2 and 3).
 
 Which box and which frames are decided in ``clip_sampling.py`` (shared with DALI); this module only
 moves pixels. Stage 1 matches the official ``DataAugmentationForVideoMAEv2``: the multi-scale box, a
@@ -16,21 +16,16 @@ import torch
 import torch.nn.functional as F
 
 from ..constants import IMAGENET_MEAN, IMAGENET_STD
+from .pixels import norm_affine
 
-__all__ = ["crop_resize_normalize", "to_float_tchw", "normalize", "resize_short_side",
-           "cube_random_erasing"]
-
-
-def _norm_affine(device) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(scale, bias) per channel so that ``x * scale + bias == (x / 255 - mean) / std``."""
-    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32, device=device)
-    std = torch.tensor(IMAGENET_STD, dtype=torch.float32, device=device)
-    return (1.0 / (255.0 * std)).view(3, 1, 1, 1), (-mean / std).view(3, 1, 1, 1)
+__all__ = ["crop_resize", "crop_resize_normalize", "to_float_tchw", "normalize", "resize_short_side",
+           "draw_cube_erasure", "cube_random_erasing"]
 
 
-def crop_resize_normalize(frames: Union[np.ndarray, torch.Tensor], box: Tuple[int, int, int, int],
-                          out_size: int) -> torch.Tensor:
-    """Crop ``box`` from uint8 frames ``(T, H, W, 3)``, resize, normalise -> float32 ``(3, T, S, S)``.
+def crop_resize(frames: Union[np.ndarray, torch.Tensor], box: Tuple[int, int, int, int],
+                out_size: int) -> torch.Tensor:
+    """Crop ``box`` from uint8 frames ``(T, H, W, 3)`` and resize -> uint8 ``(3, T, S, S)``, the
+    pixels that cross to the device (`pixels.normalize_on_device` normalises them there).
 
     The resize is ``F.interpolate(mode='bilinear', antialias=True)`` on the uint8 tensor. The
     official code resizes each PIL image with ``Image.BILINEAR``; torch's uint8 antialiased bilinear
@@ -50,9 +45,16 @@ def crop_resize_normalize(frames: Union[np.ndarray, torch.Tensor], box: Tuple[in
         # A channels-last view is what the fast uint8 kernel wants; no copy is made here.
         x = F.interpolate(x, size=(out_size, out_size), mode="bilinear",
                           align_corners=False, antialias=True)
-    scale, bias = _norm_affine(x.device)
-    # (T, 3, S, S) -> (3, T, S, S), then one fused multiply-add per element.
-    return torch.addcmul(bias, x.permute(1, 0, 2, 3).to(torch.float32), scale).contiguous()
+    return x.permute(1, 0, 2, 3).contiguous()                # (T, 3, S, S) -> (3, T, S, S)
+
+
+def crop_resize_normalize(frames: Union[np.ndarray, torch.Tensor], box: Tuple[int, int, int, int],
+                          out_size: int) -> torch.Tensor:
+    """`crop_resize`, then ImageNet normalisation -> float32 ``(3, T, S, S)``: what the model
+    sees of one view (the loaders leave the normalisation to the device)."""
+    x = crop_resize(frames, box, out_size)
+    scale, bias = norm_affine(x.device, ndim=4)
+    return torch.addcmul(bias, x.to(torch.float32), scale)
 
 
 def to_float_tchw(frames) -> torch.Tensor:
@@ -74,12 +76,13 @@ def resize_short_side(x_tchw: torch.Tensor, size: int) -> torch.Tensor:
     return F.interpolate(x_tchw, size=(nh, nw), mode="bilinear", align_corners=False)
 
 
-def cube_random_erasing(x: torch.Tensor, rng: np.random.Generator, prob: float = 0.25,
-                        area=(0.02, 1 / 3), log_ratio=(math.log(0.3), math.log(1 / 0.3))) -> torch.Tensor:
-    """One box (same in every frame) of normal noise on a normalised ``(3, T, H, W)`` clip."""
+def draw_cube_erasure(t: int, h: int, w: int, rng: np.random.Generator, prob: float = 0.25,
+                      area=(0.02, 1 / 3), log_ratio=(math.log(0.3), math.log(1 / 0.3))):
+    """The official cube random erasing's draws for a ``(3, t, h, w)`` clip: None (not erased),
+    or ``(y0, x0, eh, ew, noise)``, one box for every frame and its float32 ``(3, t, eh, ew)``
+    N(0, 1) noise, to be written over the NORMALISED clip."""
     if prob <= 0 or rng.random() >= prob:
-        return x
-    _, t, h, w = x.shape
+        return None
     for _ in range(10):
         target = h * w * rng.uniform(*area)
         ar = math.exp(rng.uniform(*log_ratio))
@@ -87,7 +90,17 @@ def cube_random_erasing(x: torch.Tensor, rng: np.random.Generator, prob: float =
         if eh < h and ew < w:
             y0, x0 = int(rng.integers(0, h - eh + 1)), int(rng.integers(0, w - ew + 1))
             noise = torch.from_numpy(rng.standard_normal((3, t, eh, ew)).astype(np.float32))
-            x = x.clone()
-            x[:, :, y0:y0 + eh, x0:x0 + ew] = noise
-            return x
+            return y0, x0, eh, ew, noise
+    return None
+
+
+def cube_random_erasing(x: torch.Tensor, rng: np.random.Generator, prob: float = 0.25,
+                        area=(0.02, 1 / 3), log_ratio=(math.log(0.3), math.log(1 / 0.3))) -> torch.Tensor:
+    """One box (same in every frame) of normal noise on a normalised ``(3, T, H, W)`` clip."""
+    box = draw_cube_erasure(*x.shape[1:], rng, prob, area, log_ratio)
+    if box is None:
+        return x
+    y0, x0, eh, ew, noise = box
+    x = x.clone()
+    x[:, :, y0:y0 + eh, x0:x0 + ew] = noise
     return x

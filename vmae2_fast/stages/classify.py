@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from ..config import FinetuneConfig
 from ..data.label_maps import kinetics_head_map
 from ..data.loaders import choose_decoder, eval_loader, finetune_loader, frame_layout, load_list
+from ..data.pixels import normalize_on_device
 from ..models import build_classifier, count_parameters
 from ..models.zoo import model_options
 from ..models.weights import checkpoint_class_names, load_classifier_weights
@@ -108,9 +109,14 @@ class ClassifyStage:
         self.run_config = run_config or {}
         self.best_top1 = self.best_ema_top1 = -1.0
         self.temperature = getattr(cfg, "distill_temperature", 1.0)
+        # the loaders deliver pixels; the model's input is made here, in its parameters' dtype
+        self.input_dtype = next(model.parameters()).dtype
 
     def compute_loss(self, model, batch):
-        video = batch[0].to(self.device, non_blocking=True)
+        # (pixels, labels, cube-erasing boxes, skipped): erasing writes N(0, 1) noise into the
+        # normalised clip, then mixup mixes the clips, as in the official order
+        video = normalize_on_device(batch[0].to(self.device, non_blocking=True), self.input_dtype,
+                                    erase=batch[2])
         labels = batch[1].to(self.device, non_blocking=True)
         target = None
         if self.mixup.active:
@@ -150,8 +156,9 @@ class ClassifyStage:
             if video is None:            # no readable video in this batch
                 continue
             labels = labels.to(self.device)
+            video = normalize_on_device(video.to(self.device, non_blocking=True), self.input_dtype)
             with autocast():
-                log_probs = video_log_probs(model, video.to(self.device), len(labels), chunk)
+                log_probs = video_log_probs(model, video, len(labels), chunk)
             top = log_probs.topk(min(5, log_probs.shape[1]), dim=1).indices
             stats += torch.stack([torch.tensor(float(len(labels)), device=self.device),
                                   (top[:, 0] == labels).sum().double(),

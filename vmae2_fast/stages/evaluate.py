@@ -19,6 +19,7 @@ import torch
 from ..config import EvaluateConfig
 from ..config.datasets import DATASETS
 from ..data.loaders import choose_decoder, eval_loader, frame_layout, load_list
+from ..data.pixels import normalize_on_device
 from ..errors import DataPlaneError, RunStopped
 from ..models import build_classifier
 from ..models.zoo import model_options
@@ -63,7 +64,7 @@ def _view_settings(cfg: EvaluateConfig, ckpt: dict) -> SimpleNamespace:
         sampling_rate=get("sampling_rate", 4), short_side_size=get("short_side_size", size),
         sparse_sample=bool(get("sparse_sample", False)), num_classes=get("num_classes", 0),
         tubelet_size=ckpt.get("tubelet_size", 2), seed=cfg.seed, num_workers=cfg.num_workers,
-        dali_instances=cfg.dali_instances, options=model_options(ckpt),
+        dali_instances=cfg.dali_instances, decoder=cfg.decoder, options=model_options(ckpt),
         fname_tmpl=get("fname_tmpl", None), start_idx=get("start_idx", None),
         use_mean_pooling=ckpt.get("use_mean_pooling", True))
 
@@ -107,8 +108,9 @@ def run(cfg: EvaluateConfig) -> dict:
             for video, labels, _, paths in loader(0):
                 if video is None:
                     continue
+                video = normalize_on_device(video.to(device, non_blocking=True), next(model.parameters()).dtype)
                 with torch.no_grad(), torch.autocast(device.type, torch.bfloat16, enabled=bf16):
-                    probs = video_log_probs(model, video.to(device), len(labels), cfg.batch_views).exp().cpu()
+                    probs = video_log_probs(model, video, len(labels), cfg.batch_views).exp().cpu()
                 for p, label, path in zip(probs.numpy(), labels.tolist(), paths):
                     rows.append({"video": path, "label": int(label), "pred": int(p.argmax()),
                                  "top5": [int(k) for k in np.argsort(-p)[:5]], "probs": p.tolist()})

@@ -13,8 +13,9 @@ from pathlib import Path
 import torch
 
 from .. import ops
-from ..config import PretrainConfig, replace
+from ..config import PretrainConfig
 from ..data.loaders import choose_decoder, frame_layout, load_list, pretrain_loader
+from ..data.pixels import normalize_on_device
 from ..masking import DualMasking
 from ..models import build_pretrain_model, count_parameters
 from ..models.zoo import model_options
@@ -35,9 +36,11 @@ class PretrainStage:
         # each rank takes its slice, so a run's masks do not depend on the number of processes.
         self.mask_gen = torch.Generator(device=device).manual_seed(cfg.seed)
         self.preview_source = preview_source
+        # the loaders deliver pixels; the model's input is made here, in its parameters' dtype
+        self.input_dtype = next(model.parameters()).dtype
 
     def compute_loss(self, model, batch):
-        video = batch[0].to(self.device, non_blocking=True)
+        video = normalize_on_device(batch[0].to(self.device, non_blocking=True), self.input_dtype)
         b = video.shape[0]
         vis, dec = self.masking(b * self.dist.world_size, self.mask_gen)
         denominator = None
@@ -68,7 +71,7 @@ class PretrainStage:
             return {}
         from .preview import save_reconstruction_preview
         clips, _ = self.preview_source()
-        video = clips[:1].to(self.device)
+        video = normalize_on_device(clips[:1].to(self.device), self.input_dtype)
         vis, dec = self.masking(1, torch.Generator(device=self.device).manual_seed(1234))
         was_training = self.model.training
         self.model.eval()
@@ -110,7 +113,8 @@ def run(cfg: PretrainConfig) -> dict:
             list_file, root = synth.pretrain_list, synth.root
         entries, index = load_list(list_file, root, decoder=decoder, labels=False, layout=frame_layout(cfg),
                                    build=cfg.data is None)
-        loader = pretrain_loader(entries, index, replace(cfg, decoder=decoder), dist, device, decoder)
+        # cfg.decoder stays as requested: "auto" lets DALI hand the files it cannot decode to PyAV
+        loader = pretrain_loader(entries, index, cfg, dist, device, decoder)
 
         def preview_source():                  # one CPU-decoded clip, whatever the decoder
             from ..data.pyav.pretrain import PretrainVideoDataset

@@ -7,7 +7,11 @@ which file, which frames and which crop boxes, and feeds them through ``external
     encoded bytes ─ decoders.video(frames=idx, device="mixed"|"cpu")      one decode per video
                   ─ [RandAugment, same op for every frame of a clip]       fine-tuning only
                   ─ K x resize(roi=box_k) ─ crop_mirror_normalize(CFHW)    K views of one decode
-                  ─ stack                                                  (B, K, 3, T, S, S)
+                  ─ stack                                                  (B, K, 3, T, S, S) uint8
+
+* Pixels: the output stays uint8 (DALI's resize rounds to uint8; ``crop_mirror_normalize`` only
+  lays out and mirrors): the stage normalises on the device (`pixels.normalize_on_device`), and
+  fine-tuning's cube erasing travels as boxes (`pixels.Erasure`, noise drawn on the device).
 
 * Order: :class:`~vmae2_fast.data.sampler.GlobalBatchSampler` (one permutation per (seed, epoch),
   rank r takes its slice of every global batch, resume skips consumed batches).
@@ -20,16 +24,19 @@ which file, which frames and which crop boxes, and feeds them through ``external
   ``skipped`` ``(path, reason)`` pairs. A failed batch whose files all decode alone is a pipeline
   fault, not a bad file: it raises `errors.DataPlaneError` naming the files (the trainer resumes
   from its last checkpoint).
-* Prefetch: ``prefetch`` batches per pipeline are scheduled ahead, so decoding overlaps the
-  training step.
+* Prefetch: ``prefetch`` batches per pipeline are scheduled ahead, so decoding (on DALI's threads
+  and, on the GPU, its own CUDA stream) overlaps the training step.
+* Files DALI cannot decode (codec, pixel format: `index.dali_cannot_decode`): left out with a
+  warning naming the re-encode command, or, with ``fallback=True`` (``--decoder auto``), decoded
+  by PyAV in a thread pool and put back in their places of the batch (:mod:`.fallback`).
 * Several instances (``decoder_instances=N``): N independent pipelines, each with its own thread
   pool and (on the GPU) its own CUDA stream and video decoder, so several NVDEC engines of one GPU
   can work at once. Consecutive batches of the one global order go to the pipelines in turn and
   are collected in that order, so the batches are the same as with one pipeline. (The one
   exception is fine-tuning with RandAugment, whose op choice is drawn by DALI's own per-pipeline
   random generator: it differs with N, as it already differs across a resume.)
-* Host to device: see :mod:`.transfer` (CPU decode for CUDA training goes through a reusable
-  pinned buffer and a non-blocking copy).
+* Host to device: see :mod:`.transfer` (CPU decode for CUDA training goes through pinned memory
+  and a non-blocking copy on a side stream, one batch ahead: `device_feed.to_device_ahead`).
 * Frame folders (index codec ``rawframes``): the host reads the clip's frame files (named by
   ``fname_tmpl`` from the folder's start number) and DALI's image decoder decodes each one
   (``device="mixed"``: nvJPEG on the GPU; ``"cpu"`` on the host), stacked into the same
@@ -46,15 +53,16 @@ from typing import List, Optional, Sequence
 import numpy as np
 import torch
 
-from ...constants import IMAGENET_MEAN, IMAGENET_STD
 from ...errors import BadDataError, DataPlaneError
 from ..clip_sampling import (finetune_frame_indices, multiscale_crop_box, pretrain_frame_indices,
                              random_erasing_box, random_resized_crop_box, sparse_frame_indices,
                              test_crop_boxes, test_frame_indices)
-from ..index import DALI_CPU_CODECS, DALI_GPU_CODECS, RAWFRAMES, IndexedVideo
+from ..device_feed import to_device_ahead
+from ..index import RAWFRAMES, IndexedVideo
 from ..pyav.frames import DEFAULT_TEMPLATE, frame_file
 from ..sampler import GlobalBatchSampler
-from .transfer import PinnedStager, transfer_plan
+from .fallback import FallbackDecoder, FallbackRouting
+from .transfer import pinned_copy, transfer_plan
 
 __all__ = ["dali_status", "DaliVideoLoader", "MODES"]
 
@@ -91,9 +99,20 @@ class _Sample:
     erase: list            # K (y0, x0, h, w) or None
     rng: np.random.Generator
     skips: list = field(default_factory=list)   # (path, reason) of bad files passed over
+    pyav: bool = False                          # decoded by the PyAV fallback, not by DALI
+    future: object = None                       # the fallback's Future
 
 
-def _build_pipeline(batch_size, device, device_id, num_threads, size, views, fp16, rand_aug, seed,
+@dataclass
+class _Batch:
+    """A batch in flight: its samples in output order (DALI decodes those with ``pyav`` False,
+    on pipeline ``pipe``, None when it has none), and the videos dropped before it (evaluation)."""
+    pipe: Optional[int]
+    samples: List[_Sample]
+    dropped: list
+
+
+def _build_pipeline(batch_size, device, device_id, num_threads, size, views, rand_aug, seed,
                     images: int = 0):
     """The graph; ``images`` > 0: each sample is that many encoded frame files (a frame folder's
     clip), decoded by the image decoder and stacked, instead of one encoded video."""
@@ -127,10 +146,9 @@ def _build_pipeline(batch_size, device, device_id, num_threads, size, views, fp1
             mirror = fn.external_source(name=f"mirror{k}", dtype=types.INT32, ndim=0)
             v = fn.resize(v, size=[size, size], roi_start=lo, roi_end=hi, roi_relative=False,
                           interp_type=types.INTERP_LINEAR, antialias=True)
-            outs.append(fn.crop_mirror_normalize(
-                v, dtype=types.FLOAT16 if fp16 else types.FLOAT, output_layout="CFHW",
-                mean=[m * 255 for m in IMAGENET_MEAN], std=[s * 255 for s in IMAGENET_STD],
-                mirror=mirror))
+            # uint8 out: layout and mirror only; normalised on the device by the stage
+            outs.append(fn.crop_mirror_normalize(v, dtype=types.UINT8, output_layout="CFHW",
+                                                 mirror=mirror))
         return fn.stack(*outs, axis=0) if views > 1 else outs[0]
     import warnings
     with warnings.catch_warnings():   # DALI's own RandAugment uses its deprecated aliases
@@ -140,25 +158,29 @@ def _build_pipeline(batch_size, device, device_id, num_threads, size, views, fp1
     return p
 
 
-class DaliVideoLoader:
-    """Batches of ``(video, skipped)`` (pretrain), ``(video, labels, skipped)`` (finetune),
-    ``(video, labels, skipped, paths)`` (val, test: one label and path per video); ``skipped``
-    holds the ``(path, reason)`` of the unreadable videos passed over. ``video`` is
-    ``(B * K, 3, T, S, S)`` (views sample-major; test: ``K = S_t * C``; val: one centred view) on
-    the loader's device, in ``dtype``. Call ``loader(epoch, skip_micro_steps)`` for one epoch.
+class DaliVideoLoader(FallbackRouting):
+    """Batches of ``(video, skipped)`` (pretrain), ``(video, labels, erasures, skipped)``
+    (finetune), ``(video, labels, skipped, paths)`` (val, test: one label and path per video);
+    ``skipped`` holds the ``(path, reason)`` of the unreadable videos passed over, ``erasures``
+    the cube-erasing boxes (`pixels.Erasure`). ``video`` is uint8 pixels ``(B * K, 3, T, S, S)``
+    (views sample-major; test: ``K = S_t * C``; val: one centred view) on the loader's target
+    device, not normalised. Call ``loader(epoch, skip_micro_steps)`` for one epoch.
 
     Training modes replace an unreadable video by a random other one (as the CPU path does);
-    evaluation modes drop it from its batch and count it, so that metrics stay per video."""
+    evaluation modes drop it from its batch and count it, so that metrics stay per video.
+    ``fallback``: decode the files DALI cannot (codec, pixel format) with PyAV instead of leaving
+    them out; ``reencode_hint``: the command named when they are left out."""
 
     def __init__(self, videos: Sequence[IndexedVideo], *, batch_size: int, mode: str = "pretrain",
                  num_frames: int = 16, sampling_rate: int = 4, input_size: int = 224,
                  num_views: int = 1, test_segments: int = 1, seed: int = 0, world_size: int = 1,
                  rank: int = 0, device: str = "cpu", device_id: Optional[int] = None,
-                 num_threads: int = 2, prefetch: int = 2, dtype: torch.dtype = torch.float32,
+                 num_threads: int = 2, prefetch: int = 2,
                  flip: bool = True, rand_augment: Optional[tuple] = None, erase_prob: float = 0.0,
                  sparse: bool = False, max_retries: int = 10, decoder_instances: int = 1,
                  target_device=None, min_crop_scale: float = 0.08, short_side: Optional[int] = None,
-                 fname_tmpl: str = DEFAULT_TEMPLATE):
+                 fname_tmpl: str = DEFAULT_TEMPLATE, fallback: bool = False,
+                 reencode_hint: Optional[str] = None):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if device not in ("cpu", "gpu"):
@@ -168,14 +190,7 @@ class DaliVideoLoader:
         ok, why = dali_status()
         if not ok:
             raise RuntimeError(why)
-        codecs = DALI_GPU_CODECS if device == "gpu" else DALI_CPU_CODECS
-        self.videos: List[IndexedVideo] = [v for v in videos if v.codec in codecs]
-        self.excluded = len(videos) - len(self.videos)
-        if self.excluded:
-            log.warning("DALI (%s) cannot decode %d of %d videos (codecs other than %s); they are "
-                        "left out", device, self.excluded, len(videos), ", ".join(sorted(codecs)))
-        if not self.videos:
-            raise ValueError(f"no video that DALI can decode on the {device} is left")
+        self.videos: List[IndexedVideo] = self._route(list(videos), device, fallback, reencode_hint)
         kinds = {v.codec == RAWFRAMES for v in self.videos}
         if len(kinds) > 1:
             raise ValueError("the list mixes video files and frame folders, which DALI decodes with "
@@ -186,7 +201,7 @@ class DaliVideoLoader:
         self.segments = int(test_segments) if mode == "test" else 1
         self.views = int(num_views)
         self.device, self.device_id = device, device_id
-        self.num_threads, self.prefetch, self.dtype = num_threads, max(1, prefetch), dtype
+        self.num_threads, self.prefetch = num_threads, max(1, prefetch)
         self.flip = flip and mode == "finetune"
         self.rand_aug = rand_augment if mode == "finetune" else None
         self.erase_prob = erase_prob if mode == "finetune" else 0.0
@@ -202,14 +217,16 @@ class DaliVideoLoader:
             self.sampler = GlobalBatchSampler(len(self.videos), self.batch_size, world_size, rank, seed)
             self.steps_per_epoch = self.sampler.steps_per_epoch
         self.bad: set = set()
-        self.reasons: dict = {}       # bad path -> DALI's error
+        self.reasons: dict = {}       # bad path -> DALI's (or PyAV's) error
         self.skipped_total = 0
         self.num_videos = len(self.videos)
         self.instances = int(decoder_instances)
         self._pipes: List = [None] * self.instances
         self.transfer = transfer_plan(device, target_device)
         self.target_device = torch.device(target_device) if target_device is not None else None
-        self._stager = None
+        self.decoded = collections.Counter()          # videos decoded by "dali" / "pyav", this run
+        self._fallback = (FallbackDecoder(self.size, num_threads, self.rand_aug)
+                          if self.pyav_paths else None)
 
     # ------------------------------------------------------------------ host-side sampling
     def _sample(self, epoch: int, index: int, attempt: int) -> _Sample:
@@ -233,7 +250,8 @@ class DaliVideoLoader:
         else:
             frames = test_frame_indices(v.frames, self.T, self.rate, self.segments, self.sparse).reshape(-1)
             boxes = test_crop_boxes(v.width, v.height, self.size, K, self.short_side)
-        return _Sample(index, v, np.asarray(frames, np.int64), boxes, mirror, erase, rng)
+        return _Sample(index, v, np.asarray(frames, np.int64), boxes, mirror, erase, rng,
+                       pyav=v.path in self.pyav_paths)
 
     def _batches(self, epoch: int, skip: int):
         if self.mode in EVAL_MODES:
@@ -268,7 +286,7 @@ class DaliVideoLoader:
         images = self.T * self.segments if self.raw_frames else 0
         return _build_pipeline(batch_size or self.batch_size, self.device,
                                self.device_id if self.device == "gpu" else None, self.num_threads,
-                               self.size, self.views, self.dtype == torch.float16, self.rand_aug,
+                               self.size, self.views, self.rand_aug,
                                self.seed + 7919 * self.rank + 104729 * instance, images)
 
     def _feed(self, pipe, samples: List[_Sample]):
@@ -295,6 +313,17 @@ class DaliVideoLoader:
         except OSError:             # missing: an empty buffer, which the image decoder rejects
             return np.zeros(0, dtype=np.uint8)
 
+    def _schedule(self, batch: _Batch, pipe: Optional[int]) -> None:
+        """Start decoding ``batch``: its DALI samples on pipeline ``pipe`` (when it has any), its
+        fallback samples in the PyAV threads (those not started yet)."""
+        mine = [s for s in batch.samples if not s.pyav]
+        batch.pipe = pipe if mine else None
+        if mine:
+            self._feed(self._pipes[pipe], mine)
+        for s in batch.samples:
+            if s.pyav and s.future is None:
+                s.future = self._fallback.submit(s)
+
     def _decode_error(self, s: _Sample) -> Optional[str]:
         """Decode ``s`` alone in a fresh pipeline: None if DALI accepts the file, else why not."""
         pipe = self._new_pipe(batch_size=1)
@@ -304,11 +333,14 @@ class DaliVideoLoader:
             return None
         except Exception as exc:  # DALI raises RuntimeError/IndexError subclasses
             why = "DALI cannot decode it: " + str(exc).strip().splitlines()[0][:200]
-            # training: the trainer lists each file once; evaluation has no trainer: warn here
-            (log.warning if self.mode in EVAL_MODES else log.debug)("skipping %s (%s)", s.video.path, why)
+            self._warn_eval(s, why)
             return why
         finally:
             del pipe
+
+    def _warn_eval(self, s: _Sample, why: str) -> None:
+        # training: the trainer lists each file once; evaluation has no trainer: warn here
+        (log.warning if self.mode in EVAL_MODES else log.debug)("skipping %s (%s)", s.video.path, why)
 
     def _forget(self, s: _Sample, why: str) -> None:
         self.bad.add(s.video.path)
@@ -319,7 +351,7 @@ class DaliVideoLoader:
         (training) or drop them (evaluation). Returns (samples, the dropped (path, reason))."""
         out, dropped = [], []
         for s in samples:
-            while s is not None:
+            while s is not None and not s.pyav:     # a fallback replacement is PyAV's to decode
                 why = self._decode_error(s)
                 if why is None:
                     break
@@ -343,37 +375,28 @@ class DaliVideoLoader:
         if self.transfer == "device":
             from nvidia.dali.plugin.pytorch import feed_ndarray
             dev = torch.device("cuda", self.device_id or 0)
-            dt = torch.float16 if self.dtype == torch.float16 else torch.float32
-            dst = torch.empty(t.shape(), dtype=dt, device=dev)
+            dst = torch.empty(t.shape(), dtype=torch.uint8, device=dev)
             feed_ndarray(t, dst, cuda_stream=torch.cuda.current_stream(dev))
             return dst
-        if self.transfer == "pinned":          # DALI buffer -> pinned buffer -> async H2D copy
-            if self._stager is None:
-                self._stager = PinnedStager(self.target_device, slots=2)
-            return self._stager(np.asarray(t))
+        if self.transfer == "pinned":          # DALI buffer -> pinned memory (copied ahead later)
+            return pinned_copy(np.asarray(t))
         return torch.from_numpy(np.array(t))   # a copy: DALI reuses its buffers
 
-    def _finish(self, video: torch.Tensor, samples: List[_Sample]) -> torch.Tensor:
+    def _finish(self, video: torch.Tensor, samples: List[_Sample]) -> tuple:
+        """(video (B*K, 3, T, S, S), erasures) from (B, K, 3, T', S, S)."""
         K = self.views
-        if K == 1:
-            video = video.unsqueeze(1)                          # (B, K, 3, T', H, W)
         b, _, ch, t, h, w = video.shape
         if self.mode == "test":
             # (B, C, 3, S*T, H, W) -> (B, S, C, 3, T, H, W): one decode, S x C views
             video = video.view(b, K, ch, self.segments, self.T, h, w).permute(0, 3, 1, 2, 4, 5, 6)
-            return video.reshape(b * self.segments * K, ch, self.T, h, w).to(self.dtype)
-        video = video.reshape(b * K, ch, t, h, w)
-        if self.erase_prob:
-            for i, s in enumerate(samples):
-                for k, box in enumerate(s.erase):
-                    if box is not None:
-                        y0, x0, eh, ew = box
-                        # per-pixel N(0, 1) noise, one rectangle for every frame (cube erasing)
-                        video[i * K + k, :, :, y0:y0 + eh, x0:x0 + ew].normal_()
-        return video.to(self.dtype)
+            return video.reshape(b * self.segments * K, ch, self.T, h, w), []
+        # per-pixel N(0, 1) noise drawn on the device, one rectangle for every frame (cube erasing)
+        erasures = [(i * K + k, *box, None) for i, s in enumerate(samples)
+                    for k, box in enumerate(s.erase) if box is not None]
+        return video.reshape(b * K, ch, t, h, w), erasures
 
     def _emit(self, video, samples, skipped):
-        video = self._finish(video, samples)
+        video, erasures = self._finish(video, samples)
         n = tuple(skipped)
         if self.mode == "pretrain":
             return video, n
@@ -381,23 +404,25 @@ class DaliVideoLoader:
                               dtype=torch.int64)
         if self.mode in EVAL_MODES:
             return video, labels, n, [s.video.path for s in samples]
-        return video, labels.repeat_interleave(self.views), n
+        return video, labels.repeat_interleave(self.views), erasures, n
 
     def __len__(self) -> int:
         return self.steps_per_epoch
 
     def __call__(self, epoch: int = 0, skip_micro_steps: int = 0):
-        return self.epoch(epoch, skip_micro_steps)
+        batches = self.epoch(epoch, skip_micro_steps)
+        # CPU decode for CUDA training: pinned host batches, copied one batch ahead on a side stream
+        return to_device_ahead(batches, self.target_device) if self.transfer == "pinned" else batches
 
     def epoch(self, epoch: int, skip_micro_steps: int = 0):
         batches = self._batches(epoch, skip_micro_steps)
-        # [pipeline, samples] scheduled, in output order; each pipeline is first in, first out
-        pending = collections.deque()
+        pending = collections.deque()   # _Batch scheduled, in output order; each pipeline is FIFO
         for k in range(self.instances):
             if self._pipes[k] is None:
                 self._pipes[k] = self._new_pipe(instance=k)
         turn = [0]
         self._carry = []    # evaluation: videos dropped before the next emitted batch
+        counted = self.decoded.copy()
 
         def fill():
             while len(pending) < self.prefetch * self.instances:
@@ -410,51 +435,71 @@ class DaliVideoLoader:
                                 for i, s in zip(idxs, resolved) if s is None]
                 if not samples:         # evaluation: every video of the batch is known bad
                     continue
-                k, turn[0] = turn[0], (turn[0] + 1) % self.instances    # round robin
-                self._feed(self._pipes[k], samples)
-                pending.append([k, samples, self._carry])
+                batch = _Batch(None, samples, self._carry)
+                self._schedule(batch, turn[0])
+                if batch.pipe is not None:
+                    turn[0] = (turn[0] + 1) % self.instances    # round robin
+                pending.append(batch)
                 self._carry = []
 
         fill()
         try:
-            yield from self._drain(epoch, pending, fill)
+            yield from self._drain(epoch, pending, fill, counted)
         finally:
             if pending:     # left mid-epoch: drop the pipelines' stale work, rebuild next time
                 self._pipes = [None] * self.instances
 
-    def _drain(self, epoch, pending, fill):
+    def _drain(self, epoch, pending, fill, counted):
         while pending:
-            k = pending[0][0]
+            batch = pending[0]
+            k = batch.pipe
             try:
-                out = self._pipes[k].outputs()[0]
+                out = self._pipes[k].outputs()[0] if k is not None else None
             except Exception as exc:
-                # DALI invalidates the pipeline on a decode error: rebuild this one and redo what
-                # it had in flight, the failed batch repaired, the others with newly known bad
-                # files replaced. The other pipelines keep their work; order is unchanged.
-                self._pipes[k] = None
-                mine = [entry for entry in pending if entry[0] == k]
-                known = len(self.bad)
-                for i, entry in enumerate(mine):
-                    samples, dropped = (self._repair if i == 0 else self._refresh)(epoch, entry[1])
-                    entry[1], entry[2] = samples, entry[2] + dropped
-                    if i == 0 and len(self.bad) == known:    # no file is to blame
-                        files = [s.video.path for s in samples]
-                        raise DataPlaneError(
-                            "the DALI pipeline failed on a batch whose files all decode alone "
-                            f"({str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__}) "
-                            f"while reading {', '.join(files)}", files) from None
-                for entry in [e for e in mine if not e[1]]:     # evaluation: nothing left to decode
-                    pending.remove(entry)
-                    self._carry += entry[2]
-                self._pipes[k] = self._new_pipe(instance=k)
-                for entry in mine:
-                    if entry[1]:
-                        self._feed(self._pipes[k], entry[1])
+                self._recover(epoch, k, pending, exc)
                 continue
-            _, samples, dropped = pending.popleft()
-            video = self._to_torch(out)
+            pending.popleft()
+            video = self._to_torch(out) if out is not None else None
             fill()
-            skipped = [x for s in samples for x in s.skips] + dropped
+            video = self._assemble(video, epoch, batch)
+            skipped = [x for s in batch.samples for x in s.skips] + batch.dropped
+            if not batch.samples:                       # evaluation: all dropped
+                self._carry += skipped
+                continue
             self.skipped_total += len(skipped)
-            yield self._emit(video, samples, skipped)
+            n_pyav = sum(s.pyav for s in batch.samples)
+            self.decoded.update(dali=len(batch.samples) - n_pyav, pyav=n_pyav)
+            if not pending and self.pyav_paths:     # before the last batch: the trainer stops there
+                done = self.decoded - counted
+                log.info("epoch %d: DALI (%s) decoded %d videos, PyAV %d (files DALI cannot "
+                         "decode)", epoch, self.device, done["dali"], done["pyav"])
+            yield self._emit(video, batch.samples, skipped)
         self.skipped_total += len(self._carry)
+
+    def _recover(self, epoch, k, pending, exc) -> None:
+        """DALI invalidates the pipeline on a decode error: rebuild this one and redo what it had
+        in flight, the failed batch repaired, the others with newly known bad files replaced. The
+        other pipelines keep their work; order is unchanged."""
+        self._pipes[k] = None
+        mine = [b for b in pending if b.pipe == k]
+        known = len(self.bad)
+        for i, batch in enumerate(mine):
+            dali = [s for s in batch.samples if not s.pyav]
+            fixed, dropped = (self._repair if i == 0 else self._refresh)(epoch, dali)
+            if i == 0 and len(self.bad) == known:    # no file is to blame
+                files = [s.video.path for s in dali]
+                why = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+                raise DataPlaneError("the DALI pipeline failed on a batch whose files all decode alone "
+                                     f"({why}) while reading {', '.join(files)}", files) from None
+            by_index = {s.index: s for s in fixed}
+            # keep the order: each DALI sample becomes its replacement (or goes, if dropped)
+            batch.samples = [s if s.pyav else by_index.get(s.index) for s in batch.samples]
+            batch.samples = [s for s in batch.samples if s is not None]
+            batch.dropped = batch.dropped + dropped
+        for batch in [b for b in mine if not b.samples]:     # evaluation: nothing left to decode
+            pending.remove(batch)
+            self._carry += batch.dropped
+        self._pipes[k] = self._new_pipe(instance=k)
+        for batch in mine:
+            if batch.samples:
+                self._schedule(batch, k)

@@ -2,22 +2,24 @@
 
 Three cases, chosen once per loader by :func:`transfer_plan`:
 
-* ``"device"``: DALI decoded on the GPU (``mixed``); its output is copied into a CUDA tensor on
-  the current stream (``feed_ndarray``), nothing crosses the bus.
+* ``"device"``: DALI decoded on the GPU (``mixed``); its uint8 output is copied into a CUDA
+  tensor on the current stream (``feed_ndarray``, a device-to-device copy), nothing crosses the bus.
 * ``"pinned"``: DALI decoded on the CPU but training runs on CUDA. The batch is copied once from
-  DALI's buffer into a reusable page-locked host buffer and sent with ``non_blocking=True``, so the
-  copy to the GPU overlaps the training step instead of going through a pageable staging copy.
+  DALI's buffer into page-locked host memory (:func:`pinned_copy`); the loader then sends it with
+  ``non_blocking=True`` on a side stream one batch ahead (`device_feed.to_device_ahead`), so the
+  copy overlaps the training step instead of going through a pageable staging copy on the
+  compute stream.
 * ``"host"``: DALI on the CPU and training on the CPU (or no target given): one plain copy out of
   DALI's buffer (DALI reuses its buffers), as before.
 """
 from __future__ import annotations
 
-from typing import List, Optional, Union
+from typing import Optional, Union
 
 import numpy as np
 import torch
 
-__all__ = ["transfer_plan", "PinnedStager", "PLANS"]
+__all__ = ["transfer_plan", "pinned_copy", "PLANS"]
 
 PLANS = ("device", "pinned", "host")
 
@@ -37,41 +39,13 @@ def transfer_plan(dali_device: str, target: Optional[Union[str, torch.device]]) 
     return "host"
 
 
-class PinnedStager:
-    """A ring of ``slots`` page-locked host buffers; ``stager(array)`` copies ``array`` into the
-    next one and returns ``buffer.to(device, non_blocking=True)``.
+def pinned_copy(array: np.ndarray, pin: bool = True) -> torch.Tensor:
+    """A copy of ``array`` in page-locked host memory (``pin=False``: ordinary memory, for tests).
 
-    A slot is rewritten only after the CUDA event recorded behind its last copy has completed, so
-    the asynchronous copy never reads a buffer that is being refilled. Buffers grow to the largest
-    batch seen and are reused (a smaller last batch is a view of the same memory).
-    ``pin=False`` keeps ordinary memory (the ring logic can then be tested without CUDA)."""
-
-    def __init__(self, device: Union[str, torch.device], slots: int = 2, pin: bool = True):
-        if slots < 1:
-            raise ValueError("slots must be at least 1")
-        self.device = torch.device(device)
-        self.pin = pin
-        self.buffers: List[Optional[torch.Tensor]] = [None] * slots
-        self.events: List[Optional[object]] = [None] * slots
-        self.next = 0
-
-    def _buffer(self, slot: int, src: torch.Tensor) -> torch.Tensor:
-        buf = self.buffers[slot]
-        if buf is None or buf.dtype != src.dtype or buf.numel() < src.numel():
-            buf = torch.empty(src.numel(), dtype=src.dtype, pin_memory=self.pin)
-            self.buffers[slot] = buf
-        return buf[:src.numel()].view(src.shape)
-
-    def __call__(self, array: np.ndarray) -> torch.Tensor:
-        slot, self.next = self.next, (self.next + 1) % len(self.buffers)
-        if self.events[slot] is not None:
-            self.events[slot].synchronize()       # the previous copy out of this slot is done
-        src = torch.from_numpy(np.ascontiguousarray(array))
-        staged = self._buffer(slot, src)
-        staged.copy_(src)
-        out = staged.to(self.device, non_blocking=True)
-        if self.device.type == "cuda":
-            event = torch.cuda.Event()
-            event.record(torch.cuda.current_stream(self.device))
-            self.events[slot] = event
-        return out
+    The memory comes from torch's caching host allocator: it is reused across batches without a
+    new ``cudaHostAlloc``, and a block goes back to the cache only after the asynchronous copies
+    out of it have completed (torch records an event behind every non-blocking copy from pinned
+    memory), so a buffer is never refilled while a copy still reads it."""
+    src = torch.from_numpy(np.ascontiguousarray(array))
+    out = torch.empty(src.shape, dtype=src.dtype, pin_memory=pin and torch.cuda.is_available())
+    return out.copy_(src)

@@ -13,6 +13,11 @@ frame) -> random resized crop (scale (0.08, 1), ratio (3/4, 4/3), one box for ev
 bilinear resize) -> horizontal flip p 0.5 (off for SSv2) -> ImageNet normalisation -> cube random
 erasing (p 0.25, the same box in every frame, N(0, 1) pixels). Validation: resize the short side
 to ``short_side_size``, centre crop. Randomness: ``default_rng([seed, epoch, index, attempt])``.
+
+What crosses to the device is the float32 clip in 0..255 (the resize makes non-integer values:
+rounding them to uint8 would change the function) and, for training, the erasing boxes with
+their noise (`pixels.Erasure`); the stage normalises and pastes the noise there
+(`pixels.normalize_on_device`), so the values the model sees are the ones listed above.
 """
 from __future__ import annotations
 
@@ -26,7 +31,7 @@ from torch.utils.data import Dataset
 
 from ..clip_sampling import (finetune_frame_indices, random_resized_crop_box, sparse_frame_indices,
                              test_crop_offsets, test_frame_indices)
-from ..transforms import cube_random_erasing, normalize, resize_short_side, to_float_tchw
+from ..transforms import draw_cube_erasure, resize_short_side, to_float_tchw
 from .base import VideoDataset, as_entry
 from .frames import FrameLayout, count_clip_frames, decode_clip
 from .randaugment import VideoRandAugment
@@ -38,9 +43,10 @@ logger = logging.getLogger(__name__)
 
 
 class VideoClsDataset(VideoDataset):
-    """Training items ``(clips (K, 3, T, S, S), label, skipped)``, K = ``num_sample``;
-    validation items ``(clip (1, 3, T, S, S), label, skipped, path)``; ``skipped``: the
-    ``(path, reason)`` of each unreadable video passed over.
+    """Training items ``(clips (K, 3, T, S, S), label, erasures, skipped)``, K = ``num_sample``,
+    ``erasures`` the `pixels.Erasure` records of the K views (view index first); validation
+    items ``(clip (1, 3, T, S, S), label, skipped, path)``; ``skipped``: the ``(path, reason)``
+    of each unreadable video passed over. Clips are float32 pixels in 0..255, not normalised.
 
     An unreadable training video is replaced by a random other one (`with_replacement`; the
     clips are None when every try failed); in validation it is reported and the item is
@@ -69,7 +75,8 @@ class VideoClsDataset(VideoDataset):
             return sparse_frame_indices(n, self.num_frames, rng, self.train)
         return finetune_frame_indices(n, self.num_frames, self.sampling_rate, rng, self.train)
 
-    def _train_view(self, frames: np.ndarray, rng) -> torch.Tensor:
+    def _train_view(self, frames: np.ndarray, rng) -> tuple:
+        """(pixels (3, T, S, S), erasing draw or None), the draws in the official order."""
         if self.randaug is not None:
             frames = self.randaug(frames, rng)
         x = to_float_tchw(frames)
@@ -79,7 +86,7 @@ class VideoClsDataset(VideoDataset):
                           mode="bilinear", align_corners=False)
         if self.flip and rng.random() < 0.5:
             x = x.flip(-1)
-        return cube_random_erasing(normalize(x), rng, self.reprob)
+        return _cthw(x), draw_cube_erasure(x.shape[0], self.input_size, self.input_size, rng, self.reprob)
 
     def _val_view(self, frames: np.ndarray) -> torch.Tensor:
         x = resize_short_side(to_float_tchw(frames), self.short_side_size)
@@ -89,20 +96,23 @@ class VideoClsDataset(VideoDataset):
         x = x[:, :, y0:y0 + s, x0:x0 + s]
         if x.shape[-2:] != (s, s):
             x = F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False)
-        return normalize(x)
+        return _cthw(x)
 
     def _train_item(self, current: int, rng):
-        """The clips and the label of the video actually loaded (a replacement has its own)."""
+        """The clips, the label of the video actually loaded (a replacement has its own) and the
+        views' erasures."""
         item = self.items[current]
         frames = decode_clip(item.path, self._indices(item, rng), self.layout, item.start)
-        return torch.stack([self._train_view(frames, rng) for _ in range(self.num_sample)]), item.label
+        views = [self._train_view(frames, rng) for _ in range(self.num_sample)]
+        erasures = [(k,) + box for k, (_, box) in enumerate(views) if box is not None]
+        return torch.stack([x for x, _ in views]), item.label, erasures
 
     def __getitem__(self, index: int):
         if self.train:
             loaded, skipped = self.with_replacement(index, self._train_item)
             if loaded is None:
-                return None, -1, skipped
-            return loaded[0], loaded[1], skipped
+                return None, -1, [], skipped
+            return loaded + (skipped,)
         item = self.items[int(index)]
         path, label = item.path, item.label
         try:
@@ -114,20 +124,30 @@ class VideoClsDataset(VideoDataset):
             return None, label, ((path, str(exc)),), path
 
 
+def _cthw(x_tchw: torch.Tensor) -> torch.Tensor:
+    return x_tchw.permute(1, 0, 2, 3).contiguous()
+
+
 def cls_collate(batch):
-    """``(clips (sum K, 3, T, S, S), labels (sum K,), skipped)``; views stay sample-major;
-    ``skipped``: the batch's ``(path, reason)`` pairs. ``(None, None, skipped)`` when an item
-    found no readable video (the trainer stops with the counts)."""
-    skipped = tuple(s for _, _, sk in batch for s in sk)
-    if any(c is None for c, _, _ in batch):
-        return None, None, skipped
-    clips = torch.cat([c for c, _, _ in batch])
-    labels = torch.cat([torch.full((c.shape[0],), int(y), dtype=torch.int64) for c, y, _ in batch])
-    return clips, labels, skipped
+    """``(clips (sum K, 3, T, S, S), labels (sum K,), erasures, skipped)``; views stay
+    sample-major; ``erasures``: the `pixels.Erasure` records, indexed in the batch; ``skipped``:
+    the batch's ``(path, reason)`` pairs. ``(None, None, [], skipped)`` when an item found no
+    readable video (the trainer stops with the counts)."""
+    skipped = tuple(s for *_, sk in batch for s in sk)
+    if any(c is None for c, *_ in batch):
+        return None, None, [], skipped
+    clips = torch.cat([c for c, *_ in batch])
+    labels = torch.cat([torch.full((c.shape[0],), int(y), dtype=torch.int64) for c, y, *_ in batch])
+    erasures, first = [], 0
+    for c, _, er, _ in batch:
+        erasures += [(first + k,) + tuple(box) for k, *box in er]
+        first += c.shape[0]
+    return clips, labels, erasures, skipped
 
 
 class VideoTestDataset(Dataset):
-    """Multi-view test items ``(views (S*C, 3, T, size, size), label, skipped, path)``: the
+    """Multi-view test items ``(views (S*C, 3, T, size, size), label, skipped, path)`` (float32
+    pixels in 0..255, not normalised): the
     official ``final_test`` views of one video from ONE decode (`clip_sampling.test_frame_indices`
     and `test_crop_offsets`, the rules the DALI test mode follows): the frames of every temporal
     view are decoded once, the short side resized to ``short_side``, ``crops`` squares taken along
@@ -163,7 +183,7 @@ class VideoTestDataset(Dataset):
                 crop = clip[:, :, y0:y0 + self.size, x0:x0 + self.size]
                 if crop.shape[-2:] != (self.size, self.size):           # frame smaller than a crop
                     crop = F.interpolate(crop, size=(self.size,) * 2, mode="bilinear", align_corners=False)
-                out.append(normalize(crop))
+                out.append(_cthw(crop))
         return torch.stack(out)
 
     def __getitem__(self, index: int):

@@ -22,7 +22,7 @@ import torch
 
 from ..clip_sampling import multiscale_crop_box, pretrain_frame_indices
 from ..lists import VideoEntry
-from ..transforms import crop_resize_normalize
+from ..transforms import crop_resize
 from .base import VideoDataset
 from .frames import FrameLayout, decode_clip
 
@@ -32,8 +32,9 @@ logger = logging.getLogger(__name__)
 
 
 class PretrainVideoDataset(VideoDataset):
-    """Returns ``(clips, skipped)``: float32 ``(num_sample, 3, num_frames, S, S)`` (None when no
-    readable video was found) and the ``(path, reason)`` pairs of the videos passed over."""
+    """Returns ``(clips, skipped)``: uint8 pixels ``(num_sample, 3, num_frames, S, S)``, not
+    normalised (the stage normalises them on the device, `pixels.normalize_on_device`; None when
+    no readable video was found) and the ``(path, reason)`` pairs of the videos passed over."""
 
     def __init__(self, items: Sequence[VideoEntry], num_frames: int = 16, sampling_rate: int = 4,
                  input_size: int = 224, num_sample: int = 1, seed: int = 0, max_retries: int = 10,
@@ -54,8 +55,7 @@ class PretrainVideoDataset(VideoDataset):
         frames = decode_clip(item.path, indices, self.layout, item.start)
         h, w = frames.shape[1:3]
         x = torch.from_numpy(frames)
-        views = [crop_resize_normalize(x, multiscale_crop_box(w, h, self.input_size, rng),
-                                       self.input_size)
+        views = [crop_resize(x, multiscale_crop_box(w, h, self.input_size, rng), self.input_size)
                  for _ in range(self.num_sample)]
         return torch.stack(views)
 

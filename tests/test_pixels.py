@@ -1,0 +1,95 @@
+"""Clips cross to the device as pixels and the stage normalises them there: the model's input is
+the same function as when the loaders normalised on the host (pre-training: bit for bit; the
+classification views: the same noise in the same boxes, values within float rounding)."""
+import copy
+
+import pytest
+import torch
+
+from vmae2_fast.constants import IMAGENET_MEAN, IMAGENET_STD
+from vmae2_fast.data.lists import read_cls_list
+from vmae2_fast.data.pixels import normalize_on_device
+from vmae2_fast.data.pyav import classify as pyav_classify
+from vmae2_fast.data.pyav import pretrain as pyav_pretrain
+from vmae2_fast.data.pyav.classify import VideoClsDataset, VideoTestDataset, cls_collate
+from vmae2_fast.data.pyav.pretrain import PretrainVideoDataset
+from vmae2_fast.data.lists import read_list
+from vmae2_fast.data.transforms import crop_resize_normalize, cube_random_erasing, normalize
+
+
+def float64_truth(x: torch.Tensor) -> torch.Tensor:
+    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float64).view(1, 3, 1, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=torch.float64).view(1, 3, 1, 1, 1)
+    return (x.double() / 255 - mean) / std
+
+
+def test_normalisation_is_imagenet_in_the_requested_dtype():
+    x = torch.randint(0, 256, (2, 3, 4, 5, 6), dtype=torch.uint8)
+    out = normalize_on_device(x)
+    assert out.dtype == torch.float32 and out.shape == x.shape
+    assert (out.double() - float64_truth(x)).abs().max() < 1e-6
+    as_float = normalize_on_device(x.float())                   # float pixels: the same function
+    assert (as_float - out).abs().max() < 1e-6
+    bf16 = normalize_on_device(x, torch.bfloat16)               # rounded once, from float32
+    assert bf16.dtype == torch.bfloat16 and torch.equal(bf16, out.to(torch.bfloat16))
+    with pytest.raises(ValueError, match="N, 3, T, H, W"):
+        normalize_on_device(x[0])
+    with pytest.raises(ValueError, match="uint8 or float"):
+        normalize_on_device(x.to(torch.int32))
+
+
+def test_pretraining_input_is_bit_for_bit_the_host_normalisation(tiny_synthetic, monkeypatch):
+    """The PyAV pre-training item is uint8 now; normalised on the device it equals, bit for bit,
+    the float32 clips the host transform (`crop_resize_normalize`) makes of the same frames and
+    boxes."""
+    seen = {"boxes": []}
+    decode, box = pyav_pretrain.decode_clip, pyav_pretrain.multiscale_crop_box
+    monkeypatch.setattr(pyav_pretrain, "decode_clip",
+                        lambda path, idx, *a, **kw: seen.setdefault("frames", decode(path, idx, *a, **kw)))
+    monkeypatch.setattr(pyav_pretrain, "multiscale_crop_box",
+                        lambda *a: seen["boxes"].append(box(*a)) or seen["boxes"][-1])
+    entries = read_list(tiny_synthetic.pretrain_list, tiny_synthetic.root)
+    ds = PretrainVideoDataset(entries, num_frames=4, sampling_rate=2, input_size=32, num_sample=2, seed=3)
+    clips, skipped = ds[2]
+    assert clips.dtype == torch.uint8 and clips.shape == (2, 3, 4, 32, 32) and skipped == []
+    host = torch.stack([crop_resize_normalize(seen["frames"], b, 32) for b in seen["boxes"]])
+    assert len(seen["boxes"]) == 2 and torch.equal(normalize_on_device(clips), host)
+
+
+def test_classification_views_and_erasing_equal_the_host_path(tiny_synthetic, monkeypatch):
+    """Training views: pixels + erasing boxes, normalised and erased on the device, equal bit for
+    bit the host path of before (normalise, then `cube_random_erasing` with the generator at the
+    same point): the same boxes, the same noise, the same values."""
+    states = []
+    real = pyav_classify.draw_cube_erasure
+
+    def recording(t, h, w, rng, prob):
+        states.append(copy.deepcopy(rng))                       # the generator before the draw
+        return real(t, h, w, rng, prob)
+
+    monkeypatch.setattr(pyav_classify, "draw_cube_erasure", recording)
+    items = read_cls_list(tiny_synthetic.train_list, tiny_synthetic.root)
+    ds = VideoClsDataset(items, True, num_frames=4, sampling_rate=2, input_size=32, num_sample=2,
+                         reprob=1.0, aa="rand-m7-n2-mstd0.5-inc1", seed=5)
+    batch = [ds[0], ds[3]]
+    pixels, labels, erasures, skipped = cls_collate(batch)
+    assert pixels.dtype == torch.float32 and len(states) == 4 and len(erasures) >= 3
+    assert sorted(e[0] for e in erasures) == sorted(set(e[0] for e in erasures))    # one per view
+    got = normalize_on_device(pixels, erase=erasures)
+    want = torch.stack([cube_random_erasing(normalize(v.permute(1, 0, 2, 3)), rng, 1.0)
+                        for v, rng in zip(pixels, states)])
+    assert torch.equal(got, want)
+    for i, y0, x0, h, w, noise in erasures:                     # the noise itself is exact
+        assert torch.equal(got[i, :, :, y0:y0 + h, x0:x0 + w], noise)
+
+
+def test_validation_and_test_views_are_pixels(tiny_synthetic):
+    """Evaluation views cross as float32 pixels (their resize is on floats); normalised on the
+    device they equal the host normalisation of before, bit for bit."""
+    items = read_cls_list(tiny_synthetic.val_list, tiny_synthetic.root)
+    val = VideoClsDataset(items, False, num_frames=4, sampling_rate=2, input_size=32, short_side_size=40)
+    views = torch.cat([val[0][0], VideoTestDataset(items, 4, 2, 32, 40, segments=2, crops=3)[0][0]])
+    assert views.shape == (7, 3, 4, 32, 32) and views.dtype == torch.float32
+    assert 0 <= views.min() and views.max() < 255.01 and views.max() > 1    # pixels, not normalised
+    host = torch.stack([normalize(v.permute(1, 0, 2, 3)) for v in views])
+    assert torch.equal(normalize_on_device(views), host)

@@ -1,0 +1,89 @@
+"""Clips cross to the device as pixels and are normalised there.
+
+Every loader delivers a clip batch ``(N, 3, T, S, S)`` of pixel values in 0..255, not normalised:
+
+* ``uint8`` wherever the pixels are integers: both pre-training paths (PyAV crops and resizes in
+  uint8, as the official PIL path does) and every DALI output (DALI resizes to uint8). A quarter
+  of the bytes of float32 cross the bus and the worker pipes;
+* ``float32`` for the PyAV classification views, whose bilinear resize runs on floats (as the
+  official ``spatial_sampling`` does on its normalised tensor): rounding them to uint8 would
+  change the function computed, so they cross as they are.
+
+The stage turns a batch into the model's input with :func:`normalize_on_device`, written directly
+in the dtype the model's parameters have, with the expression the host transforms used, so the
+values are bit for bit those of before on the CPU: for uint8 one fused multiply-add per element,
+``x * 1/(255 std) - mean/std`` (the uint8 is cast inside the kernel on CUDA); for the float views
+``(x - 255 mean) / (255 std)``.
+Then the cube-erasing boxes of fine-tuning are pasted: they are N(0, 1) noise in NORMALISED
+space (the official ``RandomErasing`` runs after normalisation), so they travel beside the pixels
+as :data:`Erasure` records and are applied after the normalisation, never to the pixels.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Tuple
+
+import torch
+
+from ..constants import IMAGENET_MEAN, IMAGENET_STD
+
+__all__ = ["Erasure", "normalize_on_device", "norm_affine", "norm_pixels"]
+
+# (clip index in the batch, y0, x0, height, width, noise): ``noise`` is the float32 (3, T, h, w)
+# block to write (the PyAV path draws it from the item's generator, so a run is reproducible),
+# or None to draw N(0, 1) on the device (the DALI path).
+Erasure = Tuple[int, int, int, int, int, Optional[torch.Tensor]]
+
+_AFFINE: dict = {}
+
+
+def norm_affine(device, ndim: int = 5) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(scale, bias), float32 on ``device``, shaped to broadcast over channel dim 1 of an
+    ``ndim``-dim batch (channel dim 0 when ``ndim`` is 4: one clip), such that
+    ``x * scale + bias == (x / 255 - mean) / std``. Cached per device."""
+    key = (str(device), ndim)
+    if key not in _AFFINE:
+        mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32)
+        std = torch.tensor(IMAGENET_STD, dtype=torch.float32)
+        shape = (3,) + (1,) * (ndim - 1) if ndim == 4 else (1, 3) + (1,) * (ndim - 2)
+        _AFFINE[key] = ((1.0 / (255.0 * std)).view(shape).to(device),
+                        (-mean / std).view(shape).to(device))
+    return _AFFINE[key]
+
+
+def norm_pixels(device) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(255 mean, 255 std), float32 on ``device``, shaped (1, 3, 1, 1, 1); cached per device."""
+    key = (str(device), "pixels")
+    if key not in _AFFINE:
+        shape = (1, 3, 1, 1, 1)
+        _AFFINE[key] = (torch.tensor(IMAGENET_MEAN).view(shape).mul(255).to(device),
+                        torch.tensor(IMAGENET_STD).view(shape).mul(255).to(device))
+    return _AFFINE[key]
+
+
+def normalize_on_device(video: torch.Tensor, dtype: torch.dtype = torch.float32,
+                        erase: Optional[Sequence[Erasure]] = None) -> torch.Tensor:
+    """ImageNet-normalise a pixel batch ``(N, 3, T, H, W)`` (uint8, or float in 0..255) where it
+    lies, into a new tensor of ``dtype``; then paste the cube-erasing noise of ``erase``.
+
+    uint8: one multiply-add computed in float32 and stored in ``dtype`` (one kernel on CUDA, the
+    uint8 cast inside it); float: subtract and divide, the classification transform's formula. A
+    float input that is already normalised is a caller's bug this cannot see; loaders never
+    deliver one."""
+    if video.dim() != 5 or video.shape[1] != 3:
+        raise ValueError(f"expected a clip batch (N, 3, T, H, W), got {tuple(video.shape)}")
+    if not (video.dtype == torch.uint8 or video.is_floating_point()):
+        raise ValueError(f"expected uint8 or float pixels, got {video.dtype}")
+    out = torch.empty(video.shape, dtype=dtype, device=video.device)
+    if video.dtype == torch.uint8:
+        scale, bias = norm_affine(video.device)
+        torch.addcmul(bias, video, scale, out=out)
+    else:
+        mean255, std255 = norm_pixels(video.device)
+        torch.div(video - mean255, std255, out=out)
+    for clip, y0, x0, h, w, noise in erase or ():
+        box = out[clip, :, :, y0:y0 + h, x0:x0 + w]
+        if noise is None:
+            box.normal_()                       # per-pixel N(0, 1), one rectangle in every frame
+        else:
+            box.copy_(noise.to(out.device, non_blocking=True))
+    return out
