@@ -179,8 +179,22 @@ if has transformers; then IMPLS+=(hf); else say "transformers is not installed: 
 step vit_b-sweep "${CAPS[3]}" "${TP[@]}" "${VIT_B[@]}" --impl "${IMPLS[@]}"
 step vit_g-eager "${CAPS[4]}" "${TP[@]}" "${VIT_G[@]}" --impl official fast --compile off --activation-checkpointing none full --tag eager
 step vit_g-compile "${CAPS[5]}" "${TP[@]}" "${VIT_G[@]}" --impl official fast --compile on --activation-checkpointing none full --tag compile
-has av || skip data "PyAV is not installed: the decoding benchmark and the fed step (bench/throughput.py --data) need it; bring its cp312 wheel with --wheels"
-has nvidia.dali || skip dali "DALI is not installed: GPU decoding (NVDEC) is not measured; bring its wheel in parts with --wheels (README)"
+# decoding (bench/data.py): PyAV always, DALI where it is installed (NVDEC on a GPU)
+if [ "$DEVICE" = cuda ]; then
+    DATA=(--synthetic 24 --codecs h264 vp9 --batch-size 8 --views 2 --frames 16 --size 224 --epochs 1); DALI=dali-gpu
+else
+    DATA=(--synthetic 12 --synthetic-frames 48 --synthetic-size 96 --codecs vp9 --batch-size 2 --views 1
+          --frames 8 --size 64 --workers 1 --epochs 1); DALI=dali-cpu
+fi
+LOADERS=(pyav)
+if has nvidia.dali; then LOADERS+=("$DALI"); else
+    say "DALI is not installed: GPU decoding (NVDEC) is not measured; bring its wheel in parts with --wheels (README)"; fi
+if has av; then
+    step data 90 "$PY" bench/data.py "${DATA[@]}" --loaders "${LOADERS[@]}" \
+        --work-dir "$VMAE2_FAST_CACHE/bench-suite" --out "$DEST"
+else
+    skip data "PyAV is not installed: the decoding benchmark and the fed step (bench/throughput.py --data) need it; bring its cp312 wheel with --wheels"
+fi
 
 # --- the summary ----------------------------------------------------------------------------------
 "$PY" - "$SUMMARY" "$DEST" "$DEVICE" "$(( SECONDS - START ))" <<'EOF'

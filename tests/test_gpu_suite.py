@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from hidden_packages import hide
+from needs import module
 
 ROOT = Path(__file__).resolve().parents[1]
 SUITE = ROOT / "bench" / "gpu_suite.sh"
@@ -60,6 +61,18 @@ def test_cpu_mode_runs_every_step_and_writes_where_told(tmp_path):
         assert c["backends"]["math"]["runs"] and c["backends"]["math"]["out_rel_err"] < 1e-5
         assert not c["backends"]["flash-attn2"]["runs"]      # CUDA only: listed with its reason
     assert (out / "logs" / "vit_g-compile.log").stat().st_size > 0 and "| data | skipped |" in (out / "suite.md").read_text()
+
+
+@pytest.mark.slow
+def test_cpu_mode_measures_decoding_where_pyav_is_installed(tmp_path):
+    module("av")        # a dependency of the package: on CI its absence is a failure
+    res = run_suite("--device", "cpu", "--out", str(tmp_path), "--only", "data")
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
+    (step,) = json.loads((tmp_path / "suite.json").read_text())["steps"]
+    assert step["status"] == "ok"
+    rows = json.loads(next(tmp_path.glob("data-*.json")).read_text())["results"]["vp9"]
+    assert all(r["clips_per_s"] > 0 for r in rows.values()) and {r["loader"] for r in rows.values()} >= {"pyav"}
+    assert list(tmp_path.glob("data-*.png"))
 
 
 def test_a_spent_budget_skips_steps_with_the_reason(tmp_path):
