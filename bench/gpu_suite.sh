@@ -8,6 +8,7 @@
 #   bash bench/gpu_suite.sh --device cpu --out /tmp/suite   # CPU mode: the same steps at small shapes
 #   bash bench/gpu_suite.sh --wheels wheels/ ...   # first install the wheels brought along (see README)
 #   bash bench/gpu_suite.sh --only vit_g-compile   # some steps only (--skip to leave some out)
+#   bash bench/gpu_suite.sh --official-repo ~/src/VideoMAEv2 ...   # baseline: the official code (needs einops)
 #
 # It never installs torch or triton: it uses the Python it finds (`$PYTHON`, else python3), runs
 # this checkout with `pip install --no-deps -e .` (or from the source folder when pip cannot), and
@@ -23,7 +24,7 @@
 # step's status, time and note). Exit status: 0 when no step failed, 1 otherwise, 2 for bad usage.
 set -uo pipefail
 
-usage() { sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,/^[^#]/p' "$0" | grep '^#' | sed 's/^# \{0,1\}//'; }   # the comment above
 die() { echo "error: $*" >&2; exit 2; }
 
 DEVICE=cuda
@@ -32,6 +33,7 @@ WHEELS=""
 BUDGET=530
 ONLY=""
 SKIP=""
+OFFICIAL=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --device) DEVICE="${2:-}"; shift 2 ;;
@@ -39,6 +41,7 @@ while [ $# -gt 0 ]; do
         --wheels) WHEELS="${2:-}"; shift 2 ;;
         --budget) BUDGET="${2:-}"; shift 2 ;;
         --only) ONLY=",${2:-},"; shift 2 ;;
+        --official-repo) OFFICIAL="${2:-}"; shift 2 ;;
         --skip) SKIP=",${2:-},"; shift 2 ;;
         -h|--help) usage; exit 0 ;;
         *) die "unknown argument '$1' (see --help)" ;;
@@ -48,6 +51,10 @@ case "$DEVICE" in cuda|cpu) ;; *) die "--device must be cuda or cpu, got '$DEVIC
 [ -n "$DEST" ] || die "say where the results go: --out DIR, or set OUT"
 [[ "$BUDGET" =~ ^[0-9]+$ ]] || die "--budget takes whole seconds, got '$BUDGET'"
 if [ -n "$WHEELS" ] && [ ! -d "$WHEELS" ]; then die "--wheels $WHEELS is not a folder"; fi
+if [ -n "$OFFICIAL" ]; then
+    [ -d "$OFFICIAL" ] || die "--official-repo $OFFICIAL is not a folder"
+    OFFICIAL="$(cd "$OFFICIAL" && pwd)"
+fi
 
 PY="${PYTHON:-$(command -v python3 || command -v python)}"
 [ -n "$PY" ] || die "no python3 on PATH (set PYTHON)"
@@ -149,6 +156,7 @@ sed 's/^/    /' "$DEST/environment.txt" | head -n 14
 
 # --- the steps (CUDA: full shapes; CPU: the same commands at small shapes) -----------------------
 TP=("$PY" bench/throughput.py --device "$DEVICE" --out "$DEST")
+[ -n "$OFFICIAL" ] && TP+=(--official-repo "$OFFICIAL")     # else the baseline is the re-statement
 if [ "$DEVICE" = cuda ]; then
     PYTEST_ARGS=(-m gpu tests)
     KERNELS=(--device cuda --batch 32 --reps 5)

@@ -53,7 +53,8 @@ def _step_masks(args, grid, n: int):
 
 
 def _our_model(args, init_state, device, **kw):
-    model = build_pretrain_model(args.model, img_size=args.size, num_frames=args.frames, **kw)
+    with torch.device(device):
+        model = build_pretrain_model(args.model, img_size=args.size, num_frames=args.frames, **kw)
     model.load_state_dict(init_state, strict=True)
     return model.to(device).train()
 

@@ -179,7 +179,8 @@ def measure(args, batch: int, wanted: set, device) -> tuple[list[dict], dict]:
     Returns its records and what the report says about the baseline."""
     a = argparse.Namespace(**{**vars(args), "batch": batch})
     torch.manual_seed(0)
-    init_state = build_pretrain_model(a.model, img_size=a.size, num_frames=a.frames).state_dict()
+    with torch.device(device):      # initialised where it runs: ViT-g's 1 B weights take long on a CPU
+        init_state = build_pretrain_model(a.model, img_size=a.size, num_frames=a.frames).state_dict()
     video = torch.randn(batch, 3, a.frames, a.size, a.size).to(device)
     autocast = autocast_for(device, a.precision)
     n = a.steps + a.warmup
