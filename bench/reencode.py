@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from throughput import machine_name  # noqa: E402
+from common import machine_name  # noqa: E402
 
 from vmae2_fast.data import ensure_synthetic_dataset  # noqa: E402
 from vmae2_fast.data.reencode import reencode_list  # noqa: E402

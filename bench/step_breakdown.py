@@ -48,8 +48,8 @@ from vmae2_fast.train.optim import build_adamw
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from official_code import OfficialMasks, build_official_model, load_official_code  # noqa: E402
 from common import report_main  # noqa: E402
-from throughput import (BETAS, LR, WEIGHT_DECAY, add_step_flags, autocast_for, environment,  # noqa: E402
-                        official_adamw, result_stem, sync)
+from step_common import (BETAS, LR, WEIGHT_DECAY, add_step_flags, autocast_for, environment,  # noqa: E402
+                         official_adamw, result_stem, sync)
 
 ROWS = ("embedding", "encoder attention projections", "encoder attention core", "encoder MLP",
         "encoder norms", "bridge + head", "decoder attention projections", "decoder attention core",

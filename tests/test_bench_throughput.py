@@ -1,42 +1,146 @@
-"""bench/throughput.py runs every implementation on the same weights and writes its report,
-naming the baseline it timed."""
+"""bench/throughput.py runs every implementation on the same weights and writes its report (JSON,
+Markdown, PNG), naming the baseline it timed; its rates, FLOPs, MFU and HFU are what the step
+times and vmae2_fast.flops say; a sweep stops an implementation at its first out-of-memory."""
 import json
+import os
+import statistics
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+from PIL import Image
+
 from fake_official_checkout import make_fake_checkout
+from hidden_packages import hide
+from needs import transformers
+
+from vmae2_fast.flops import train_flops
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
+import implementations  # noqa: E402
 import throughput  # noqa: E402
 TINY = ["--model", "vit_micro", "--size", "32", "--frames", "4", "--mask-ratio", "0.75", "--batch", "2",
         "--steps", "1", "--warmup", "1", "--device", "cpu"]
 
 
-def run_bench(out, *extra):
+def run_bench(out, *extra, env=None):
     return subprocess.run([sys.executable, str(ROOT / "bench" / "throughput.py"), *TINY, "--out", str(out), *extra],
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300, env=env)
+
+
+def the_report(out: Path) -> dict:
+    (path,) = out.glob("*.json")
+    return json.loads(path.read_text())
 
 
 def test_throughput_bench_smoke(tmp_path):
-    res = run_bench(tmp_path)
+    res = run_bench(tmp_path, "--impl", "official", "fast", "--steps", "3")
     assert res.returncode == 0, res.stderr
-    (report,) = [json.loads(p.read_text()) for p in tmp_path.glob("*.json")]
+    report = the_report(tmp_path)
     assert report["baseline"] == "re-statement" and report["official_code"] is None
-    assert set(report["results"]) == {"official", "ours"}
-    assert report["results"]["ours"]["clips_per_s"] > 0 and report["speedup"] > 0
+    assert set(report["results"]) == {"official", "fast"}
+    assert report["results"]["fast"]["clips_per_s"] > 0 and report["speedup"] > 0
+    assert report["peak_tflops"] is None and report["results"]["fast"]["mfu"] is None   # a CPU has no peak
     md = next(tmp_path.glob("*.md")).read_text()
     assert "Speed-up" in md and "re-statement of the official code" in md.splitlines()[0]
+    with Image.open(next(tmp_path.glob("*.png"))) as img:
+        assert img.size[0] > 400 and img.size[1] > 60
+
+
+def test_rates_flops_and_mfu_follow_from_the_step_times(tmp_path):
+    """clips/s = batch / median step; TFLOP/s = clips/s x flops.train_flops (MFU: the model's,
+    HFU: with the recompute of the checkpointed blocks); MFU = TFLOP/s / --peak-tflops; the
+    official re-statement's HFU counts its Conv3d over every cube (fvcore's count)."""
+    assert throughput.main([*TINY, "--out", str(tmp_path), "--impl", "official", "fast", "--steps", "2",
+                            "--peak-tflops", "0.5", "--activation-checkpointing", "none", "2"]) == 0
+    report = the_report(tmp_path)
+    rows = report["results"]
+    assert set(rows) == {"official", "fast eager ac=none", "fast eager ac=2"}
+    shape = dict(encoder_mask_ratio=0.75, decoder_mask_ratio=0.5, frames=4, img_size=32)
+    fl = {k: train_flops("vit_micro", checkpointing=k, **shape) for k in ("none", 2)}
+    official = train_flops("vit_micro", count="fvcore", **shape)
+    for r in rows.values():
+        assert r["clips_per_s"] == pytest.approx(2 / statistics.median(r["step_s"]))
+        assert r["tokens_per_s"] == pytest.approx(r["clips_per_s"] * (4 // 2) * (32 // 16) ** 2)  # 2x16^2 cubes
+        assert r["tflops"] == pytest.approx(r["clips_per_s"] * fl["none"].model / 1e12)   # same useful work
+        assert r["mfu"] == pytest.approx(r["tflops"] / 0.5)
+    assert rows["fast eager ac=none"]["hfu"] == pytest.approx(rows["fast eager ac=none"]["mfu"])
+    assert rows["fast eager ac=2"]["hardware_tflop_per_clip"] == pytest.approx(fl[2].hardware / 1e12)
+    assert fl[2].hardware > fl[2].model
+    assert rows["official"]["hardware_tflop_per_clip"] == pytest.approx(official.hardware / 1e12)
+    for r in rows.values():
+        assert r["vs_official"] == pytest.approx(rows["official"]["median_step_s"] / r["median_step_s"])
+    md = next(tmp_path.glob("*.md")).read_text()
+    assert "0.5 TFLOP/s (--peak-tflops)" in md and "| fast eager ac=2 |" in md
+
+
+def _oom_from_batch(limit):
+    """fast_impls whose steps raise the CUDA allocator's error above `limit` clips."""
+    real = throughput.fast_impls
+
+    def fast_impls(args, *a, **kw):
+        impls = real(args, *a, **kw)
+        for impl in impls:
+            build = impl.build
+
+            def oom_build(build=build):
+                step = build()
+
+                def step_or_oom():
+                    if args.batch > limit:
+                        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+                    step()
+                return step_or_oom
+            impl.build = oom_build
+        return impls
+    return fast_impls
+
+
+@pytest.mark.parametrize("schedule", ["interleaved", "sequential"])
+def test_sweep_stops_an_implementation_at_its_first_out_of_memory(tmp_path, monkeypatch, schedule):
+    monkeypatch.setattr(throughput, "fast_impls", _oom_from_batch(limit=1))
+    assert throughput.main([*TINY, "--out", str(tmp_path), "--impl", "official", "fast", "--sweep",
+                            "--batches", "1", "2", "4", "--schedule", schedule]) == 0
+    report = the_report(tmp_path)
+    got = sorted((r["name"], r["batch"], r["status"]) for r in report["records"])
+    assert got == [("fast", 1, "ok"), ("fast", 2, "out of memory"),
+                   ("official", 1, "ok"), ("official", 2, "ok"), ("official", 4, "ok")]
+    assert report["results"]["fast"]["batch"] == 1 and report["speedup_batch"] == 1
+    best = max((r for r in report["records"] if r["name"] == "official"), key=lambda r: r["clips_per_s"])
+    assert report["results"]["official"]["batch"] == best["batch"]
+    md = next(tmp_path.glob("*.md")).read_text()
+    assert "## Every batch" in md and "out of memory" in md
+
+
+def test_a_step_error_that_is_not_out_of_memory_is_raised(tmp_path, monkeypatch):
+    def broken(args, *a, **kw):
+        impls = implementations.fast_impls(args, *a, **kw)
+        for impl in impls:
+            impl.build = lambda: (_ for _ in ()).throw(RuntimeError("shape mismatch"))
+        return impls
+    monkeypatch.setattr(throughput, "fast_impls", broken)
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        throughput.main([*TINY, "--out", str(tmp_path), "--impl", "official", "fast"])
+
+
+def test_hf_row_counts_videomae_v1_decoding(tmp_path):
+    transformers()
+    assert throughput.main([*TINY, "--out", str(tmp_path), "--impl", "official", "hf"]) == 0
+    hf = the_report(tmp_path)["results"]["hf"]
+    v1 = train_flops("vit_micro", encoder_mask_ratio=0.75, decoder_mask_ratio=0.0, frames=4, img_size=32)
+    assert hf["model_tflop_per_clip"] == pytest.approx(v1.model / 1e12) and hf["clips_per_s"] > 0
 
 
 def test_throughput_bench_times_an_official_checkout(tmp_path):
     repo = make_fake_checkout(tmp_path / "VideoMAEv2")
-    assert throughput.main([*TINY, "--out", str(tmp_path / "out"), "--official-repo", str(repo)]) == 0
-    (report,) = [json.loads(p.read_text()) for p in (tmp_path / "out").glob("*.json")]
+    assert throughput.main([*TINY, "--out", str(tmp_path / "out"), "--official-repo", str(repo),
+                            "--impl", "official", "fast"]) == 0
+    report = the_report(tmp_path / "out")
     assert report["baseline"] == "official-code"
     assert report["official_code"]["repo"] == str(repo.resolve())
-    assert set(report["results"]) == {"official", "re-statement", "ours"}
+    assert set(report["results"]) == {"official", "re-statement", "fast"}
     assert report["restatement_over_official"] > 0
     assert "the official code" in next((tmp_path / "out").glob("*.md")).read_text().splitlines()[0]
 
@@ -45,3 +149,18 @@ def test_throughput_bench_rejects_a_folder_that_is_not_a_checkout(tmp_path, caps
     assert throughput.main([*TINY, "--out", str(tmp_path / "out"), "--official-repo", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "OpenGVLab/VideoMAEv2" in err
+
+
+def test_bad_compile_value_is_a_usage_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        throughput.main([*TINY, "--out", str(tmp_path), "--compile", "yes"])
+    assert exc.value.code == 2 and "--compile takes on and/or off" in capsys.readouterr().err
+
+
+def test_without_pyav_the_step_report_runs_and_the_fed_step_says_what_it_needs(tmp_path):
+    env = {**os.environ, "PYTHONPATH": hide(tmp_path / "shim", "av")}
+    res = run_bench(tmp_path / "out", "--impl", "official", "fast", env=env)
+    assert res.returncode == 0, res.stderr
+    assert set(the_report(tmp_path / "out")["results"]) == {"official", "fast"}
+    res = run_bench(tmp_path / "out", "--data", str(tmp_path / "list.csv"), env=env)
+    assert res.returncode == 2 and "error: --data (the fed step) needs PyAV" in res.stderr

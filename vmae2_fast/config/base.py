@@ -75,6 +75,10 @@ class RunConfig:
     seed: int = 0
     device: str = "auto"
     compile: bool = False
+    # several processes: ddp (every size's default; S/B should keep it) or fsdp (FSDP2: weights,
+    # gradients and AdamW state sharded over the processes, for ViT-L/H/g; pre-training only)
+    parallelism: str = "ddp"
+    fsdp_param_dtype: str = "fp32"     # fsdp: bf16 gathers and computes in bf16, reduces in fp32
     max_steps: int = 0                 # stop after this many optimiser steps (0: run all epochs)
     threads: int = 0                   # CPU threads of torch's ops (0: torch's default); pinned for
                                        # runs that must give the same numbers every time
@@ -98,6 +102,9 @@ class RunConfig:
                              f"{self.tubelet_size}")
         one_of("precision", self.precision, PRECISIONS)
         one_of("decoder", self.decoder, DECODERS)
+        from ..train.parallelize import FSDP_PARAM_DTYPES, PARALLELISMS
+        one_of("parallelism", self.parallelism, PARALLELISMS)
+        one_of("fsdp_param_dtype", self.fsdp_param_dtype, FSDP_PARAM_DTYPES)
         if self.clip_grad is not None and self.clip_grad <= 0:
             raise ValueError("--clip-grad must be positive (omit it to disable clipping)")
         if not 0 <= self.max_bad_fraction <= 1:

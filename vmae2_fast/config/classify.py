@@ -82,6 +82,9 @@ class FinetuneConfig(RunConfig):
             raise ValueError(f"--model-ema-decay must be in [0, 1), got {self.model_ema_decay}")
         if self.num_classes < 0:
             raise ValueError("--num-classes must be >= 0 (0 takes it from the lists)")
+        if self.parallelism == "fsdp":      # validation, best-checkpoint saves and the EMA are per process
+            raise ValueError("--parallelism fsdp is implemented for pre-training only; the "
+                             "classification stages run with --parallelism ddp")
 
 
 @dataclass

@@ -105,15 +105,17 @@ def build_trainer(cfg, stage, model: torch.nn.Module, loader, device: torch.devi
         raise ValueError(f"{loader.steps_per_epoch} micro-batches per epoch is fewer than "
                          f"--accum-steps {cfg.accum_steps}")
     lr, lr_schedule, wd_schedule, total_batch = run_schedules(cfg, steps_per_epoch, dist.world_size)
-    decay = {} if layer_decay is None else dict(layer_decay=layer_decay, num_layers=model.get_num_layers())
-    optimizer = build_adamw(model, lr, cfg.weight_decay, tuple(cfg.betas), cfg.opt_eps, **decay)
     settings = LoopSettings(
         epochs=cfg.epochs, steps_per_epoch=steps_per_epoch, accum_steps=cfg.accum_steps,
         clip_grad=cfg.clip_grad, precision=precision, max_nonfinite=cfg.max_nonfinite,
         log_every=cfg.log_every, save_every=cfg.save_every, save_every_steps=cfg.save_every_steps,
         keep_last=cfg.keep_last, max_bad_fraction=cfg.max_bad_fraction, output_dir=cfg.output_dir, progress=cfg.progress,
-        tensorboard=cfg.tensorboard, max_steps=cfg.max_steps)
-    wrapped = parallelize(model, device, dist, compile=cfg.compile)
+        tensorboard=cfg.tensorboard, max_steps=cfg.max_steps, sharded=cfg.parallelism == "fsdp")
+    wrapped = parallelize(model, device, dist, compile=cfg.compile, parallelism=cfg.parallelism,
+                          fsdp_param_dtype=cfg.fsdp_param_dtype)
+    # after the wrapping: FSDP replaces the parameters with sharded ones
+    decay = {} if layer_decay is None else dict(layer_decay=layer_decay, num_layers=model.get_num_layers())
+    optimizer = build_adamw(model, lr, cfg.weight_decay, tuple(cfg.betas), cfg.opt_eps, **decay)
     trainer = Trainer(stage, wrapped, optimizer, loader, lr_schedule, wd_schedule, settings, device,
                       dist, run_config, ema=ema)
     if dist.is_main:

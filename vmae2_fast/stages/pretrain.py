@@ -20,6 +20,7 @@ from ..masking import DualMasking
 from ..models import build_pretrain_model, count_parameters
 from ..models.zoo import model_options
 from ..train.distributed import DistInfo, all_reduce_sum
+from ..train.parallelize import is_sharded
 from .build import apply_attention, build_trainer, embedded_dataset, seed_everything, session
 
 log = logging.getLogger("vmae2_fast")
@@ -63,7 +64,8 @@ class PretrainStage:
         # every `preview_every` epochs, and after the last one (so a run shorter than the period
         # still leaves the picture it promises)
         every = self.cfg.preview_every
-        if not every or not self.dist.is_main or self.preview_source is None:
+        # under FSDP the forward is a collective: every rank runs it, rank 0 draws
+        if not every or not (self.dist.is_main or is_sharded(self.model)) or self.preview_source is None:
             return {}
         if (epoch + 1) % every and epoch + 1 != self.cfg.epochs:
             return {}
@@ -75,6 +77,8 @@ class PretrainStage:
         self.model.eval()
         pred = self.model(video, vis, dec).float()
         self.model.train(was_training)
+        if not self.dist.is_main:
+            return {}
         path = Path(self.cfg.output_dir) / f"preview-epoch{epoch}.png"
         save_reconstruction_preview(path, video[0].cpu(), vis[0].cpu(), dec[0].cpu(), pred[0].cpu(),
                                     patch_size=self.model.patch_size, tubelet_size=self.model.tubelet_size)

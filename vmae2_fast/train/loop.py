@@ -25,7 +25,9 @@ from .checkpoint import (capture_rng_state, latest_checkpoint, link_or_copy, pru
 from .distributed import DistInfo, all_gather_objects, all_reduce_sum
 from .metrics import JsonlLogger, TensorBoardLogger
 from .optim import set_lr_and_wd
-from .parallelize import grad_sync
+from .parallelize import full_tensor, grad_sync, is_sharded
+from .sharded_checkpoint import (FORMAT, full_model_state, load_full_model_state, load_optimizer,
+                                 load_optimizer_by_name, remove_stale_shards, save_optimizer)
 from .records import METRICS, SkippedVideos, offsets, rewind
 
 log = logging.getLogger("vmae2_fast")
@@ -64,6 +66,7 @@ class LoopSettings:
     progress: bool = True
     tensorboard: bool = False
     max_steps: int = 0
+    sharded: bool = False                  # FSDP: optimiser state saved by DCP (sharded_checkpoint.py)
 
 
 def resolve_precision(requested: str, device: torch.device) -> str:
@@ -120,8 +123,8 @@ class Trainer:
         if self.dist.enabled:
             self.skips.merge(self.epoch, self.global_step)
         return {
-            "model": self.stage.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "model": full_model_state(self.stage.model),     # collective under FSDP
+            "optimizer": None if self.s.sharded else self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler else None,
             "epoch": self.epoch, "epoch_step": self.epoch_step, "global_step": self.global_step,
             "stage": self.stage.state_dict(), "rng_per_rank": rng, "config": self.run_config,
@@ -140,9 +143,15 @@ class Trainer:
         every rank with `DiskFullError`; any other failure is a bug and keeps its traceback."""
         state = self.checkpoint_state()          # collective: every rank takes part
         failure = None
+        if self.s.sharded:                       # collective too; the .pth below commits it
+            name = f"checkpoint-{self.epoch}.pth" if numbered else LAST
+            folder = save_optimizer(self.stage.model, self.optimizer, self.out, name, self.global_step, self.dist)
+            state["sharded"] = {"format": FORMAT, "folder": folder, "world_size": self.dist.world_size}
         if self.dist.is_main:
             try:
                 self._write(state, numbered)
+                if self.s.sharded:
+                    remove_stale_shards(self.out, {state["sharded"]["folder"]})
             except DiskFullError:
                 prev = (f"{self.newest_checkpoint()} (global step {self.saved_step})"
                         if self.saved_step is not None else "none: no checkpoint was written yet")
@@ -188,13 +197,18 @@ class Trainer:
             raise CheckpointError(f"{path} is not a training checkpoint of this engine (no model/optimizer "
                                   f"state); to initialise from weights use the stage's --finetune option")
         try:
-            self.stage.model.load_state_dict(state["model"], strict=True)
+            load_full_model_state(self.stage.model, state["model"])
         except RuntimeError as e:
             was = state.get("config", {}).get("model", "another model")
             raise CheckpointError(
                 f"{path} does not fit this model (it was written by a run of {was}): "
                 f"{str(e).splitlines()[0]} ... Use a fresh --output-dir, or --resume none.") from e
-        self.optimizer.load_state_dict(state["optimizer"])
+        if state.get("sharded"):                # written by an FSDP run, on any number of processes
+            load_optimizer(self.stage.model, self.optimizer, path, state["sharded"], self.dist)
+        elif is_sharded(self.stage.model):      # a DDP / one-process checkpoint, resumed under FSDP
+            load_optimizer_by_name(self.stage.model, self.optimizer, state["optimizer"])
+        else:
+            self.optimizer.load_state_dict(state["optimizer"])
         if self.ema is not None:
             if "model_ema" not in state:
                 raise CheckpointError(f"{path} has no model_ema entry (it was written without "
@@ -272,6 +286,7 @@ class Trainer:
             gnorm = torch.nn.utils.clip_grad_norm_(self.params, s.clip_grad, foreach=True)
         else:
             gnorm = torch.nn.utils.get_total_norm(grads, foreach=True) if grads else torch.zeros((), device=self.device)
+        gnorm = full_tensor(gnorm)             # FSDP: the norm of the sharded gradients, completed
         finite = torch.isfinite(loss_mean)
         if self.scaler:            # the scaler skips overflowing fp16 steps on its own
             self.scaler.step(self.optimizer)
