@@ -175,7 +175,7 @@ else    # small shapes, fp32 (bf16 matrix products are slow to compile and run o
 fi
 
 if has pytest; then
-    # Test files that import the data plane cannot even be collected without PyAV: leave those out
+    # Test files that import PyAV themselves cannot even be collected without it: leave those out
     # (and only those: any other collection error still fails the step).
     NOTE=""; IGNORE=()
     if ! has av && wanted pytest-gpu; then

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from kernel_cases import enable_interpreter
+import needs
 from needs import on_ci
 
 # Before any test module imports vmae2_fast.kernels: without CUDA the Triton kernels can only run
@@ -16,6 +17,7 @@ def tiny_synthetic(tmp_path_factory):
 
     The parameters are also exposed as attributes so tests can re-render the raw frames.
     """
+    needs.module("av")          # PyAV writes the videos (a GPU machine may lack it: skip there)
     from vmae2_fast.data.synthetic import ensure_synthetic_dataset
     root = tmp_path_factory.mktemp("synthetic") / "tiny"
     ds = ensure_synthetic_dataset(str(root), videos_per_class_train=2, videos_per_class_val=1,

@@ -101,3 +101,29 @@ def test_the_checker_catches_a_planted_import(rule, tmp_path, monkeypatch):
             rule()
     finally:
         planted.unlink()
+
+
+def test_every_module_imports_without_pyav(tmp_path):
+    """PyAV is imported where a video is read or written, never at import time: the GPU machines
+    have no PyAV, and the GPU tests and benchmarks that read no video must still load there. Each
+    module of the package is imported in a process where `import av` fails."""
+    import json
+    import subprocess
+    import sys
+
+    from hidden_packages import hide
+    modules = sorted(module_name(p) for p in PKG.rglob("*.py") if p.name != "__main__.py")
+    code = ("import importlib, json\nbad = []\n"
+            f"for m in {modules!r}:\n"
+            "    try:\n        importlib.import_module(m)\n"
+            "    except ModuleNotFoundError as e:\n"
+            "        if e.name == 'av': bad.append(m)\n"
+            "print(json.dumps(bad))\n")
+    env = {**__import__("os").environ, "PYTHONPATH": hide(tmp_path / "hidden")}
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    needs = json.loads(out.stdout.strip().splitlines()[-1])
+    # the re-encoder and its transcoder are video tools through and through: they import av at once
+    assert set(needs) <= {"vmae2_fast.data.transcode", "vmae2_fast.data.reencode"}, needs
+    assert "vmae2_fast.data" in modules and "vmae2_fast.stages.pretrain" in modules

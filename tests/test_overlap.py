@@ -86,6 +86,7 @@ def test_dali_prefetches_while_the_step_computes(tmp_path):
     (Videos of 160x160, so that a batch costs tens of milliseconds to decode.)"""
     import needs
     needs.dali()
+    needs.module("av")          # writes the test videos
     import numpy as np
     from vmae2_fast.data.dali.pipeline import DaliVideoLoader
     from vmae2_fast.data.index import build_index

@@ -26,7 +26,6 @@ import time
 from dataclasses import dataclass
 from typing import List, Optional
 
-import av
 import numpy as np
 
 __all__ = ["CLASS_NAMES", "SyntheticDataset", "ensure_synthetic_dataset",
@@ -164,6 +163,7 @@ def write_video(path: str, frames: np.ndarray, fps: int = 12, codec: str = "vp9"
         raise ValueError(f"codec must be one of {sorted(_CODECS)}, got {codec!r}")
     encoder, fmt, _ = _CODECS[codec]
     _, h, w, _ = frames.shape
+    import av                       # imported here: the package imports without PyAV
     with av.open(path, "w", format=fmt) as container:
         stream = container.add_stream(encoder, rate=fps)
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
