@@ -361,11 +361,12 @@ def _fed_step():
     """bench/fed_step.py (`--data LIST`: the step fed by its loader), or None where the data plane
     cannot load because PyAV is missing (the GPU machines have none): the step report needs no video."""
     try:
-        import fed_step
+        import av  # noqa: F401  (the package itself imports PyAV only when it reads a video)
     except ModuleNotFoundError as exc:
         if exc.name != "av":
             raise
         return None
+    import fed_step
     return fed_step
 
 
