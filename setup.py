@@ -9,16 +9,13 @@ from setuptools import find_packages, setup
 
 HERE = Path(__file__).parent
 packages = find_packages(include=["vmae2_fast", "vmae2_fast.*"])
-package_dir = {}
-# kernels/ installs as vmae2_fast.kernels (a top-level `kernels` would clash with Hugging Face's).
-if (HERE / "kernels" / "__init__.py").exists():
-    packages.append("vmae2_fast.kernels")
-    package_dir["vmae2_fast.kernels"] = "kernels"
+# kernels/ (the Triton kernels) installs as vmae2_fast.kernels: it has no __init__.py, so that a
+# clone's root never answers `import kernels` (Hugging Face's package of that name); in a source
+# tree vmae2_fast/__init__.py registers the folder under the same name.
 # csrc/ ships as vmae2_fast.csrc data: the C++ CPU ops are compiled from it on first use
 # (vmae2_fast/ops/cpp.py), so installing needs no torch at build time.
-if (HERE / "csrc" / "fused_ops.cpp").exists():
-    packages.append("vmae2_fast.csrc")
-    package_dir["vmae2_fast.csrc"] = "csrc"
+packages += ["vmae2_fast.kernels", "vmae2_fast.csrc"]
+package_dir = {"vmae2_fast.kernels": "kernels", "vmae2_fast.csrc": "csrc"}
 
 setup(
     name="vmae2_fast",
@@ -29,7 +26,7 @@ setup(
     python_requires=">=3.10",
     packages=packages,
     package_dir=package_dir,
-    package_data={"vmae2_fast.csrc": ["*.cpp"]},
+    package_data={"vmae2_fast.csrc": ["*.cpp", "*.h"]},
     install_requires=[
         "torch>=2.6",
         "numpy>=1.24",

@@ -1,15 +1,16 @@
-"""Helpers shared by the Triton ops: device checks, triton dtypes and the on-the-fly cube gather.
-The dtype rules, table gradient and video checks shared with the other faces are in `rules.py`."""
+"""What the Triton kernels of this folder share: device checks, the dtypes tiles are multiplied and
+accumulated in, and the on-the-fly cube gather. Depends on torch and triton only."""
 from __future__ import annotations
 
 import torch
 import triton
 import triton.language as tl
 
-from .rules import acc_dtype, check_video  # noqa: F401 (re-exported to the ops)
-
 _TL = {torch.float32: tl.float32, torch.float64: tl.float64, torch.bfloat16: tl.bfloat16,
        torch.float16: tl.float16}
+# tl.dot precisions: "ieee" multiplies float32 tiles in float32 on the FMA units; "tf32" uses the
+# tensor cores (10-bit mantissa inputs, float32 accumulation), what cuBLAS does under allow_tf32.
+PRECISIONS = ("ieee", "tf32")
 
 
 def interpreter_active() -> bool:
@@ -24,7 +25,18 @@ def check_device(*tensors: torch.Tensor) -> None:
             raise ValueError(f"all tensors must be on one device, got {t.device} and {dev}")
     if dev.type == "cpu" and not interpreter_active():
         raise RuntimeError("the Triton kernels need CUDA tensors, or TRITON_INTERPRET=1 set before the "
-                           "first use of vmae2_fast.kernels to run them on the CPU interpreter")
+                           "first kernel is imported to run them on the CPU interpreter")
+
+
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Accumulation dtype: float64 for float64 inputs, float32 for everything else."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def dot_dtype(out_dtype: torch.dtype) -> torch.dtype:
+    """The dtype the GEMMs multiply in: half types as they are, everything else in the
+    accumulation dtype (float32, or float64 for float64)."""
+    return out_dtype if out_dtype in (torch.bfloat16, torch.float16) else acc_dtype(out_dtype)
 
 
 def mma_dtype(dtype: torch.dtype):
@@ -35,14 +47,16 @@ def mma_dtype(dtype: torch.dtype):
     return _TL[dtype]
 
 
+def dot_precision(dot: torch.dtype, precision: str) -> str:
+    """tl.dot's input_precision: TF32 only where the tiles are float32 on a GPU (the interpreter
+    and float64 multiply exactly whatever is asked)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    return precision if dot == torch.float32 and not interpreter_active() else "ieee"
+
+
 def tl_dtype(dtype: torch.dtype):
     return _TL[dtype]
-
-
-def dot_dtype(out_dtype: torch.dtype) -> torch.dtype:
-    """The dtype the GEMMs multiply in: half types as they are, everything else in the
-    accumulation dtype (float32, or float64 for float64)."""
-    return out_dtype if out_dtype in (torch.bfloat16, torch.float16) else acc_dtype(out_dtype)
 
 
 @triton.jit

@@ -2,11 +2,11 @@
 import pytest
 import torch
 
-from kernel_cases import enable_interpreter
+from op_cases import enable_interpreter
 import needs
 from needs import on_ci
 
-# Before any test module imports vmae2_fast.kernels: without CUDA the Triton kernels can only run
+# Before any test imports a Triton kernel (vmae2_fast.kernels): without CUDA the Triton kernels can only run
 # on the interpreter, and triton fixes that choice when the kernels are first imported.
 enable_interpreter()
 

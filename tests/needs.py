@@ -55,28 +55,25 @@ def module(name: str, install: str = INSTALL):
 
 
 def transformers():
-    """transformers, imported the way the engine imports it (our `kernels/` folder must not
-    shadow Hugging Face's `kernels` package when the tests run from the repository root)."""
-    from vmae2_fast.integrations.hf_export import import_transformers
-    return _import("transformers", import_transformers)
+    """transformers (from the repository root, where the suite runs: tests/test_layout.py checks
+    that nothing there shadows a package it imports)."""
+    return _import("transformers")
 
 
 def triton_kernels():
-    """`vmae2_fast.kernels`, runnable here: on CUDA, or on the CPU under the Triton interpreter
-    (conftest.py sets TRITON_INTERPRET=1 before anything imports the kernels)."""
+    """The Triton kernels (`vmae2_fast.kernels`), runnable here: on CUDA, or on the CPU under the
+    Triton interpreter (conftest.py sets TRITON_INTERPRET=1 before anything imports the kernels)."""
     import torch
     _import("triton")
-    from vmae2_fast import kernels
-    try:
-        kernels.load()
-    except ImportError as exc:
-        unavailable("triton", f"vmae2_fast.kernels could not load ({exc})", missing=False)
-    if not torch.cuda.is_available() and not kernels.interpreter_active():
+    from vmae2_fast.ops import backends
+    if not backends.triton_available():
+        unavailable("triton", f"vmae2_fast.kernels could not load ({backends._triton_error})", missing=False)
+    if not torch.cuda.is_available() and not backends.triton_interpreted():
         unavailable("the Triton CPU interpreter",
                     f"no CUDA device and TRITON_INTERPRET={os.environ.get('TRITON_INTERPRET')!r} "
                     "when the kernels were imported", missing=False,
                     install="unset TRITON_INTERPRET (tests/conftest.py sets it to 1 on CPU machines)")
-    return kernels
+    return backends
 
 
 def dali():
@@ -93,11 +90,11 @@ def dali():
 
 def cpp_ops():
     """The C++ CPU ops, compiled on first use: no compiler is 'missing', a failed build is broken."""
-    from vmae2_fast.ops import cpp as ops
-    if ops.available():
-        return ops
+    from vmae2_fast.ops import cpp
+    if cpp.available():
+        return cpp
     compiler = os.environ.get("CXX", "c++")
     has_compiler = shutil.which(compiler) is not None
-    unavailable("the C++ CPU ops", ops._error or "unknown error", missing=not has_compiler,
+    unavailable("the C++ CPU ops", cpp.error() or "unknown error", missing=not has_compiler,
                 install="install a C++ compiler and ninja (apt install g++; pip install ninja)"
-                if not has_compiler else "fix the build error above (csrc/fused_ops.cpp)")
+                if not has_compiler else "fix the build error above (csrc/)")

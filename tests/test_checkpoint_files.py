@@ -99,7 +99,7 @@ def test_a_real_full_disk_while_saving(tiny_synthetic, tmp_path):
                       *flags(tiny_synthetic, mnt / "run", epochs=3)])
     check = shlex.join([sys.executable, "-c", (
         "import sys; from vmae2_fast.models.weights import read_checkpoint; "
-        f"print('last_step', read_checkpoint(sys.argv[1])['global_step'])"),
+        "print('last_step', read_checkpoint(sys.argv[1])['global_step'])"),
         str(mnt / "run" / "checkpoint-last.pth")])
     script = (f"mount -t tmpfs -o size={kib}k tmpfs {mnt} && {cli}; echo rc=$?; {check}; "
               f"ls -a {mnt / 'run'}")

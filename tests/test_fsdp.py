@@ -10,7 +10,6 @@ one process resumes in two FSDP processes, each continuing the uninterrupted run
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch

@@ -86,6 +86,99 @@ def test_kernels_stand_alone():
     assert bad == {}
 
 
+def test_kernels_folder_holds_triton_kernels_only_and_is_no_package():
+    """kernels/ has no __init__.py (a regular package there would answer `import kernels` from the
+    clone's root, hiding Hugging Face's package of that name), and every module in it is a Triton
+    kernel module."""
+    folder = ROOT / "kernels"
+    assert not (folder / "__init__.py").exists()
+    for path in sorted(folder.glob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        imported |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        assert "triton" in imported, f"{path.name} is not a Triton kernel module"
+
+
+def test_the_engine_imports_no_kernel_package_statically():
+    """Only ops/backends.py loads the Triton kernels, on first use (triton fixes interpreted or
+    compiled when it decorates them); the specs (each op's `reference`) import neither triton nor
+    vmae2_fast.kernels."""
+    bad = {}
+    for path in sorted(PKG.rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            if isinstance(node, ast.ImportFrom) and node.level and "kernels" in (node.module or ""):
+                names.append("vmae2_fast.kernels")
+            hits = [n for n in names if n == "triton" or n.startswith(("triton.", "vmae2_fast.kernels"))]
+            if hits:
+                bad[str(path.relative_to(ROOT))] = hits
+    assert bad == {}
+
+
+def _run_from_root(code: str, env=None, args=()):
+    import os
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, *args, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                         timeout=300, env={**os.environ, **(env or {})})
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout
+
+
+def test_transformers_videomae_imports_from_the_repository_root():
+    """transformers imports Hugging Face's `kernels` package when it is installed (the test extra
+    installs it); from the clone's root, where every README command runs, nothing of ours may
+    answer to that name."""
+    import needs
+    needs.transformers()
+    out = _run_from_root(
+        "import importlib.util\n"
+        "from transformers import VideoMAEForPreTraining, VideoMAEConfig\n"
+        "VideoMAEForPreTraining(VideoMAEConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,"
+        " intermediate_size=64, decoder_hidden_size=16, decoder_num_hidden_layers=1,"
+        " decoder_num_attention_heads=2, decoder_intermediate_size=32, image_size=32, num_frames=4))\n"
+        "spec = importlib.util.find_spec('kernels')\n"
+        "print(spec.origin if spec else None)\n")
+    origin = out.strip().splitlines()[-1]
+    assert origin == "None" or not origin.startswith(str(ROOT / "kernels")), origin
+
+
+# Packages torch itself imports; with numpy, the only ones a bare `pip install torch numpy` has.
+_TORCH_ONLY = {"torch", "numpy", "typing_extensions", "sympy", "mpmath", "networkx", "jinja2", "markupsafe",
+               "filelock", "fsspec", "functorch", "torchgen", "vmae2_fast"}
+
+
+def test_the_source_tree_imports_without_installing():
+    """`PYTHONPATH=. python -c "import vmae2_fast.models, vmae2_fast.ops"` with only torch and
+    numpy: the child starts without site (so no editable-install finder), sees site-packages only
+    for torch and numpy (anything else raises ModuleNotFoundError), and must find the package, its
+    ops and the Triton kernel folder from the source tree."""
+    import site
+    sites = [p for p in site.getsitepackages() if Path(p, "torch").is_dir()]
+    assert sites, "torch is not installed in a site-packages folder"
+    code = f"""
+import importlib.util, sys
+sys.path.append({sites[0]!r})
+class OnlyTorchAndNumpy:
+    def find_spec(self, name, path=None, target=None):
+        top = name.partition(".")[0]
+        if top in sys.stdlib_module_names or top in {sorted(_TORCH_ONLY)!r}:
+            return None
+        raise ModuleNotFoundError(f"No module named {{top!r}} (hidden)", name=top)
+sys.meta_path.insert(0, OnlyTorchAndNumpy())
+import vmae2_fast.models, vmae2_fast.ops
+print(vmae2_fast.__file__)
+print(importlib.util.find_spec("vmae2_fast.kernels.patch_embed").origin)
+print("triton" in sys.modules)
+"""
+    lines = _run_from_root(code, env={"PYTHONPATH": str(ROOT)}, args=("-S",)).strip().splitlines()
+    assert lines[-3] == str(PKG / "__init__.py")
+    assert lines[-2] == str(ROOT / "kernels" / "patch_embed.py")
+    assert lines[-1] == "False"
+
+
 def test_train_and_ops_do_not_import_stages_or_data():
     assert offending(modules("train") + modules("ops"), ["vmae2_fast.stages", "vmae2_fast.data"]) == {}
 

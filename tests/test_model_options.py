@@ -2,7 +2,7 @@
 first-token pooling) against the naive re-statement of the official modules
 (`vmae2_fast.testing.baseline`), in float64: classifier logits and every gradient on both
 attention backends, and the pre-training loss, predictions and gradients through the fused ops
-(reference and C++ faces)."""
+(reference and C++ backends)."""
 import pytest
 import torch
 

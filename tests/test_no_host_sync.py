@@ -13,7 +13,7 @@ import torch
 
 from vmae2_fast import ops
 from vmae2_fast.config import PretrainConfig
-from vmae2_fast.ops import cpp as cpp_ops
+from vmae2_fast.ops import patch_embed
 from vmae2_fast.stages.pretrain import PretrainStage, build_model
 from vmae2_fast.testing.host_sync import HostSyncError, forbid_host_sync
 from vmae2_fast.train.distributed import DistInfo
@@ -46,12 +46,12 @@ def pretrain_trainer(tmp_path, device, precision="fp32", checkpointing="2", comp
     return trainer, batches
 
 
-@pytest.mark.parametrize("face", ["cpp", "reference"])
+@pytest.mark.parametrize("kernels", ["cpp", "reference"])
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_cpu_train_step_makes_no_host_sync(tmp_path, backend, face, precision):
-    if face == "cpp":
+def test_cpu_train_step_makes_no_host_sync(tmp_path, backend, kernels, precision):
+    if kernels == "cpp":
         needs.cpp_ops()
-    backend(face)
+    backend(kernels)
     trainer, batches = pretrain_trainer(tmp_path, torch.device("cpu"), precision)
     trainer.train_step(batches)                # warm-up: lazy optimiser state, cached buffers
     with forbid_host_sync("cpu"):
@@ -62,28 +62,28 @@ def test_cpu_train_step_makes_no_host_sync(tmp_path, backend, face, precision):
 def test_the_guard_sees_the_old_per_call_statistics(tmp_path, backend, monkeypatch):
     """Building the masked-MSE mean/std with torch.as_tensor on every call (the code this issue
     replaced) is a host-to-device copy on a GPU; the CPU guard catches it inside the step."""
-    from vmae2_fast.ops import reference
+    from vmae2_fast.ops import masked_loss
     backend("reference")
     trainer, batches = pretrain_trainer(tmp_path, torch.device("cpu"))
     trainer.train_step(batches)
-    monkeypatch.setattr(reference, "channel_stats", lambda mean, std, dtype, device: (
+    monkeypatch.setattr(masked_loss, "channel_stats", lambda mean, std, dtype, device: (
         torch.as_tensor(mean, dtype=dtype, device=device), torch.as_tensor(std, dtype=dtype, device=device)))
     with pytest.raises(HostSyncError, match="host data"), forbid_host_sync("cpu"):
         trainer.train_step(batches)
 
 
 def test_the_guard_looks_inside_the_custom_ops(tmp_path, backend, monkeypatch):
-    """A value read inside a face's kernel (behind the custom op) is caught as well."""
+    """A value read inside a backend's kernel (behind the custom op) is caught as well."""
     needs.cpp_ops()
     backend("cpp")
     trainer, batches = pretrain_trainer(tmp_path, torch.device("cpu"))
     trainer.train_step(batches)
-    forward = cpp_ops.embed_forward
+    forward = patch_embed._forward
 
-    def reads_a_value(video, *args):
+    def reads_a_value(backend, video, *args):
         float(video.abs().max())               # what a careless kernel wrapper might do
-        return forward(video, *args)
-    monkeypatch.setattr(cpp_ops, "embed_forward", reads_a_value)
+        return forward(backend, video, *args)
+    monkeypatch.setattr(patch_embed, "_forward", reads_a_value)
     with pytest.raises(HostSyncError, match="reads a tensor.s value"), forbid_host_sync("cpu"):
         trainer.train_step(batches)
 
@@ -116,7 +116,7 @@ def test_the_guard_lets_device_side_work_through():
 @pytest.mark.gpu
 @pytest.mark.parametrize("precision", ["bf16", "fp32"])
 def test_gpu_train_step_makes_no_host_sync(tmp_path, backend, precision):
-    """CUDA's own check (set_sync_debug_mode "error") plus the dispatch-level rules, Triton face."""
+    """CUDA's own check (set_sync_debug_mode "error") plus the dispatch-level rules, Triton backend."""
     backend("auto")
     dev = torch.device("cuda")
     trainer, batches = pretrain_trainer(tmp_path, dev, precision)

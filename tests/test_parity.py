@@ -55,7 +55,7 @@ def test_pretrain_loss_pred_and_every_gradient(pretrain_fixture, as_index):
 
 def test_targets_equal_official_labels(pretrain_fixture):
     from vmae2_fast.masking import as_indices
-    from vmae2_fast.ops.reference import normalized_targets
+    from vmae2_fast.ops import normalized_targets
     fx = pretrain_fixture
     cfg = fx["config"]
     tgt = normalized_targets(fx["video"], as_indices(fx["decoder_mask"]), cfg["patch_size"], cfg["tubelet_size"])
@@ -108,6 +108,6 @@ def test_v1_loss_equals_plain_mse_over_masked_tokens():
     video = torch.randn(2, 3, 4, 56, 56, dtype=torch.float64)
     vis, dec = DualMasking(model.grid, 0.9, 0.0)(2)
     loss, pred = model.forward_loss(video, vis, dec)
-    from vmae2_fast.ops.reference import normalized_targets
+    from vmae2_fast.ops import normalized_targets
     tgt = normalized_targets(video, dec, 14, 2)
     assert torch.allclose(loss, torch.nn.functional.mse_loss(pred, tgt), rtol=1e-12)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .kernels.rules import encoder_masked as encoder_masked_flags  # noqa: F401 (one definition)
+from .ops.common import encoder_masked as encoder_masked_flags  # noqa: F401 (one definition)
 
 Grid = tuple[int, int, int]  # (T', H', W') token grid
 

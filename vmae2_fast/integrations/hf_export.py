@@ -14,9 +14,7 @@ Key layout: transformers >= 5 stores the q/v biases as ``query.bias`` / ``value.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 from ..config import ExportConfig
@@ -25,13 +23,12 @@ __all__ = ["hf_config", "to_hf_state_dict", "export_to_hf", "export", "import_tr
 
 
 def import_transformers():
-    """Import transformers; our repo's top-level ``kernels/`` folder (installed as
-    vmae2_fast.kernels) would otherwise shadow Hugging Face's ``kernels`` package when Python
-    runs from the repository root, and transformers would try to import it."""
-    spec = importlib.util.find_spec("kernels") if "kernels" not in sys.modules else None
-    if spec is not None and spec.origin and (Path(spec.origin).parent.parent / "vmae2_fast").is_dir():
-        sys.modules["kernels"] = None        # find_spec now answers None: "not installed"
-    import transformers
+    """transformers, with a message naming the extra when it is missing."""
+    try:
+        import transformers
+    except ModuleNotFoundError as exc:
+        raise ModuleNotFoundError(f"{exc}; the Hugging Face export needs transformers: "
+                                  "pip install 'transformers>=4.46,<6' safetensors") from exc
     return transformers
 
 

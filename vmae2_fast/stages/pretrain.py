@@ -47,7 +47,7 @@ class PretrainStage:
         if self.dist.enabled:
             lo = self.dist.rank * b
             vis, dec = vis[lo:lo + b], dec[lo:lo + b]
-            # Token-weighted mean over the global batch (see ops.reference.masked_mse).
+            # Token-weighted mean over the global batch (see ops.masked_loss.reference).
             count = ops.loss_token_count(vis, dec, self.model.num_tokens).float()
             denominator = all_reduce_sum(count, self.dist) / self.dist.world_size
         pred = model(video, vis, dec)
@@ -102,7 +102,7 @@ def run(cfg: PretrainConfig) -> dict:
     with session(cfg.device, cfg.output_dir) as (device, dist):
         t_start = time.time()
         seed_everything(cfg.seed, dist.rank, cfg.threads)
-        ops.use_backend(cfg.kernels)  # fused ops: logs which face runs, once
+        ops.use_backend(cfg.kernels)  # fused ops: logs which backend runs, once
 
         # Everything that can fail on bad input is checked before any compute is spent.
         model = build_model(cfg, device).to(device)

@@ -16,10 +16,10 @@ dispatch mode and a function mode that raise on the operations that WOULD wait o
 - copies between devices (`Tensor.to`, `copy_`), in either direction.
 
 The fused ops are custom ops, which a dispatch mode sees only as one call; their Python kernels
-(`vmae2_fast.ops.custom.KERNELS`) are run under the same modes, so the face code inside them is
+(`vmae2_fast.ops.library.KERNELS`) are run under the same modes, so the backend code inside them is
 checked too.
 
-What a CPU run cannot show: waits inside CUDA code that has no CPU counterpart (the Triton face's
+What a CPU run cannot show: waits inside CUDA code that has no CPU counterpart (the Triton backend's
 launches, cuDNN / flash kernels, fused AdamW's CUDA kernel, the caching allocator calling
 cudaMalloc / cudaFree, a copy from pageable memory); the CUDA check (`set_sync_debug_mode`) is
 the one that sees those, and it runs in the gpu tests. Nor can a CPU run tell an intended copy
@@ -104,7 +104,7 @@ class _DispatchGuard(TorchDispatchMode):
         if why is not None:
             raise HostSyncError(f"host sync inside a block that must not sync: {why}")
         if func.namespace == "vmae2_fast":
-            from ..ops.custom import KERNELS
+            from ..ops.library import KERNELS
             kernel = KERNELS.get(func._schema.name)
             if kernel is not None:          # look inside the custom op: run its kernel guarded
                 with self.function_guard, self:

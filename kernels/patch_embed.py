@@ -1,21 +1,18 @@
-"""Visible patch embedding: gather the visible cubes straight from the video (im2col on the fly),
-multiply by the Conv3d weight, add bias and the position table, in one kernel.
+"""Visible patch embedding in Triton: gather the visible cubes straight from the video (im2col on
+the fly), multiply by the Conv3d weight, add bias and the position table, in one kernel.
 
-The backward recomputes the gather to form the weight gradient, so neither the full token grid nor
-the gathered cubes are kept between forward and backward.
+The weight gradient re-gathers the cubes from the video, so neither the full token grid nor the
+gathered cubes are kept between forward and backward. The op around these launchers (shape checks,
+dtype rules, the bias and table gradients, autograd) is `vmae2_fast/ops/patch_embed.py`.
 """
 from __future__ import annotations
-
-import sys
 
 import torch
 import triton
 import triton.language as tl
 
-from . import autograd
-from ._common import (acc_dtype, check_device, check_video, cube_row_base, dot_dtype, mma_dtype,
+from ._common import (acc_dtype, check_device, cube_row_base, dot_dtype, dot_precision, mma_dtype,
                       tile, tl_dtype)
-from .rules import embed_grads
 
 BM, BN, BK = 64, 64, 32
 
@@ -90,13 +87,10 @@ def _launch_args(video, vis_idx, weight):
                 s_ib=vis_idx.stride(0), s_ij=vis_idx.stride(1), TUB=tub, P=p)
 
 
-def embed_forward(video, weight, bias, pos_table, vis_idx, tubelet_size: int, out_dtype):
-    """Tokens (B, N_vis, C_e) in `out_dtype`: conv3d(video) + pos, gathered at vis_idx."""
+def forward(video, weight, bias, pos_table, vis_idx, out_dtype, precision="ieee"):
+    """Tokens (B, N_vis, C_e) in `out_dtype`: conv3d(video) + bias + pos, gathered at vis_idx.
+    weight: the Conv3d weight (C_e, C, t, p, p); pos_table (1, N, C_e); vis_idx (B, N_vis)."""
     check_device(video, weight, pos_table, vis_idx)
-    if weight.ndim != 5 or weight.shape[2] != tubelet_size:
-        raise ValueError(f"weight must be the Conv3d weight (C_e, C, {tubelet_size}, p, p), "
-                         f"got {tuple(weight.shape)}")
-    check_video(video, weight.shape[-1], tubelet_size)
     dot, acc = dot_dtype(out_dtype), acc_dtype(out_dtype)
     ce = weight.shape[0]
     k = weight[0].numel()
@@ -107,35 +101,25 @@ def embed_forward(video, weight, bias, pos_table, vis_idx, tubelet_size: int, ou
     out = torch.empty(m, ce, dtype=out_dtype, device=video.device)
     grid = (triton.cdiv(m, BM), triton.cdiv(ce, BN))
     _embed_fwd[grid](video, w2, bias if bias is not None else w2, pos, vis_idx, out, m, nv, ce, k,
-                     HAS_BIAS=bias is not None, DOT=tl_dtype(dot), MMA=mma_dtype(dot), ACC=tl_dtype(acc), PREC="ieee",
-                     BLOCK_M=BM, BLOCK_N=BN, BLOCK_K=BK, **_launch_args(video, vis_idx, weight))
+                     HAS_BIAS=bias is not None, DOT=tl_dtype(dot), MMA=mma_dtype(dot), ACC=tl_dtype(acc),
+                     PREC=dot_precision(dot, precision), BLOCK_M=BM, BLOCK_N=BN, BLOCK_K=BK,
+                     **_launch_args(video, vis_idx, weight))
     return out.view(bsz, nv, ce)
 
 
-def embed_backward(grad_out, video, weight, pos_table, vis_idx, tubelet_size: int, out_dtype,
-                   bias_dtype, needs):
-    """(grad_weight, grad_bias, grad_pos), None where `needs` says so. The weight gradient
-    re-gathers the cubes from the video instead of keeping them from the forward pass."""
-    _, grad_b, grad_pos = embed_grads(grad_out, weight, pos_table, vis_idx, out_dtype, bias_dtype,
-                                      (False, needs[1], needs[2]))
-    grad_w = None
-    if needs[0]:
-        ce = weight.shape[0]
-        k = weight[0].numel()
-        bsz, nv = vis_idx.shape
-        g = grad_out.reshape(bsz * nv, ce).contiguous()
-        dot = dot_dtype(out_dtype)
-        acc = acc_dtype(dot)
-        gw = torch.empty(ce, k, dtype=acc, device=video.device)
-        grid = (triton.cdiv(ce, BN), triton.cdiv(k, BK))
-        _embed_bwd_w[grid](video, g, vis_idx, gw, bsz * nv, nv, ce, k, DOT=tl_dtype(dot), MMA=mma_dtype(dot),
-                           ACC=tl_dtype(acc), PREC="ieee", BLOCK_M=BM, BLOCK_N=BN, BLOCK_K=BK,
-                           **_launch_args(video, vis_idx, weight))
-        grad_w = gw.view_as(weight).to(weight.dtype)
-    return grad_w, grad_b, grad_pos
-
-
-def visible_patch_embed(video, weight, bias, pos_table, vis_idx, tubelet_size: int):
-    """Tokens (B, N_vis, C_e) of the visible cubes: conv3d(video) + pos, gathered at vis_idx."""
-    return autograd.visible_patch_embed(sys.modules[__name__], video, weight, bias, pos_table,
-                                        vis_idx, tubelet_size)
+def weight_grad(grad_out, video, weight, vis_idx, out_dtype, precision="ieee"):
+    """d loss / d weight (the Conv3d weight's shape and dtype) from grad_out (B, N_vis, C_e): the
+    cubes are re-gathered from the video instead of being kept from the forward pass."""
+    check_device(grad_out, video, weight, vis_idx)
+    ce = weight.shape[0]
+    k = weight[0].numel()
+    bsz, nv = vis_idx.shape
+    g = grad_out.reshape(bsz * nv, ce).contiguous()
+    dot = dot_dtype(out_dtype)
+    acc = acc_dtype(dot)
+    gw = torch.empty(ce, k, dtype=acc, device=video.device)
+    grid = (triton.cdiv(ce, BN), triton.cdiv(k, BK))
+    _embed_bwd_w[grid](video, g, vis_idx, gw, bsz * nv, nv, ce, k, DOT=tl_dtype(dot), MMA=mma_dtype(dot),
+                       ACC=tl_dtype(acc), PREC=dot_precision(dot, precision), BLOCK_M=BM, BLOCK_N=BN,
+                       BLOCK_K=BK, **_launch_args(video, vis_idx, weight))
+    return gw.view_as(weight).to(weight.dtype)

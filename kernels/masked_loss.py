@@ -1,18 +1,15 @@
-"""Normalised masked MSE: each program gathers one decoded token's cube from the video, undoes the
-ImageNet normalisation, normalises it per colour channel (unbiased variance, eps on the std) and
-returns the token's mean squared error against the prediction. The backward recomputes the target
-the same way, so targets are never stored."""
+"""Normalised masked MSE per token in Triton: each program gathers one decoded token's cube from the
+video, undoes the input normalisation, normalises it per colour channel (unbiased variance, eps on
+the std) and returns the token's mean squared error against the prediction. The backward recomputes
+the target the same way, so targets are never stored. The token weighting and the autograd are in
+`vmae2_fast/ops/masked_loss.py`."""
 from __future__ import annotations
-
-import sys
 
 import torch
 import triton
 import triton.language as tl
 
-from . import autograd
-from ._common import acc_dtype, check_device, check_video, cube_row_base, tl_dtype
-from .rules import IMAGENET_MEAN, IMAGENET_STD, channel_stats
+from ._common import acc_dtype, check_device, cube_row_base, tl_dtype
 
 
 @triton.jit
@@ -79,48 +76,24 @@ def _args(video, dec_idx, patch_size, tubelet_size, normalize, eps):
                 BLOCK_C=triton.next_power_of_2(c)), acc
 
 
-def _checked_args(pred, video, dec_idx, patch_size, tubelet_size, normalize, eps):
-    check_device(pred, video, dec_idx)
-    check_video(video, patch_size, tubelet_size)
-    kw, acc = _args(video, dec_idx, patch_size, tubelet_size, normalize, eps)
-    if pred.shape != (*dec_idx.shape, kw["D"]):
-        raise ValueError(f"pred must be {(*dec_idx.shape, kw['D'])}, got {tuple(pred.shape)}")
-    return kw, acc
-
-
-def mse_forward(pred, video, dec_idx, patch_size, tubelet_size, normalize=True, eps=1e-6,
-                mean=IMAGENET_MEAN, std=IMAGENET_STD):
+def forward(pred, video, dec_idx, mean, std, patch_size, tubelet_size, normalize=True, eps=1e-6):
     """Each decoded token's mean squared error against its normalised target, (B, N_dec), in the
-    accumulation dtype."""
-    kw, acc = _checked_args(pred, video, dec_idx, patch_size, tubelet_size, normalize, eps)
-    m, s = channel_stats(mean, std, acc, video.device)
+    accumulation dtype. mean, std: per-channel tensors (accumulation dtype, on the video's device)
+    that the video was normalised with."""
+    check_device(pred, video, dec_idx, mean, std)
+    kw, acc = _args(video, dec_idx, patch_size, tubelet_size, normalize, eps)
     out = torch.empty(dec_idx.shape, dtype=acc, device=video.device)
-    _mse_fwd[(dec_idx.numel(),)](pred.contiguous(), video, dec_idx, m, s, out, **kw)
+    _mse_fwd[(dec_idx.numel(),)](pred.contiguous(), video, dec_idx, mean, std, out, **kw)
     return out
 
 
-def mse_backward(grad_tok, pred, video, dec_idx, patch_size, tubelet_size, normalize=True,
-                 eps=1e-6, mean=IMAGENET_MEAN, std=IMAGENET_STD):
-    """The gradient of the per-token errors with respect to `pred` (its dtype); the targets are
-    recomputed, never stored."""
-    kw, acc = _checked_args(pred, video, dec_idx, patch_size, tubelet_size, normalize, eps)
-    m, s = channel_stats(mean, std, acc, video.device)
+def backward(grad_tok, pred, video, dec_idx, mean, std, patch_size, tubelet_size, normalize=True,
+             eps=1e-6):
+    """The gradient of sum(grad_tok * per-token error) with respect to `pred` (its dtype); the
+    targets are recomputed, never stored."""
+    check_device(grad_tok, pred, video, dec_idx, mean, std)
+    kw, acc = _args(video, dec_idx, patch_size, tubelet_size, normalize, eps)
     pred = pred.contiguous()
     gpred = torch.empty_like(pred)
-    _mse_bwd[(dec_idx.numel(),)](pred, video, dec_idx, m, s, grad_tok.contiguous(), gpred, **kw)
+    _mse_bwd[(dec_idx.numel(),)](pred, video, dec_idx, mean, std, grad_tok.contiguous(), gpred, **kw)
     return gpred
-
-
-def masked_mse_per_token(pred, video, dec_idx, patch_size, tubelet_size, normalize=True, eps=1e-6,
-                         mean=IMAGENET_MEAN, std=IMAGENET_STD):
-    """Each decoded token's mean squared error against its normalised target, (B, N_dec)."""
-    return autograd.masked_mse_per_token(sys.modules[__name__], pred, video, dec_idx, patch_size,
-                                         tubelet_size, normalize, eps, mean, std)
-
-
-def masked_mse(pred, video, vis_idx, dec_idx, patch_size: int, tubelet_size: int, normalize=True,
-               denominator=None, eps: float = 1e-6, mean=IMAGENET_MEAN, std=IMAGENET_STD):
-    """The official masked MSE (see the reference): token errors weighted by the encoder-masked
-    flag, divided by their count (or `denominator`), clamped to at least 1."""
-    return autograd.masked_mse(sys.modules[__name__], pred, video, vis_idx, dec_idx, patch_size,
-                               tubelet_size, normalize, denominator, eps, mean, std)

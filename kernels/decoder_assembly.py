@@ -1,17 +1,14 @@
-"""Decoder assembly `[z @ W^T + pos[vis], mask_token + pos[dec]]` written in one kernel launch:
-the first programs run the encoder-to-decoder GEMM with the position gather as its epilogue, the
-rest fill the mask-token rows. The backward is three plain GEMM-shaped reductions."""
+"""Decoder assembly `[z @ W^T + pos[vis], mask_token + pos[dec]]` in one Triton launch: the first
+programs run the encoder-to-decoder GEMM with the position gather as its epilogue, the rest fill the
+mask-token rows. The backward is three plain GEMM-shaped reductions, written once for every backend
+in `vmae2_fast/ops/decoder_assembly.py`, which also holds the op's checks and autograd."""
 from __future__ import annotations
-
-import sys
 
 import torch
 import triton
 import triton.language as tl
 
-from . import autograd
-from ._common import acc_dtype, check_device, dot_dtype, mma_dtype, tl_dtype
-from .rules import decoder_grads
+from ._common import acc_dtype, check_device, dot_dtype, dot_precision, mma_dtype, tl_dtype
 
 BM, BN, BK = 64, 64, 32
 
@@ -55,7 +52,7 @@ def _decoder_fwd(z, w, pos, vis, dec, tokw, out, MV, MD, NV, ND, CE, CD, n_vis_b
     tl.store(out + row[:, None] * CD + rn[None, :], acc.to(out.dtype.element_ty), mask=msk)
 
 
-def decoder_forward(z, proj_weight, pos_table, vis_idx, dec_idx, mask_token, out_dtype):
+def forward(z, proj_weight, pos_table, vis_idx, dec_idx, mask_token, out_dtype, precision="ieee"):
     """The decoder sequence (B, N_vis + N_dec, C_d) in `out_dtype`."""
     check_device(z, proj_weight, pos_table, vis_idx, dec_idx, mask_token)
     vis_idx, dec_idx = vis_idx.long(), dec_idx.long()  # one index type for both branches
@@ -71,16 +68,7 @@ def decoder_forward(z, proj_weight, pos_table, vis_idx, dec_idx, mask_token, out
     grid = (nvb + triton.cdiv(bsz * nd, BM), triton.cdiv(cd, BN))
     _decoder_fwd[grid](z2, w, pos, vis_idx, dec_idx, mask_token.reshape(-1), out, bsz * nv,
                        bsz * nd, nv, nd, ce, cd, nvb, vis_idx.stride(0), vis_idx.stride(1),
-                       dec_idx.stride(0), dec_idx.stride(1), DOT=tl_dtype(dot), MMA=mma_dtype(dot), ACC=tl_dtype(acc),
-                       PREC="ieee", BLOCK_M=BM, BLOCK_N=BN, BLOCK_K=BK)
+                       dec_idx.stride(0), dec_idx.stride(1), DOT=tl_dtype(dot), MMA=mma_dtype(dot),
+                       ACC=tl_dtype(acc), PREC=dot_precision(dot, precision), BLOCK_M=BM, BLOCK_N=BN,
+                       BLOCK_K=BK)
     return out
-
-
-# The backward is three plain GEMM-shaped reductions, the same on every face.
-decoder_backward = decoder_grads
-
-
-def decoder_input(z, proj_weight, pos_table, vis_idx, dec_idx, mask_token):
-    """The decoder sequence (B, N_vis + N_dec, C_d): visible tokens first, mask tokens last."""
-    return autograd.decoder_input(sys.modules[__name__], z, proj_weight, pos_table, vis_idx,
-                                  dec_idx, mask_token)
