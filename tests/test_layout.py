@@ -91,7 +91,8 @@ def test_no_entry_point_imports_another():
 
 
 TOOLS = PKG / "data" / "tools"
-# `python -m` paths of the tools before they had their own subpackage, answered for one release
+# `python -m` paths that answer with a tool's command for one release, so that scripts written for
+# them keep running
 OLD_COMMANDS = {"vmae2_fast.data.index": "vmae2_fast.data.tools.index",
                 "vmae2_fast.data.reencode": "vmae2_fast.data.tools.reencode",
                 "vmae2_fast.data.k710": "vmae2_fast.data.tools.k710"}
