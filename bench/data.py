@@ -6,7 +6,7 @@ workers and DALI pipelines, on the same videos, in one run.
     python bench/data.py --codecs h264 --loaders dali-gpu --dali-instances 1 2 4 --workers 4 8
 
 The source videos (synthetic, or a folder of yours) are re-encoded once per ``--codecs`` entry
-with the re-encoder (`vmae2_fast.data.reencode`: short side at most 320, a keyframe every
+with the re-encoder (`vmae2_fast.data.tools.reencode`: short side at most 320, a keyframe every
 ``--gop`` frames), so every codec has the same frames. Loaders, all producing the pre-training
 batch (B x K views, 3, T, S, S) with the same sampling:
 
@@ -46,9 +46,9 @@ from vmae2_fast.data.index import dali_cannot_decode  # noqa: E402
 from vmae2_fast.data.lists import VideoEntry  # noqa: E402
 from vmae2_fast.data.loaders import PyAVLoader  # noqa: E402
 from vmae2_fast.data.pyav.pretrain import PretrainVideoDataset, pretrain_collate  # noqa: E402
-from vmae2_fast.data.reencode import reencode_list  # noqa: E402
+from vmae2_fast.data.tools.reencode import reencode_list  # noqa: E402
 from vmae2_fast.data.sampler import GlobalBatchSampler  # noqa: E402
-from vmae2_fast.data.transcode import EncodeSettings  # noqa: E402
+from vmae2_fast.data.tools.transcode import EncodeSettings  # noqa: E402
 
 VIDEO_EXT = (".mp4", ".webm", ".mkv", ".avi", ".mov")
 SEED = 0
@@ -102,7 +102,7 @@ def time_loader(loader, videos, keys, args, seeks: bool) -> dict:
     clips, t0 = 0, time.perf_counter()
     for e in range(1, args.epochs + 1):
         for batch in loader(e):
-            clips += batch[0].shape[0]
+            clips += batch.video.shape[0]
     dt = time.perf_counter() - t0
     steps = loader.steps_per_epoch
     counts = [decoded_frames(videos, keys, SEED, e, steps, args.batch_size, args.frames, args.rate, seeks)

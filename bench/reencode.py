@@ -2,7 +2,7 @@
 
     python bench/reencode.py [--workers 2] [--repeats 15]
 
-1. Encode speed (frames/s, files/s) of ``python -m vmae2_fast.data.reencode`` with its defaults
+1. Encode speed (frames/s, files/s) of ``python -m vmae2_fast.data.tools.reencode`` with its defaults
    (short side 320, GOP 16), for H.264 and VP9, on the embedded dataset
    (``ensure_synthetic_dataset()``'s pre-training list: 384 VP9 videos of 48 frames, 80x80, kept
    at that size) and on copies of a 10 s 640x360 30 fps H.264 clip (made here, keyframes every
@@ -33,8 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine_name  # noqa: E402
 
 from vmae2_fast.data import ensure_synthetic_dataset  # noqa: E402
-from vmae2_fast.data.reencode import reencode_list  # noqa: E402
-from vmae2_fast.data.transcode import EncodeSettings  # noqa: E402
+from vmae2_fast.data.tools.reencode import reencode_list  # noqa: E402
+from vmae2_fast.data.tools.transcode import EncodeSettings  # noqa: E402
 
 W, H, FPS, SECONDS = 640, 360, 30, 10
 CLIP_FRAMES, CLIP_STRIDE = 16, 4

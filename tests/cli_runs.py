@@ -7,6 +7,8 @@ from pathlib import Path
 
 import torch
 
+from vmae2_fast.data.batches import map_tensors
+
 
 def as_argv(flags: dict) -> list:
     """{'batch_size': 4, 'progress': False} -> ['--batch-size', '4', '--no-progress']."""
@@ -51,7 +53,7 @@ class FirstBatchSpy:
 
         def spy(stage, model, batch):
             if self.batch is None:
-                self.batch = [b.clone() if torch.is_tensor(b) else b for b in batch]
+                self.batch = map_tensors(batch, torch.clone)
                 self.stage = stage
                 gen = getattr(stage, "mask_gen", None)
                 self.mask_state = gen.get_state() if gen is not None else None

@@ -17,6 +17,7 @@ def build_case(name: str, dist: DistInfo):
     from vmae2_fast.stages.classify import ClassifyStage
     from vmae2_fast.config import PretrainConfig
     from vmae2_fast.config import FinetuneConfig
+    from vmae2_fast.data.batches import ClassifyBatch, PretrainBatch
     from vmae2_fast.models import build_classifier, build_pretrain_model
     from vmae2_fast.stages.pretrain import PretrainStage
     torch.manual_seed(0)
@@ -27,7 +28,7 @@ def build_case(name: str, dist: DistInfo):
         model = build_pretrain_model("vit_micro", img_size=64, num_frames=4).double()
         cfg = PretrainConfig(model="vit_micro", input_size=64, num_frames=4, mask_ratio=0.75,
                              decoder_mask_ratio=0.5, seed=5)
-        return model, PretrainStage(model, cfg, cpu, dist), [video]
+        return model, PretrainStage(model, cfg, cpu, dist), PretrainBatch(video)
     if name == "classify":
         model = build_classifier("vit_micro", 6, img_size=64, num_frames=4).double()
         with torch.no_grad():           # a real head (the official init scale 0.001 makes it ~0)
@@ -35,5 +36,5 @@ def build_case(name: str, dist: DistInfo):
         cfg = FinetuneConfig(model="vit_micro", input_size=64, num_frames=4, mixup=0.0, cutmix=0.0,
                              smoothing=0.1, seed=5)
         labels = torch.tensor([0, 3, 5, 1])
-        return model, ClassifyStage(model, cfg, cpu, dist), [video, labels, []]   # no erasing
+        return model, ClassifyStage(model, cfg, cpu, dist), ClassifyBatch(video, labels)   # no erasing
     raise ValueError(f"unknown case {name!r}; choose one of {CASES}")

@@ -17,6 +17,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ddp_grad_cases import SGD_LR, build_case  # noqa: E402
+from vmae2_fast.data.batches import map_tensors  # noqa: E402
 from vmae2_fast.train.distributed import cleanup, init_distributed  # noqa: E402
 
 
@@ -30,8 +31,8 @@ def main() -> None:
     try:
         for case in args.cases:
             model, stage, batch = build_case(case, dist)
-            b = batch[0].shape[0] // dist.world_size
-            local = [x[dist.rank * b:(dist.rank + 1) * b] for x in batch]
+            b = batch.video.shape[0] // dist.world_size
+            local = map_tensors(batch, lambda x: x[dist.rank * b:(dist.rank + 1) * b])
             wrapped = DistributedDataParallel(model)   # kept alive: its hooks average the grads
             loss, _ = stage.compute_loss(wrapped, local)
             loss.backward()

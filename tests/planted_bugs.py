@@ -137,6 +137,20 @@ BUGS = [
         ("tests/test_optim.py",),
         "a wrapped model's groups list their parameters in another order: a loaded state goes to "
         "the wrong parameters (load_state_dict accepts it: same group sizes)"),
+    Bug("batch-skips-not-recorded", "vmae2_fast/train/loop.py",
+        edit("            self.skips.add(b.skipped)\n", "            self.skips.add(())\n"),
+        ("tests/test_records.py::test_a_corpus_with_ten_percent_bad_videos_trains_to_the_end",),
+        "the loop reads the batch but not its skipped videos: bad files are never counted or listed"),
+    Bug("batch-noise-not-pinned", "vmae2_fast/data/batches.py",
+        edit("    if isinstance(obj, list):\n        return [map_tensors(x, fn) for x in obj]\n", ""),
+        ("tests/test_batches.py",),
+        "pin-memory and the copy-ahead feed skip the erasing noise (a list in ClassifyBatch): it "
+        "crosses to the GPU inside the step, from pageable memory"),
+    Bug("pyav-erasing-box-transposed", "vmae2_fast/data/transforms.py",
+        edit("    box = random_erasing_box(h, w, rng, prob)\n", "    box = random_erasing_box(w, h, rng, prob)\n"),
+        ("tests/test_finetune_data.py",),
+        "the PyAV erasing rectangle is drawn for a transposed frame: another draw than DALI's, and "
+        "out of bounds on non-square clips"),
     Bug("triton-accepts-cpu-tensors", "kernels/_common.py",
         edit('if dev.type == "cpu" and not interpreter_active():', "if False:"),
         ("tests/test_ops_backends.py::test_triton_refuses_plain_cpu_tensors_without_the_interpreter",),

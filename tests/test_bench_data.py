@@ -52,7 +52,7 @@ def test_fed_step_mode_refuses_a_missing_list(tmp_path, capsys):
 
 def test_keyframes_of_a_reencoded_file_are_every_gop_frames(tiny_synthetic, tmp_path):
     """The keyframe positions the decoded-frames count uses, against the decoder's own flags."""
-    from vmae2_fast.data.transcode import EncodeSettings, transcode
+    from vmae2_fast.data.tools.transcode import EncodeSettings, transcode
     src = Path(tiny_synthetic.root) / Path(tiny_synthetic.pretrain_list).read_text().split()[0]
     dst = tmp_path / "gop8.mp4"
     transcode(str(src), str(dst), EncodeSettings(codec="h264", gop=8))

@@ -107,8 +107,9 @@ def test_mixed_batches_are_dali_and_pyav_rows_in_the_global_order(lists, caplog)
     ref = list(loader(vp9)(1))
     assert len(got) == len(ref) == len(order) == len(mix) // 4
     seen = {"dali": 0, "pyav": 0}
-    for (video, skipped), (want, _), idxs in zip(got, ref, order):
-        assert video.shape == (8, 3, T, S, S) and video.dtype == torch.uint8 and skipped == ()
+    for batch, want, idxs in zip(got, ref, order):
+        video, want = batch.video, want.video
+        assert video.shape == (8, 3, T, S, S) and video.dtype == torch.uint8 and batch.skipped == ()
         for j, i in enumerate(idxs):
             rows = video[2 * j:2 * j + 2]
             if mix[i].codec == "h264":
@@ -134,7 +135,7 @@ def test_forced_dali_leaves_them_out_and_names_the_reencode_command(lists, caplo
     n_h264 = sum(v.codec == "h264" for v in mix)
     assert forced.num_videos == len(mix) - n_h264 and not forced.pyav_paths
     assert f"cannot decode {n_h264} of {len(mix)} videos (codec h264: {n_h264}); they are left out" in caplog.text
-    assert f"python -m vmae2_fast.data.reencode {list_file} --data-root {root} --out-root" in caplog.text
+    assert f"python -m vmae2_fast.data.tools.reencode {list_file} --data-root {root} --out-root" in caplog.text
     assert "--decoder auto" in caplog.text
     cfg.decoder = "auto"
     auto = pretrain_loader(mix, index, cfg, dist, torch.device("cpu"), "dali")
@@ -152,9 +153,9 @@ def test_a_corrupt_fallback_file_is_replaced_in_training_and_dropped_in_evaluati
     dl = loader(good + [bad], fallback=True, batch_size=2, num_views=1, sampling_rate=7)
     skipped = []
     for epoch in range(3):
-        for video, sk in dl(epoch):
-            assert video.shape == (2, 3, T, S, S)
-            skipped += sk
+        for batch in dl(epoch):
+            assert batch.video.shape == (2, 3, T, S, S)
+            skipped += batch.skipped
     assert dl.bad == {bad.path} and "PyAV cannot decode it either" in dl.reasons[bad.path]
     assert skipped and {p for p, _ in skipped} == {bad.path} and dl.skipped_total == len(skipped)
     labelled = [IndexedVideo(v.path, v.rel, v.frames, v.fps, v.codec, v.width, v.height, label=k,
@@ -162,9 +163,9 @@ def test_a_corrupt_fallback_file_is_replaced_in_training_and_dropped_in_evaluati
     ev = loader(labelled[:2] + [bad] + labelled[2:], fallback=True, mode="test", batch_size=3,
                 num_views=1, test_segments=1)
     batches = list(ev(0))
-    assert [p for b in batches for p in b[3]] == [v.path for v in labelled]     # dropped, no stand-in
-    assert torch.cat([b[1] for b in batches]).tolist() == list(range(len(labelled)))
-    assert [s[0] for b in batches for s in b[2]] == [bad.path] and ev.skipped_total == 1
+    assert [p for b in batches for p in b.paths] == [v.path for v in labelled]     # dropped, no stand-in
+    assert torch.cat([b.labels for b in batches]).tolist() == list(range(len(labelled)))
+    assert [s[0] for b in batches for s in b.skipped] == [bad.path] and ev.skipped_total == 1
 
 
 def test_finetune_and_eval_modes_mix_too(lists):
@@ -173,9 +174,9 @@ def test_finetune_and_eval_modes_mix_too(lists):
                                    label=k % 6, pix_fmt=v.pix_fmt) for k, v in enumerate(vs)]
     ft = loader(lab(mix), fallback=True, mode="finetune", batch_size=3, erase_prob=0.5)
     n = 0
-    for video, labels, erasures, skipped in ft(0):
-        assert video.shape == (6, 3, T, S, S) and video.dtype == torch.uint8 and len(labels) == 6
-        assert all(0 <= e[0] < 6 for e in erasures)
+    for batch in ft(0):
+        assert batch.video.shape == (6, 3, T, S, S) and batch.video.dtype == torch.uint8
+        assert len(batch.labels) == 6 and all(0 <= e[0] < 6 for e in batch.erasures)
         n += 1
     assert n == len(mix) // 3 and ft.decoded["pyav"] > 0
     # validation: every video once, in list order; the fallback rows are the DALI graph's
@@ -183,8 +184,8 @@ def test_finetune_and_eval_modes_mix_too(lists):
     # decoders' colour conversion
     got = list(loader(lab(mix), fallback=True, mode="val", batch_size=5, num_views=1)(0))
     ref = list(loader(lab(vp9), mode="val", batch_size=5, num_views=1)(0))
-    assert [p for b in got for p in b[3]] == [v.path for v in mix]
-    a, b = (torch.cat([x[0] for x in r]).float() for r in (got, ref))
+    assert [p for b in got for p in b.paths] == [v.path for v in mix]
+    a, b = (torch.cat([x.video for x in r]).float() for r in (got, ref))
     h264_rows = torch.tensor([v.codec == "h264" for v in mix])
     assert torch.equal(a[~h264_rows], b[~h264_rows])
     assert (a[h264_rows] - b[h264_rows]).abs().mean() < 6        # grey levels: decoder + x264 loss

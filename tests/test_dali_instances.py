@@ -1,4 +1,6 @@
 """Several DALI pipelines give the batches of one pipeline; host-to-device transfer plans."""
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -31,14 +33,16 @@ def loader(videos, **kw):
 
 
 def same(a, b):
+    """Two lists of batches are equal, field by field."""
     assert len(a) == len(b)
     for x, y in zip(a, b):
-        assert len(x) == len(y)
-        for u, v in zip(x, y):
-            if isinstance(u, (list, tuple)):   # evaluation paths; skipped (path, reason) pairs
-                assert u == v
-            else:
+        assert type(x) is type(y)
+        for f in dataclasses.fields(x):
+            u, v = getattr(x, f.name), getattr(y, f.name)
+            if isinstance(u, torch.Tensor):
                 assert u.shape == v.shape and torch.equal(u, v)
+            else:        # paths, skipped (path, reason) pairs, erasing boxes (noise drawn on the device)
+                assert u == v
 
 
 def test_two_instances_give_the_same_batches_in_the_same_order(videos):
@@ -54,7 +58,7 @@ def test_two_instances_give_the_same_batches_in_the_same_order(videos):
     same(list(loader(videos, decoder_instances=2)(3, 2)), ref[2:])
     same(list(one(3, 2)), ref[2:])
     # another epoch, another order; and batches differ from the epoch before
-    assert not torch.equal(list(loader(videos, decoder_instances=2)(4))[0][0], ref[0][0])
+    assert not torch.equal(list(loader(videos, decoder_instances=2)(4))[0].video, ref[0].video)
 
 
 def test_instances_in_test_and_finetune_modes(videos):
@@ -88,7 +92,7 @@ def test_leaving_an_epoch_early_does_not_leak_into_the_next(videos):
     dl = loader(videos, decoder_instances=2)
     ref = list(loader(videos)(1))
     first = next(iter(dl(0)))
-    assert first[0].shape == (4, 3, T, S, S)
+    assert first.video.shape == (4, 3, T, S, S)
     same(list(dl(1)), ref)
 
 
@@ -107,7 +111,7 @@ def test_transfer_plan():
 def test_cpu_only_training_uses_plain_host_copies(videos):
     dl = loader(videos, target_device=torch.device("cpu"))
     assert dl.transfer == "host"
-    video, _ = next(iter(dl(0)))
+    video = next(iter(dl(0))).video
     assert video.device.type == "cpu" and not video.is_pinned() and video.dtype == torch.uint8
 
 
@@ -125,7 +129,8 @@ def test_cpu_decode_for_cuda_training_goes_through_pinned_memory(videos):
     dl = loader(videos, target_device=torch.device("cuda", 0), decoder_instances=2)
     assert dl.transfer == "pinned"
     got = list(dl(2))
-    for (v, n), (r, m) in zip(got, ref):
-        assert v.device.type == "cuda" and v.dtype == torch.uint8 and torch.equal(v.cpu(), r)
-        assert n == m
+    for b, want in zip(got, ref):
+        v = b.video
+        assert v.device.type == "cuda" and v.dtype == torch.uint8 and torch.equal(v.cpu(), want.video)
+        assert b.skipped == want.skipped
     assert pinned_copy(np.zeros((2, 3), np.uint8)).is_pinned()

@@ -7,6 +7,7 @@ import torch
 
 import needs
 from vmae2_fast.data import VideoEntry, PretrainVideoDataset
+from vmae2_fast.data.batches import ClassifyBatch, EvalBatch, PretrainBatch
 from vmae2_fast.data.dali.pipeline import DaliVideoLoader
 from vmae2_fast.data.index import IndexedVideo, build_index
 from vmae2_fast.data.pixels import normalize_on_device
@@ -39,7 +40,7 @@ def loader(videos, **kw):
 def test_indices_and_boxes_are_the_official_sampler(videos):
     dl = loader(videos)
     for i in range(len(videos)):
-        s = dl._sample(3, i, 0)
+        s = dl.planner.sample(3, i, 0)
         rng = np.random.default_rng([7, 3, i, 0])
         v = videos[i]
         assert np.array_equal(s.frames, pretrain_frame_indices(v.frames, T, R, rng))
@@ -58,9 +59,11 @@ def test_output_equals_cpu_path(videos):
     order = [[i for _, i in b] for b in dl.sampler]
     batches = list(dl(1))
     assert len(batches) == len(order) == len(videos) // 4
-    for (video, n_skipped), idxs in zip(batches, order):
+    for batch, idxs in zip(batches, order):
+        assert isinstance(batch, PretrainBatch)
+        video = batch.video
         assert video.shape == (8, 3, T, S, S) and video.dtype == torch.uint8
-        assert n_skipped == ()
+        assert batch.skipped == ()
         ref = torch.cat([ds[i][0] for i in idxs])
         assert ref.dtype == torch.uint8
         video, ref = normalize_on_device(video), normalize_on_device(ref)
@@ -120,7 +123,8 @@ def test_corrupt_and_truncated_files_are_skipped_and_counted(videos, tmp_path):
     dl = loader(good + bad, batch_size=2, num_views=1, sampling_rate=7)
     skipped = 0
     for epoch in range(2):
-        for video, n in dl(epoch):
+        for batch in dl(epoch):
+            video, n = batch.video, batch.skipped
             assert video.shape == (2, 3, T, S, S) and torch.isfinite(video).all()
             skipped += len(n)
             assert all(p in {b.path for b in bad} and "DALI" in r for p, r in n)
@@ -132,19 +136,21 @@ def test_sharding_covers_every_video_once_and_resume_skips(videos):
     n = len(videos)
     for world in (1, 2, 3):
         ranks = [loader(videos, batch_size=2, world_size=world, rank=r) for r in range(world)]
-        seen = [i for dl in ranks for b in dl._batches(5, 0) for i in b]
+        seen = [i for dl in ranks for b in dl.batch_indices(5, 0) for i in b]
         per_epoch = (n // (2 * world)) * 2 * world
         assert len(seen) == len(set(seen)) == per_epoch
-    a = [list(b) for b in loader(videos, batch_size=2)._batches(5, 0)]
-    b = [list(b) for b in loader(videos, batch_size=2)._batches(5, 2)]
-    assert a[2:] == b and a != [list(x) for x in loader(videos, batch_size=2)._batches(6, 0)]
+    a = [list(b) for b in loader(videos, batch_size=2).batch_indices(5, 0)]
+    b = [list(b) for b in loader(videos, batch_size=2).batch_indices(5, 2)]
+    assert a[2:] == b and a != [list(x) for x in loader(videos, batch_size=2).batch_indices(6, 0)]
 
 
 def test_finetune_and_test_views(videos):
     labelled = [IndexedVideo(v.path, v.rel, v.frames, v.fps, v.codec, v.width, v.height, label=k % 6)
                 for k, v in enumerate(videos[:4])]
     ft = loader(labelled, mode="finetune", batch_size=2, rand_augment=(4, 7), erase_prob=1.0)
-    video, labels, erasures, n = next(iter(ft(0)))
+    batch = next(iter(ft(0)))
+    assert isinstance(batch, ClassifyBatch)
+    video, labels, erasures = batch.video, batch.labels, batch.erasures
     assert video.shape == (4, 3, T, S, S) and labels.tolist()[::2] == labels.tolist()[1::2]
     # cube erasing travels as boxes; the noise is N(0, 1) in NORMALISED space, drawn on the device
     assert video.dtype == torch.uint8 and erasures and all(e[-1] is None for e in erasures)
@@ -157,10 +163,11 @@ def test_finetune_and_test_views(videos):
     assert noise.numel() > 200 and abs(noise.mean()) < 0.25 and 0.8 < noise.std() < 1.2
     te = loader(labelled, mode="test", batch_size=3, num_views=3, test_segments=2)
     out = list(te(0))
-    assert [o[0].shape[0] for o in out] == [3 * 6, 1 * 6]          # last batch is partial
-    assert torch.cat([o[1] for o in out]).tolist() == [v.label for v in labelled]
+    assert all(isinstance(o, EvalBatch) for o in out)
+    assert [o.video.shape[0] for o in out] == [3 * 6, 1 * 6]          # last batch is partial
+    assert torch.cat([o.labels for o in out]).tolist() == [v.label for v in labelled]
     # one decode, S x C views: temporal windows differ, the C crops of one window overlap
-    v = out[0][0].view(3, 2, 3, 3, T, S, S)
+    v = out[0].video.view(3, 2, 3, 3, T, S, S)
     assert not torch.equal(v[0, 0, 0], v[0, 1, 0])
 
 
@@ -196,9 +203,9 @@ def test_val_and_test_views_equal_the_cpu_path(videos):
     test = list(loader(labelled, mode="test", batch_size=2, num_views=3, test_segments=2)(0))
     cpu_test = VideoTestDataset(items, T, R, S, S, segments=2, crops=3)
     for batches, cpu, views in ((val, cpu_val, 1), (test, cpu_test, 6)):
-        assert [p for b in batches for p in b[3]] == [v.path for v in labelled]    # every video once
-        assert torch.cat([b[1] for b in batches]).tolist() == [v.label for v in labelled]
-        got = normalize_on_device(torch.cat([b[0] for b in batches]))
+        assert [p for b in batches for p in b.paths] == [v.path for v in labelled]    # every video once
+        assert torch.cat([b.labels for b in batches]).tolist() == [v.label for v in labelled]
+        got = normalize_on_device(torch.cat([b.video for b in batches]))
         ref = normalize_on_device(torch.cat([cpu[i][0] for i in range(len(items))]))
         assert got.shape == ref.shape == (len(items) * views, 3, T, S, S)
         diff = (got - ref).abs().mean()
@@ -217,9 +224,9 @@ def test_eval_modes_drop_unreadable_videos_instead_of_replacing_them(videos, tmp
     order = labelled[:1] + [bad] + labelled[1:]
     dl = loader(order, mode="test", batch_size=2, num_views=1, test_segments=1)
     batches = list(dl(0))
-    paths = [p for b in batches for p in b[3]]
+    paths = [p for b in batches for p in b.paths]
     assert paths == [v.path for v in labelled]                 # the bad file is left out, no stand-in
-    assert [s[0] for b in batches for s in b[2]] == [bad.path] and dl.skipped_total == 1
+    assert [s[0] for b in batches for s in b.skipped] == [bad.path] and dl.skipped_total == 1
     assert dl.bad == {bad.path}
     again = list(dl(0))                                        # known bad: dropped without decoding
-    assert [p for b in again for p in b[3]] == paths and dl.skipped_total == 2
+    assert [p for b in again for p in b.paths] == paths and dl.skipped_total == 2

@@ -56,7 +56,7 @@ def test_first_logged_loss_is_kl_teacher_to_student_at_the_temperature(tiny_synt
     assert distill.main(distill_argv(tiny_synthetic, tmp_path / "d", teacher_path, student_path,
                                      max_steps=1, distill_temperature=tau, **FROZEN_LR)) == 0
     logged = train_records(tmp_path / "d")[0]["loss"]
-    video = normalize_on_device(spy.batch[0], erase=spy.batch[2])   # the stage's model input
+    video = normalize_on_device(spy.batch.video, erase=spy.batch.erasures)   # the stage's model input
     teacher = build_classifier("vit_micro", 6, img_size=32, num_frames=4).eval()
     teacher.load_state_dict(torch.load(teacher_path, weights_only=True)["model"])
     student = build_classifier("vit_micro", 6, img_size=32, num_frames=4).eval()

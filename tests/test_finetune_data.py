@@ -4,11 +4,13 @@ import pytest
 import torch
 from PIL import Image, ImageEnhance
 
-from vmae2_fast.data.clip_sampling import (finetune_frame_indices, random_resized_crop_box,
-                                           sparse_frame_indices)
-from vmae2_fast.data.pyav.classify import VideoClsDataset, cls_collate
-from vmae2_fast.data.transforms import cube_random_erasing
+from vmae2_fast.data.batches import ClassifyBatch
+from vmae2_fast.data.clip_sampling import (finetune_frame_indices, random_erasing_box,
+                                           random_resized_crop_box, sparse_frame_indices)
 from vmae2_fast.data.lists import read_cls_list
+from vmae2_fast.data.pixels import normalize_on_device
+from vmae2_fast.data.pyav.classify import VideoClsDataset, cls_collate
+from vmae2_fast.data.transforms import draw_cube_erasure
 from vmae2_fast.data.pyav.randaugment import VideoRandAugment, parse_policy
 
 
@@ -105,18 +107,35 @@ def test_randaugment_full_policy_changes_clips_identically_per_frame():
     assert changed >= 8                               # 4 ops at p=0.5: all skipped 1 time in 16
 
 
-def test_cube_erasing_same_box_every_frame():
-    x = torch.zeros(3, 4, 32, 32)
-    y = cube_random_erasing(x, np.random.default_rng(1), prob=1.0)
-    changed = (y != 0).any(0)
-    assert changed.any() and torch.equal(changed, changed[:1].expand_as(changed))
+@pytest.mark.parametrize("h, w", [(32, 32), (24, 40)])
+def test_cube_erasing_same_box_every_frame_and_the_draw_dali_makes(h, w):
+    """The PyAV path's erasure is DALI's rectangle (`clip_sampling.random_erasing_box`, the same
+    draws from the same generator) plus its noise drawn next; pasted after normalisation, it
+    changes the same rectangle of every frame and nothing else."""
+    for seed in range(20):
+        got = draw_cube_erasure(4, h, w, np.random.default_rng(seed), prob=1.0)
+        box = random_erasing_box(h, w, np.random.default_rng(seed), 1.0)
+        if box is None:                     # ten tries without a fitting box: no erasing at all
+            assert got is None
+            continue
+        y0, x0, eh, ew, noise = got
+        assert (y0, x0, eh, ew) == box and noise.shape == (3, 4, eh, ew)
+        assert 0 <= y0 and y0 + eh <= h and 0 <= x0 and x0 + ew <= w
+        x = torch.zeros(1, 3, 4, h, w, dtype=torch.uint8)
+        diff = normalize_on_device(x, erase=[(0, *got)])[0] - normalize_on_device(x)[0]
+        changed = (diff != 0).any(0)
+        assert changed.any() and torch.equal(changed, changed[:1].expand_as(changed))
+        assert not changed[:, :y0].any() and not changed[:, :, :x0].any()
+    assert draw_cube_erasure(4, h, w, np.random.default_rng(0), prob=0.0) is None
 
 
 def test_dataset_items(tiny_synthetic):
     items = read_cls_list(tiny_synthetic.train_list, tiny_synthetic.root)
     tr = VideoClsDataset(items, True, num_frames=4, sampling_rate=2, input_size=32, num_sample=2)
     va = VideoClsDataset(items, False, num_frames=4, sampling_rate=2, input_size=32, short_side_size=32)
-    clips, labels, erasures, skipped = cls_collate([tr[0], tr[1]])
+    batch = cls_collate([tr[0], tr[1]])
+    assert isinstance(batch, ClassifyBatch)
+    clips, labels, erasures, skipped = batch.video, batch.labels, batch.erasures, batch.skipped
     assert clips.shape == (4, 3, 4, 32, 32) and labels.tolist() == [items[0][1]] * 2 + [items[1][1]] * 2
     assert clips.dtype == torch.float32 and 0 <= clips.min() and clips.max() <= 255     # pixels
     assert skipped == () and all(0 <= e[0] < 4 for e in erasures)

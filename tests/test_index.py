@@ -4,7 +4,8 @@ import time
 
 import pytest
 
-from vmae2_fast.data.index import StaleIndexError, build_index, index_path, load_index, main
+from vmae2_fast.data.index import StaleIndexError, build_index, index_path, load_index
+from vmae2_fast.data.tools.index import main
 from vmae2_fast.data.pyav.video_io import count_frames
 
 
@@ -40,7 +41,7 @@ def test_index_probes_excludes_and_goes_stale(tiny_synthetic, tmp_path, capsys):
     # a changed file, a changed list and another data root all make the index stale
     time.sleep(0.01)
     (tmp_path / vids[1]).write_bytes(data)
-    with pytest.raises(StaleIndexError, match=f"changed.*{vids[1]}.*python -m vmae2_fast.data.index"):
+    with pytest.raises(StaleIndexError, match=f"changed.*{vids[1]}.*python -m vmae2_fast.data.tools.index"):
         load_index(lst, str(tmp_path))
     build_index(lst, str(tmp_path), progress=False)
     load_index(lst, str(tmp_path))
@@ -73,5 +74,5 @@ def test_pyav_training_refuses_a_stale_index(tiny_synthetic, tmp_path, capsys):
     assert train("stale") == 2
     err = capsys.readouterr().err
     assert "is stale" in err and "list has changed" in err
-    assert f"python -m vmae2_fast.data.index {lst} --data-root {tiny_synthetic.root}" in err
+    assert f"python -m vmae2_fast.data.tools.index {lst} --data-root {tiny_synthetic.root}" in err
     assert not (tmp_path / "stale" / "checkpoint-last.pth").exists()

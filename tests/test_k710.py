@@ -1,7 +1,7 @@
 """Kinetics-710 from three small made-up Kinetics lists."""
 import json
 
-from vmae2_fast.data.k710 import main, youtube_id
+from vmae2_fast.data.tools.k710 import main, youtube_id
 
 
 def w(p, lines):

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from vmae2_fast.data.k710 import main as build_k710
+from vmae2_fast.data.tools.k710 import main as build_k710
 from vmae2_fast.data.label_maps import head_map_from_names, kinetics_head_map
 from vmae2_fast.models import build_classifier
 from vmae2_fast.models.weights import load_classifier_weights

@@ -19,14 +19,32 @@ def module_name(path: Path) -> str:
     return ".".join(parts)
 
 
-def imported_modules(path: Path) -> set:
-    """Absolute names of the vmae2_fast modules `path` imports (relative imports resolved)."""
+def _is_main_guard(node) -> bool:
+    """``if __name__ == "__main__":``, whose body runs only as ``python -m``, never on import."""
+    test = getattr(node, "test", None)
+    return (isinstance(node, ast.If) and isinstance(test, ast.Compare)
+            and isinstance(test.left, ast.Name) and test.left.id == "__name__"
+            and any(isinstance(c, ast.Constant) and c.value == "__main__" for c in test.comparators))
+
+
+def _walk(tree, skip_main: bool):
+    todo = [tree]
+    while todo:
+        node = todo.pop()
+        yield node
+        if not (skip_main and _is_main_guard(node)):
+            todo.extend(ast.iter_child_nodes(node))
+
+
+def imported_modules(path: Path, skip_main: bool = False) -> set:
+    """Absolute names of the vmae2_fast modules `path` imports (relative imports resolved);
+    ``skip_main``: leave out what only its ``if __name__ == "__main__":`` block imports."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
     package = module_name(path).split(".")
     if path.name != "__init__.py":
         package = package[:-1]
     out = set()
-    for node in ast.walk(tree):
+    for node in _walk(tree, skip_main):
         if isinstance(node, ast.Import):
             out |= {a.name for a in node.names if a.name.startswith("vmae2_fast")}
         elif isinstance(node, ast.ImportFrom):
@@ -44,10 +62,10 @@ def modules(subpackage: str):
     return sorted(folder.rglob("*.py")) if subpackage else sorted(folder.glob("*.py"))
 
 
-def offending(paths, forbidden_prefixes):
+def offending(paths, forbidden_prefixes, skip_main: bool = False):
     bad = {}
     for path in paths:
-        hits = sorted(m for m in imported_modules(path)
+        hits = sorted(m for m in imported_modules(path, skip_main)
                       if any(m == f or m.startswith(f + ".") for f in forbidden_prefixes))
         if hits:
             bad[str(path.relative_to(ROOT))] = hits
@@ -70,6 +88,48 @@ def test_no_entry_point_imports_another():
     others = [p for p in modules("") if p.stem not in ENTRY_POINTS] + modules("stages") + \
         modules("train") + modules("data") + modules("models") + modules("ops")
     assert offending(others, forbidden) == {}, "library code must not import a command-line module"
+
+
+TOOLS = PKG / "data" / "tools"
+# `python -m` paths that answer with a tool's command for one release, so that scripts written for
+# them keep running
+OLD_COMMANDS = {"vmae2_fast.data.index": "vmae2_fast.data.tools.index",
+                "vmae2_fast.data.reencode": "vmae2_fast.data.tools.reencode",
+                "vmae2_fast.data.k710": "vmae2_fast.data.tools.k710"}
+
+
+def runtime_modules():
+    """Every module of the package except the offline tools."""
+    return [p for p in sorted(PKG.rglob("*.py")) if TOOLS not in p.parents]
+
+
+def test_runtime_never_imports_the_offline_tools():
+    """The offline tools (re-encoder, transcoder, K710 builder, index command) are run by hand
+    before training: no module a run loads imports them. A ``python -m`` block that forwards an
+    old command path to its tool is not an import of the runtime."""
+    assert TOOLS.is_dir() and (TOOLS / "reencode.py").is_file()
+    assert offending(runtime_modules(), ["vmae2_fast.data.tools"], skip_main=True) == {}
+
+
+def test_the_index_and_the_sampling_rules_know_no_decoder():
+    """What every decoder shares (lists, the index, the media naming and error, the batch order,
+    the clip sampling rules, the typed batches) imports neither decoder package: a type both
+    decoders use has its home outside both."""
+    neutral = [PKG / "data" / f"{name}.py" for name in
+               ("lists", "index", "media", "sampler", "clip_sampling", "batches", "pixels")]
+    assert all(p.exists() for p in neutral)
+    assert offending(neutral, ["vmae2_fast.data.pyav", "vmae2_fast.data.dali"], skip_main=True) == {}
+
+
+@pytest.mark.parametrize("old", sorted(OLD_COMMANDS))
+def test_old_tool_commands_still_answer(old):
+    """``python -m`` with a tool's old path runs the tool (its help names the new path)."""
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-m", old, "--help"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert f"python -m {OLD_COMMANDS[old]}" in out.stdout
 
 
 def test_kernels_stand_alone():
@@ -183,12 +243,16 @@ def test_train_and_ops_do_not_import_stages_or_data():
     assert offending(modules("train") + modules("ops"), ["vmae2_fast.stages", "vmae2_fast.data"]) == {}
 
 
-@pytest.mark.parametrize("rule", [test_data_plane_knows_no_training_loop, test_models_import_neither_data_nor_train])
+@pytest.mark.parametrize("rule", [test_data_plane_knows_no_training_loop, test_models_import_neither_data_nor_train,
+                                  test_runtime_never_imports_the_offline_tools])
 def test_the_checker_catches_a_planted_import(rule, tmp_path, monkeypatch):
     """The rules can fail: a module that imports across the line is reported."""
-    target = "data" if rule is test_data_plane_knows_no_training_loop else "models"
+    target, line = {test_data_plane_knows_no_training_loop: ("data", "from ..train import loop"),
+                    test_models_import_neither_data_nor_train: ("models", "from ..train import loop"),
+                    test_runtime_never_imports_the_offline_tools: ("stages", "from ..data.tools import k710"),
+                    }[rule]
     planted = PKG / target / "_planted_for_test.py"
-    planted.write_text("from ..train import loop  # noqa\n")
+    planted.write_text(line + "  # noqa\n")
     try:
         with pytest.raises(AssertionError):
             rule()
@@ -218,5 +282,5 @@ def test_every_module_imports_without_pyav(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     needs = json.loads(out.stdout.strip().splitlines()[-1])
     # the re-encoder and its transcoder are video tools through and through: they import av at once
-    assert set(needs) <= {"vmae2_fast.data.transcode", "vmae2_fast.data.reencode"}, needs
+    assert set(needs) <= {"vmae2_fast.data.tools.transcode", "vmae2_fast.data.tools.reencode"}, needs
     assert "vmae2_fast.data" in modules and "vmae2_fast.stages.pretrain" in modules

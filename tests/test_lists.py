@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from vmae2_fast.data.lists import read_cls_list, read_list, read_pretrain_list
+from vmae2_fast.data.lists import read_cls_list, read_list
 
 
 def write(tmp_path, text, name="list.csv"):
@@ -14,12 +14,12 @@ def write(tmp_path, text, name="list.csv"):
 
 def test_pretrain_list_format_and_data_root(tmp_path):
     f = write(tmp_path, "videos/a.mp4 0 -1\n/abs/b.webm 1 120\n\nframes/c 1 64 0\n")
-    items = read_pretrain_list(f, data_root="/data")
+    items = read_list(f, data_root="/data")
     assert [(e.path, e.start, e.total) for e in items] == [
         ("/data/videos/a.mp4", 0, -1),
         ("/abs/b.webm", 1, 120),       # absolute path kept
         ("/data/frames/c", 1, 64)]     # 4th field ignored
-    assert read_pretrain_list(f)[0].path == "videos/a.mp4"     # no root: unchanged
+    assert read_list(f)[0].path == "videos/a.mp4"     # no root: unchanged
 
 
 def test_cls_list_format(tmp_path):
@@ -36,7 +36,7 @@ def test_cls_list_format(tmp_path):
 def test_pretrain_malformed_line_names_file_and_line(tmp_path, text, lineno):
     f = write(tmp_path, text)
     with pytest.raises(ValueError) as err:
-        read_pretrain_list(f)
+        read_list(f)
     msg = str(err.value)
     assert f"{f}:{lineno}:" in msg
     assert text.splitlines()[lineno - 1].strip() in msg
@@ -54,7 +54,7 @@ def test_cls_malformed_line(tmp_path):
 def test_missing_file(tmp_path):
     missing = str(tmp_path / "nope.csv")
     with pytest.raises(FileNotFoundError, match="nope.csv"):
-        read_pretrain_list(missing)
+        read_list(missing)
     with pytest.raises(FileNotFoundError, match="nope.csv"):
         read_cls_list(missing)
 
@@ -62,7 +62,7 @@ def test_missing_file(tmp_path):
 def test_empty_list(tmp_path):
     f = write(tmp_path, "\n  \n")
     with pytest.raises(ValueError, match="empty"):
-        read_pretrain_list(f)
+        read_list(f)
     with pytest.raises(ValueError, match="empty"):
         read_cls_list(f)
 
@@ -88,7 +88,7 @@ def test_csv_without_header_and_with_path_label_header(tmp_path):
     expected = [(os.path.join("/r", "a.mp4"), 3), (os.path.join("/r", "b c.mp4"), 0)]
     assert read_cls_list(write(tmp_path, "a.mp4,3\nb c.mp4,0\n", "n.csv"), "/r") == expected
     assert read_cls_list(write(tmp_path, "path,label\na.mp4,3\nb c.mp4,0\n", "h.csv"), "/r") == expected
-    pre = read_pretrain_list(write(tmp_path, "a.mp4,2,40\n", "p.csv"))
+    pre = read_list(write(tmp_path, "a.mp4,2,40\n", "p.csv"))
     assert [(e.path, e.start, e.total) for e in pre] == [("a.mp4", 2, 40)]
     with pytest.raises(ValueError, match="n2.csv:2:.*integer"):
         read_cls_list(write(tmp_path, "a.mp4,3\nb.mp4,x\n", "n2.csv"))
@@ -97,6 +97,6 @@ def test_csv_without_header_and_with_path_label_header(tmp_path):
 def test_classification_reader_needs_labels_and_reads_frame_lists(tmp_path):
     # three fields with labels wanted: the official raw-frame format `frame_dir total label`
     assert read_cls_list(write(tmp_path, "frames/a 64 5\n", "r.txt"), "/d") == [("/d/frames/a", 5)]
-    assert read_pretrain_list(write(tmp_path, "a.mp4 3\n", "c.txt"))[0].label == 3
+    assert read_list(write(tmp_path, "a.mp4 3\n", "c.txt"))[0].label == 3
     with pytest.raises(ValueError, match="no label"):
         read_cls_list(write(tmp_path, "path,start\na.mp4,0\n", "nolabel.csv"))

@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+from vmae2_fast.data.batches import PretrainBatch
 from vmae2_fast.masking import DualMasking
 from vmae2_fast.models import build_pretrain_model
 from vmae2_fast.train.distributed import DistInfo
@@ -21,7 +22,7 @@ class ToyStage:
         self.calls = 0
 
     def compute_loss(self, model, batch):
-        x, _ = batch
+        x = batch.video
         loss = model(x).pow(2).mean()
         if self.calls in self.bad:
             loss = loss * float("nan")
@@ -40,7 +41,7 @@ class ToyStage:
 
 def make_trainer(stage, tmp_path, steps=6, max_nonfinite=3, log_every=1):
     opt = build_adamw(stage.model, 0.1, 0.0)
-    batches = [(torch.randn(8, 4), torch.tensor(0)) for _ in range(steps)]
+    batches = [PretrainBatch(torch.randn(8, 4)) for _ in range(steps)]
     settings = LoopSettings(epochs=1, steps_per_epoch=steps, max_nonfinite=max_nonfinite,
                             log_every=log_every, output_dir=str(tmp_path), progress=False)
     lr = np.full(steps, 0.1)
@@ -102,7 +103,7 @@ def test_gpu_train_step_makes_no_host_sync(tmp_path, precision):
     cfg = PretrainConfig(model="vit_micro", input_size=64, num_frames=8, output_dir=str(tmp_path))
     stage = PretrainStage(model, cfg, dev, DistInfo())
     opt = build_adamw(model, 1e-4, 0.05)
-    batches = [(torch.randn(4, 3, 8, 64, 64, device=dev), torch.tensor(0)) for _ in range(3)]
+    batches = [PretrainBatch(torch.randn(4, 3, 8, 64, 64, device=dev)) for _ in range(3)]
     settings = LoopSettings(epochs=1, steps_per_epoch=3, precision=precision, clip_grad=1.0,
                             output_dir=str(tmp_path), progress=False)
     lr = np.full(3, 1e-4)

@@ -13,6 +13,7 @@ import torch
 
 from vmae2_fast import ops
 from vmae2_fast.config import PretrainConfig
+from vmae2_fast.data.batches import PretrainBatch
 from vmae2_fast.ops import patch_embed
 from vmae2_fast.stages.pretrain import PretrainStage, build_model
 from vmae2_fast.testing.host_sync import HostSyncError, forbid_host_sync
@@ -42,7 +43,7 @@ def pretrain_trainer(tmp_path, device, precision="fp32", checkpointing="2", comp
     lr = np.full(4, 1e-4)
     wrapped = torch.compile(model) if compile else model
     trainer = Trainer(stage, wrapped, opt, None, lr, lr * 0.05, settings, device, DistInfo(), {})
-    batches = [(torch.randn(2, 3, 4, 32, 32, device=device), torch.tensor(0)) for _ in range(2)]
+    batches = [PretrainBatch(torch.randn(2, 3, 4, 32, 32, device=device)) for _ in range(2)]
     return trainer, batches
 
 

@@ -88,8 +88,8 @@ def test_nvdec_gives_pyavs_frames_for_the_official_sampling(tmp_path, encoder):
 
 
 def reencoded_train(tmp_path: Path, list_file: str, root: str, decoder: str = "dali"):
-    from vmae2_fast.data.reencode import reencode_list
-    from vmae2_fast.data.transcode import EncodeSettings
+    from vmae2_fast.data.tools.reencode import reencode_list
+    from vmae2_fast.data.tools.transcode import EncodeSettings
     from vmae2_fast.pretrain import main
     # short side 128 (the tiny set is 48x48: at NVDEC's minimum H.264 width), GOP 16, 4:2:0
     res = reencode_list(list_file, root, str(tmp_path / "h264"),
@@ -138,7 +138,8 @@ def test_a_corrupt_file_in_a_gpu_batch_is_skipped_and_counted(tmp_path):
                          device="gpu", device_id=0, target_device="cuda:0", num_threads=2)
     skipped = 0
     for epoch in range(3):
-        for video, sk in dl(epoch):
+        for batch in dl(epoch):
+            video, sk = batch.video, batch.skipped
             assert video.device.type == "cuda" and video.dtype == torch.uint8
             assert video.shape == (2, 3, 8, 64, 64)
             skipped += len(sk)

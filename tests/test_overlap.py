@@ -41,7 +41,7 @@ def run_steps(batches, step_s, device="cpu"):
         if batch is None:
             return marks
         got = time.perf_counter()
-        normalize_on_device(batch[0].to(device))
+        normalize_on_device(batch.video.to(device))
         compute_for(step_s, device)
         if device != "cpu":
             torch.cuda.synchronize()
@@ -143,8 +143,9 @@ def test_the_step_never_waits_when_the_loader_is_faster(tiny_synthetic):
     dev = torch.device("cuda", 0)
     loader = pretrain_loader(entries, None, cfg(), dist, dev, "pyav")
     cpu = pretrain_loader(entries, None, cfg(num_workers=0), dist, torch.device("cpu"), "pyav")
-    for (video, _), (ref, _) in zip(loader(1), cpu(1)):
-        assert video.device == dev and video.dtype == torch.uint8 and torch.equal(video.cpu(), ref)
+    for got, want in zip(loader(1), cpu(1)):
+        video = got.video
+        assert video.device == dev and video.dtype == torch.uint8 and torch.equal(video.cpu(), want.video)
     marks = run_steps(loader(0), STEP_S, device=dev)
     waits = [got - t0 for t0, got, _ in marks[1:]]
     assert max(waits) < 0.1 * STEP_S, waits

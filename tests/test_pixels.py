@@ -1,12 +1,16 @@
 """Clips cross to the device as pixels and the stage normalises them there: the model's input is
-the same function as when the loaders normalised on the host (pre-training: bit for bit; the
-classification views: the same noise in the same boxes, values within float rounding)."""
+the official function (pre-training: the uint8 crops normalised to float rounding of a float64
+truth; the classification views: the host normalisation bit for bit, the same noise in the same
+boxes)."""
 import copy
 
+import numpy as np
 import pytest
 import torch
 
 from vmae2_fast.constants import IMAGENET_MEAN, IMAGENET_STD
+from vmae2_fast.data.batches import ClassifyBatch
+from vmae2_fast.data.clip_sampling import random_erasing_box
 from vmae2_fast.data.lists import read_cls_list
 from vmae2_fast.data.pixels import normalize_on_device
 from vmae2_fast.data.pyav import classify as pyav_classify
@@ -14,7 +18,7 @@ from vmae2_fast.data.pyav import pretrain as pyav_pretrain
 from vmae2_fast.data.pyav.classify import VideoClsDataset, VideoTestDataset, cls_collate
 from vmae2_fast.data.pyav.pretrain import PretrainVideoDataset
 from vmae2_fast.data.lists import read_list
-from vmae2_fast.data.transforms import crop_resize_normalize, cube_random_erasing, normalize
+from vmae2_fast.data.transforms import crop_resize, normalize
 
 
 def float64_truth(x: torch.Tensor) -> torch.Tensor:
@@ -38,10 +42,10 @@ def test_normalisation_is_imagenet_in_the_requested_dtype():
         normalize_on_device(x.to(torch.int32))
 
 
-def test_pretraining_input_is_bit_for_bit_the_host_normalisation(tiny_synthetic, monkeypatch):
-    """The PyAV pre-training item is uint8 now; normalised on the device it equals, bit for bit,
-    the float32 clips the host transform (`crop_resize_normalize`) makes of the same frames and
-    boxes."""
+def test_pretraining_input_is_the_normalised_crops_of_its_boxes(tiny_synthetic, monkeypatch):
+    """The PyAV pre-training item is the uint8 crops of the frames it decoded at the boxes it drew;
+    normalised on the device it is the float64 ImageNet normalisation of those crops, to float32
+    rounding."""
     seen = {"boxes": []}
     decode, box = pyav_pretrain.decode_clip, pyav_pretrain.multiscale_crop_box
     monkeypatch.setattr(pyav_pretrain, "decode_clip",
@@ -52,14 +56,16 @@ def test_pretraining_input_is_bit_for_bit_the_host_normalisation(tiny_synthetic,
     ds = PretrainVideoDataset(entries, num_frames=4, sampling_rate=2, input_size=32, num_sample=2, seed=3)
     clips, skipped = ds[2]
     assert clips.dtype == torch.uint8 and clips.shape == (2, 3, 4, 32, 32) and skipped == []
-    host = torch.stack([crop_resize_normalize(seen["frames"], b, 32) for b in seen["boxes"]])
-    assert len(seen["boxes"]) == 2 and torch.equal(normalize_on_device(clips), host)
+    crops = torch.stack([crop_resize(seen["frames"], b, 32) for b in seen["boxes"]])
+    assert len(seen["boxes"]) == 2 and torch.equal(clips, crops)
+    assert (normalize_on_device(clips).double() - float64_truth(crops)).abs().max() < 1e-6
 
 
 def test_classification_views_and_erasing_equal_the_host_path(tiny_synthetic, monkeypatch):
     """Training views: pixels + erasing boxes, normalised and erased on the device, equal bit for
-    bit the host path of before (normalise, then `cube_random_erasing` with the generator at the
-    same point): the same boxes, the same noise, the same values."""
+    bit the official host order (normalise, then timm's cube RandomErasing with the generator at
+    the same point: its rectangle, then its N(0, 1) noise): the same boxes, the same noise, the
+    same values."""
     states = []
     real = pyav_classify.draw_cube_erasure
 
@@ -72,12 +78,21 @@ def test_classification_views_and_erasing_equal_the_host_path(tiny_synthetic, mo
     ds = VideoClsDataset(items, True, num_frames=4, sampling_rate=2, input_size=32, num_sample=2,
                          reprob=1.0, aa="rand-m7-n2-mstd0.5-inc1", seed=5)
     batch = [ds[0], ds[3]]
-    pixels, labels, erasures, skipped = cls_collate(batch)
+    out = cls_collate(batch)
+    assert isinstance(out, ClassifyBatch)
+    pixels, erasures = out.video, out.erasures
     assert pixels.dtype == torch.float32 and len(states) == 4 and len(erasures) >= 3
     assert sorted(e[0] for e in erasures) == sorted(set(e[0] for e in erasures))    # one per view
     got = normalize_on_device(pixels, erase=erasures)
-    want = torch.stack([cube_random_erasing(normalize(v.permute(1, 0, 2, 3)), rng, 1.0)
-                        for v, rng in zip(pixels, states)])
+
+    def host_erasing(x, rng):                   # timm's cube RandomErasing on a normalised clip
+        box = random_erasing_box(x.shape[-2], x.shape[-1], rng, 1.0)
+        if box is not None:
+            y0, x0, h, w = box
+            x[:, :, y0:y0 + h, x0:x0 + w] = torch.from_numpy(
+                rng.standard_normal((3, x.shape[1], h, w)).astype(np.float32))
+        return x
+    want = torch.stack([host_erasing(normalize(v.permute(1, 0, 2, 3)), rng) for v, rng in zip(pixels, states)])
     assert torch.equal(got, want)
     for i, y0, x0, h, w, noise in erasures:                     # the noise itself is exact
         assert torch.equal(got[i, :, :, y0:y0 + h, x0:x0 + w], noise)
@@ -85,7 +100,7 @@ def test_classification_views_and_erasing_equal_the_host_path(tiny_synthetic, mo
 
 def test_validation_and_test_views_are_pixels(tiny_synthetic):
     """Evaluation views cross as float32 pixels (their resize is on floats); normalised on the
-    device they equal the host normalisation of before, bit for bit."""
+    device they equal the host normalisation (`transforms.normalize`), bit for bit."""
     items = read_cls_list(tiny_synthetic.val_list, tiny_synthetic.root)
     val = VideoClsDataset(items, False, num_frames=4, sampling_rate=2, input_size=32, short_side_size=40)
     views = torch.cat([val[0][0], VideoTestDataset(items, 4, 2, 32, 40, segments=2, crops=3)[0][0]])

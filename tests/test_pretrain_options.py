@@ -81,7 +81,7 @@ def test_first_logged_loss_of_a_cli_run_is_the_official_loss(tiny_synthetic, tmp
     cfg = dict(patch_size=16, tubelet_size=tubelet, encoder_depth=2, encoder_num_heads=2,
                decoder_depth=4, decoder_num_heads=2, layer_norm_eps=1e-6)
     sd = {k: v.double() for k, v in ckpt["model"].items()}
-    video = normalize_on_device(spy.batch[0]).double()     # what the stage gives the model
+    video = normalize_on_device(spy.batch.video).double()     # what the stage gives the model
     gen = torch.Generator().manual_seed(0)
     gen.set_state(spy.mask_state)                   # the run's masks, drawn again
     vis, dec = DualMasking((4 // tubelet, 2, 2), 0.75, 0.5)(video.shape[0], gen)

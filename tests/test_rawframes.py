@@ -15,9 +15,10 @@ from PIL import Image
 from vmae2_fast.data.index import build_index, load_index, StaleIndexError
 from vmae2_fast.data.lists import read_list
 from vmae2_fast.data.pyav.classify import VideoClsDataset, VideoTestDataset
-from vmae2_fast.data.pyav.frames import FrameLayout, read_frame_folder, scan_frame_folder
+from vmae2_fast.data.media import FrameLayout, VideoDecodeError, scan_frame_folder
+from vmae2_fast.data.pyav.frames import read_frame_folder
 from vmae2_fast.data.pyav.pretrain import PretrainVideoDataset
-from vmae2_fast.data.pyav.video_io import VideoDecodeError, count_frames, decode_frames
+from vmae2_fast.data.pyav.video_io import count_frames, decode_frames
 
 PNG = FrameLayout("img_{:05}.png", 1)
 JPG = FrameLayout("img_{:05}.jpg", 1)
@@ -147,9 +148,10 @@ def test_dali_image_decoder_agrees_with_pil(frames, tmp_path):
                          False, num_frames=8, sampling_rate=2, input_size=32, short_side_size=32,
                          layout=FrameLayout(JPG.template, 0))
     seen = dropped = 0
-    for video, labels, n_skipped, paths in dl(0):
-        dropped += len(n_skipped)
-        for k, path in enumerate(paths):
+    for batch in dl(0):
+        video = batch.video
+        dropped += len(batch.skipped)
+        for k, path in enumerate(batch.paths):
             ref = next(ds[i][0] for i in range(len(ds)) if ds.items[i].path == path)[0]
             # both are pixels in 0..255 (DALI's uint8, PyAV's float32 resize): the same JPEG
             # pixels and geometry differ by DALI's rounding (<= 0.5) and little else

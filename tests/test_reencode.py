@@ -16,10 +16,10 @@ import needs
 import torch
 import torch.nn.functional as F
 
-from vmae2_fast.data import reencode as reencode_mod
+from vmae2_fast.data.tools import reencode as reencode_mod
 from vmae2_fast.data.index import load_index
-from vmae2_fast.data.reencode import main, reencode_list
-from vmae2_fast.data.transcode import EncodeSettings, output_size, partial_path
+from vmae2_fast.data.tools.reencode import main, reencode_list
+from vmae2_fast.data.tools.transcode import EncodeSettings, output_size, partial_path
 
 N_FRAMES, FPS, GOP = 40, 25, 16      # 40 frames: keyframes at 0, 16, 32 and a partial last GOP
 
@@ -317,7 +317,7 @@ def test_resume_redoes_nothing_and_replaces_leftovers(sources, tmp_path, monkeyp
 def test_a_failed_encode_leaves_no_file(sources, tmp_path, monkeypatch):
     """An encoder error midway: the video is reported, nothing takes its final name, and the
     partial file is removed."""
-    from vmae2_fast.data import transcode as transcode_mod
+    from vmae2_fast.data.tools import transcode as transcode_mod
     root, _ = sources
     real = transcode_mod._encode
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import vmae2_fast.data.synthetic as syn
-from vmae2_fast.data.lists import read_cls_list, read_pretrain_list
+from vmae2_fast.data.lists import read_cls_list, read_list
 from vmae2_fast.data.synthetic import (CLASS_NAMES, ensure_synthetic_dataset,
                                        synthetic_video_frames)
 from vmae2_fast.data.pyav.video_io import decode_frames
@@ -32,14 +32,14 @@ def test_lists_use_the_official_formats(tiny_synthetic):
     assert Path(os.path.join(ds.root, "classes.txt")).read_text().split() == list(CLASS_NAMES)
     assert ds.class_names == list(CLASS_NAMES) and ds.num_classes == 6
     # The project's own readers accept them (paths relative to the root).
-    assert len(read_pretrain_list(ds.pretrain_list, ds.root)) == 12
+    assert len(read_list(ds.pretrain_list, ds.root)) == 12
 
 
 def test_class_balance(tiny_synthetic):
     train = collections.Counter(label for _, label in read_cls_list(tiny_synthetic.train_list))
     val = collections.Counter(label for _, label in read_cls_list(tiny_synthetic.val_list))
     assert train == {c: 2 for c in range(6)} and val == {c: 1 for c in range(6)}
-    pretrain = {p.path for p in read_pretrain_list(tiny_synthetic.pretrain_list)}
+    pretrain = {p.path for p in read_list(tiny_synthetic.pretrain_list)}
     assert pretrain == {p for p, _ in read_cls_list(tiny_synthetic.train_list)}
 
 

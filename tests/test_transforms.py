@@ -6,7 +6,14 @@ from PIL import Image
 
 from vmae2_fast.constants import IMAGENET_MEAN, IMAGENET_STD
 from vmae2_fast.data.clip_sampling import multiscale_crop_box
-from vmae2_fast.data.transforms import crop_resize_normalize
+from vmae2_fast.data.clip_sampling import resized_short_side
+from vmae2_fast.data.pixels import normalize_on_device
+from vmae2_fast.data.transforms import crop_resize, resize_short_side
+
+
+def model_input(frames, box, size):
+    """What the model sees of one view: the uint8 crop, normalised as the stage does."""
+    return normalize_on_device(crop_resize(frames, box, size)[None])[0]
 
 
 def expected_pairs(w, h, out, scales=(1, .875, .75, .66)):
@@ -56,13 +63,16 @@ def test_normalisation_and_layout_match_hand_computation():
     rng = np.random.default_rng(1)
     frames = rng.integers(0, 256, size=(3, 20, 24, 3), dtype=np.uint8)
     box = (5, 2, 16, 16)  # crop size == output size: no resampling
-    out = crop_resize_normalize(frames, box, 16)
+    pixels = crop_resize(frames, box, 16)
+    assert pixels.dtype == torch.uint8 and pixels.shape == (3, 3, 16, 16)
+    assert torch.equal(pixels, torch.from_numpy(frames[:, 2:18, 5:21, :]).permute(3, 0, 1, 2))
+    out = model_input(frames, box, 16)
     assert out.dtype == torch.float32 and out.shape == (3, 3, 16, 16)
     crop = frames[:, 2:18, 5:21, :].astype(np.float64) / 255.0
     want = (crop - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)   # (T, H, W, C)
     np.testing.assert_allclose(out.numpy(), want.transpose(3, 0, 1, 2), atol=1e-5)
     # numpy and torch inputs give the same result
-    assert torch.equal(out, crop_resize_normalize(torch.from_numpy(frames), box, 16))
+    assert torch.equal(pixels, crop_resize(torch.from_numpy(frames), box, 16))
 
 
 def test_downscale_matches_pil_bilinear():
@@ -73,10 +83,7 @@ def test_downscale_matches_pil_bilinear():
     frames = np.clip(base[None] + rng.normal(0, 20, size=(2, 100, 130, 3)), 0, 255)
     frames = frames.astype(np.uint8)
     box, size = (7, 11, 90, 70), 48
-    out = crop_resize_normalize(frames, box, size).numpy()
-    # Back to grey levels for the comparison.
-    levels = out * (255 * np.array(IMAGENET_STD))[:, None, None, None] \
-        + (255 * np.array(IMAGENET_MEAN))[:, None, None, None]
+    levels = crop_resize(frames, box, size).numpy().astype(np.float64)       # (3, T, S, S) grey levels
     for t in range(2):
         pil = Image.fromarray(frames[t]).crop((7, 11, 97, 81)).resize((size, size),
                                                                         Image.BILINEAR)
@@ -90,6 +97,20 @@ def test_downscale_matches_pil_bilinear():
 def test_bad_inputs():
     frames = np.zeros((2, 10, 10, 3), np.uint8)
     with pytest.raises(ValueError, match="does not fit"):
-        crop_resize_normalize(frames, (5, 5, 8, 8), 8)
+        crop_resize(frames, (5, 5, 8, 8), 8)
     with pytest.raises(ValueError, match="uint8"):
-        crop_resize_normalize(frames.astype(np.float32), (0, 0, 8, 8), 8)
+        crop_resize(frames.astype(np.float32), (0, 0, 8, 8), 8)
+
+
+@pytest.mark.parametrize("h, w, size", [(30, 40, 20), (40, 30, 20), (25, 25, 25), (25, 25, 30),
+                                        (7, 100, 16), (101, 64, 64)])
+def test_short_side_resize_follows_the_rule_the_dali_crops_use(h, w, size):
+    """The PyAV views resize with `clip_sampling.resized_short_side`, the size DALI's test crops
+    are computed in: the short side becomes ``size``, the aspect ratio is kept to rounding."""
+    x = torch.rand(2, 3, h, w)
+    out = resize_short_side(x, size)
+    nh, nw = out.shape[-2:]
+    assert (nw, nh) == resized_short_side(w, h, size)
+    assert min(nh, nw) == size and abs(max(nh, nw) - max(h, w) * size / min(h, w)) <= 0.5
+    if min(h, w) == size:
+        assert out is x                     # nothing to resize

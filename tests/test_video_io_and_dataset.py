@@ -7,10 +7,12 @@ import pytest
 import torch
 
 import vmae2_fast.data.pyav.frames as pd_module   # where the datasets reach the video decoder
-from vmae2_fast.data.lists import VideoEntry, read_pretrain_list
+from vmae2_fast.data.batches import PretrainBatch
+from vmae2_fast.data.lists import VideoEntry, read_list
 from vmae2_fast.data.pyav.pretrain import PretrainVideoDataset, pretrain_collate
 from vmae2_fast.data.synthetic import CLASS_NAMES, synthetic_video_frames
-from vmae2_fast.data.pyav.video_io import VideoDecodeError, count_frames, decode_frames
+from vmae2_fast.data.media import VideoDecodeError
+from vmae2_fast.data.pyav.video_io import count_frames, decode_frames
 
 
 def video_path(ds, split, c, k):
@@ -65,7 +67,7 @@ def make_dataset(items, **kw):
 
 
 def test_item_shapes_and_repeated_augmentation_decodes_once(tiny_synthetic, monkeypatch):
-    items = read_pretrain_list(tiny_synthetic.pretrain_list, tiny_synthetic.root)
+    items = read_list(tiny_synthetic.pretrain_list, tiny_synthetic.root)
     assert len(items) == 12
     calls = []
     real_decode = pd_module.decode_frames
@@ -86,10 +88,12 @@ def test_item_shapes_and_repeated_augmentation_decodes_once(tiny_synthetic, monk
 
 
 def test_collate_is_sample_major(tiny_synthetic):
-    items = read_pretrain_list(tiny_synthetic.pretrain_list, tiny_synthetic.root)
+    items = read_list(tiny_synthetic.pretrain_list, tiny_synthetic.root)
     ds = make_dataset(items, num_sample=2)
     batch = [ds[0], ds[5]]
-    video, skipped = pretrain_collate(batch)
+    out = pretrain_collate(batch)
+    assert isinstance(out, PretrainBatch)
+    video, skipped = out.video, out.skipped
     assert video.shape == (4, 3, 8, 32, 32)
     assert torch.equal(video[0], batch[0][0][0]) and torch.equal(video[1], batch[0][0][1])
     assert torch.equal(video[2], batch[1][0][0]) and torch.equal(video[3], batch[1][0][1])
@@ -97,7 +101,7 @@ def test_collate_is_sample_major(tiny_synthetic):
 
 
 def test_same_seed_epoch_index_reproduces(tiny_synthetic):
-    items = read_pretrain_list(tiny_synthetic.pretrain_list, tiny_synthetic.root)
+    items = read_list(tiny_synthetic.pretrain_list, tiny_synthetic.root)
     a, b = make_dataset(items), make_dataset(items)
     assert torch.equal(a[4][0], b[4][0])        # a fresh instance (e.g. a resumed run)
     b.set_epoch(1)
@@ -126,8 +130,8 @@ def test_bad_videos_are_skipped_and_counted(tiny_synthetic, tmp_path):
     assert "junk.webm" in reasons and "missing.webm" in reasons and "too short" in reasons
     # And through a DataLoader with the collate, the skips are gathered with their reasons.
     loader = torch.utils.data.DataLoader(ds, batch_size=9, collate_fn=pretrain_collate)
-    video, skipped = next(iter(loader))
-    assert video.shape[0] == 9 and list(skipped) == [s for _, sk in results for s in sk]
+    batch = next(iter(loader))
+    assert batch.video.shape[0] == 9 and list(batch.skipped) == [s for _, sk in results for s in sk]
 
 
 def test_truncated_video_without_known_length_uses_decodable_frames(tiny_synthetic, tmp_path):
@@ -143,8 +147,8 @@ def test_all_bad_gives_no_clip_and_every_try(tmp_path):
     ds = make_dataset(items, max_retries=4)
     clips, skipped = ds[0]
     assert clips is None and len(skipped) == 5 and skipped[0][0] == items[0].path
-    video, batch_skipped = pretrain_collate([ds[0], ds[1]])   # the trainer stops on None
-    assert video is None and len(batch_skipped) == 10
+    batch = pretrain_collate([ds[0], ds[1]])   # the trainer stops on None
+    assert batch.video is None and len(batch.skipped) == 10
 
 
 def test_empty_frame_directory_is_skipped_like_a_bad_video(tmp_path):

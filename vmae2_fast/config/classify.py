@@ -60,7 +60,7 @@ class FinetuneConfig(RunConfig):
         "lr": "base lr per 256 videos of total batch (repeated-augmentation views not counted)",
         "resume": "auto (newest checkpoint in --output-dir) | PATH | none",
         "decoder": "auto (DALI on a GPU, PyAV otherwise) | dali | pyav; DALI needs the lists' "
-                   "indexes (python -m vmae2_fast.data.index LIST --data-root DIR)",
+                   "indexes (python -m vmae2_fast.data.tools.index LIST --data-root DIR)",
         "teacher": "the frozen teacher's checkpoint (a classifier over the same classes)",
     }
 

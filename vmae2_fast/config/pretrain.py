@@ -40,7 +40,7 @@ class PretrainConfig(RunConfig):
         "resume": "auto (newest checkpoint in --output-dir) | PATH | none",
         "max_steps": "stop after N optimiser steps (smoke tests)",
         "decoder": "auto (DALI on a GPU, PyAV otherwise) | dali | pyav; DALI needs the list's index "
-                   "(python -m vmae2_fast.data.index LIST --data-root DIR)",
+                   "(python -m vmae2_fast.data.tools.index LIST --data-root DIR)",
         "dali_instances": "independent DALI pipelines per process, fed batches in turn (same "
                           "batches, same order); raise on GPUs with several NVDEC engines",
     }

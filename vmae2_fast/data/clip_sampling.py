@@ -22,7 +22,7 @@ import numpy as np
 __all__ = ["pretrain_frame_indices", "DEFAULT_SCALES", "crop_size_pairs", "fixed_crop_offsets",
            "multiscale_crop_box", "finetune_frame_indices", "sparse_frame_indices",
            "test_frame_indices", "random_resized_crop_box", "test_crop_offsets", "test_crop_boxes",
-           "random_erasing_box"]
+           "random_erasing_box", "resized_short_side"]
 
 
 # ------------------------------------------------------------------------------ pre-training
@@ -208,18 +208,19 @@ def random_resized_crop_box(w: int, h: int, rng: np.random.Generator,
     return (w - cw) // 2, (h - ch) // 2, cw, ch
 
 
-def random_erasing_box(size: int, rng: np.random.Generator, prob: float = 0.25,
+def random_erasing_box(h: int, w: int, rng: np.random.Generator, prob: float = 0.25,
                        area=(0.02, 1 / 3), min_aspect: float = 0.3):
-    """timm ``RandomErasing`` (one rectangle, ``cube=True``: the same for every frame) on a
-    ``size x size`` clip. Returns ``(y0, x0, eh, ew)`` or ``None`` (no erasing)."""
-    if rng.random() >= prob:
+    """timm ``RandomErasing`` (one rectangle, ``cube=True``: the same for every frame) on an
+    ``h x w`` clip. Returns ``(y0, x0, eh, ew)`` or ``None`` (no erasing; ``prob <= 0`` draws
+    nothing from ``rng``, so the draws after it are those of a run without erasing)."""
+    if prob <= 0 or rng.random() >= prob:
         return None
     log_r = (math.log(min_aspect), math.log(1 / min_aspect))
     for _ in range(10):
-        target = size * size * rng.uniform(*area)
+        target = h * w * rng.uniform(*area)
         ar = math.exp(rng.uniform(*log_r))
         eh = int(round(math.sqrt(target * ar)))
         ew = int(round(math.sqrt(target / ar)))
-        if eh < size and ew < size:
-            return int(rng.integers(0, size - eh + 1)), int(rng.integers(0, size - ew + 1)), eh, ew
+        if eh < h and ew < w:
+            return int(rng.integers(0, h - eh + 1)), int(rng.integers(0, w - ew + 1)), eh, ew
     return None

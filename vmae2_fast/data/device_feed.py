@@ -1,8 +1,8 @@
 """Host batches to the device one batch ahead, on a side CUDA stream, so the copy of batch i+1
 overlaps the step that computes on batch i.
 
-``to_device_ahead(batches, device)`` wraps any iterator of batches (tuples and lists, nested, of
-tensors and anything else). When batch i is asked for, batch i+1 is taken from ``batches`` and
+``to_device_ahead(batches, device)`` wraps any iterator of batches (the types of `batches`, or
+tuples and lists, nested, of tensors and anything else). When batch i is asked for, batch i+1 is taken from ``batches`` and
 its host tensors are sent with ``non_blocking=True`` on the feeder's own stream; batch i, whose
 copy was issued one call earlier, is returned after the consumer's current stream has been made
 to wait for it (a GPU-side wait, no host sync) and its tensors have been marked as used on that
@@ -22,22 +22,21 @@ from typing import Iterable, Iterator, List
 
 import torch
 
+from .batches import map_tensors
+
 __all__ = ["to_device_ahead"]
 
 
 def _move(batch, device: torch.device, moved: List[torch.Tensor]):
     """``batch`` with every host tensor replaced by a non-blocking copy on ``device`` (issued on
     the current stream); the copies are appended to ``moved``."""
-    if isinstance(batch, torch.Tensor):
-        if batch.device.type == "cpu":
-            batch = batch.to(device, non_blocking=True)
-            moved.append(batch)
-        return batch
-    if isinstance(batch, tuple):
-        return tuple(_move(x, device, moved) for x in batch)
-    if isinstance(batch, list):
-        return [_move(x, device, moved) for x in batch]
-    return batch
+    def send(t: torch.Tensor) -> torch.Tensor:
+        if t.device.type != "cpu":
+            return t
+        t = t.to(device, non_blocking=True)
+        moved.append(t)
+        return t
+    return map_tensors(batch, send)
 
 
 def to_device_ahead(batches: Iterable, device, ahead: int = 1) -> Iterator:

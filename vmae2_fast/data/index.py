@@ -1,8 +1,7 @@
 """The video index: every listed video probed once, so that training never has to.
 
-    python -m vmae2_fast.data.index LIST --data-root DIR [--workers 16] [--full-decode]
-
-writes ``LIST.index.json`` beside the list. For each video it records the frame count, fps, codec,
+``LIST.index.json`` lies beside the list; it is written by the command of `tools.index` (and, for
+the embedded synthetic dataset, by the loader itself). For each video it records the frame count, fps, codec,
 pixel format (chroma subsampling and bit depth), width x height, file size and mtime; files that cannot be used are excluded with the reason
 (missing, not a video, corrupt, truncated, no decodable frame). The DALI pipeline needs the frame
 counts (the official lists say ``-1``) to draw the official frame indices before decoding.
@@ -22,19 +21,16 @@ size or mtime has changed since it was built, and says how to rebuild it.
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
-import sys
 import time
-from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
-from .lists import KINDS, VideoEntry, detect_kind, read_list
-from .pyav.frames import DEFAULT_START, DEFAULT_TEMPLATE, frame_file, scan_frame_folder
+from .lists import VideoEntry, detect_kind, read_list
+from .media import DEFAULT_START, DEFAULT_TEMPLATE, frame_file, scan_frame_folder
 
 __all__ = ["IndexedVideo", "VideoIndex", "StaleIndexError", "probe_video", "build_index",
            "load_index", "index_path", "DALI_CPU_CODECS", "DALI_GPU_CODECS", "DALI_PIX_FMTS",
@@ -241,14 +237,14 @@ def rebuild_hint(list_file: str, data_root: str, fname_tmpl: str = DEFAULT_TEMPL
     root += " --kind rawframes" if kind == "rawframes" else ""
     frames = "" if fname_tmpl == DEFAULT_TEMPLATE else f" --fname-tmpl '{fname_tmpl}'"
     frames += "" if start_idx == DEFAULT_START else f" --start-idx {start_idx}"
-    return f"python -m vmae2_fast.data.index {list_file}{root}{frames}"
+    return f"python -m vmae2_fast.data.tools.index {list_file}{root}{frames}"
 
 
 def reencode_hint(list_file: str, data_root: str) -> str:
-    """The command that re-encodes a list for DALI (H.264 4:2:0; see `data.reencode`)."""
+    """The command that re-encodes a list for DALI (H.264 4:2:0; see `tools.reencode`)."""
     root = data_root.rstrip("/") if data_root else os.path.dirname(os.path.abspath(list_file))
     flag = f" --data-root {data_root}" if data_root else ""
-    return f"python -m vmae2_fast.data.reencode {list_file}{flag} --out-root {root}_reencoded"
+    return f"python -m vmae2_fast.data.tools.reencode {list_file}{flag} --out-root {root}_reencoded"
 
 
 def load_index(list_file: str, data_root: str = "", kind: str = "auto", check_files: bool = True,
@@ -296,66 +292,10 @@ def load_index(list_file: str, data_root: str = "", kind: str = "auto", check_fi
     return _to_index(list_file, data_root, entries, doc)
 
 
-def summarize(index: VideoIndex) -> str:
-    n_ex = len(index.excluded)
-    codecs = Counter(v.codec for v in index.videos)
-    lines = [f"{len(index.videos)} usable videos, {n_ex} excluded; codecs: "
-             + ", ".join(f"{k} {n}" for k, n in codecs.most_common())]
-    not_cpu = sum(n for k, n in codecs.items() if k not in DALI_CPU_CODECS)
-    folders = [v for v in index.videos if v.codec == RAWFRAMES]
-    if folders:
-        lines.append(f"{len(folders)} frame folders, {sum(v.frames for v in folders)} frames "
-                     f"(min {min(v.frames for v in folders)}, max {max(v.frames for v in folders)} per folder)")
-    if not_cpu:
-        lines.append(f"{not_cpu} videos use codecs DALI decodes only on the GPU "
-                     f"(on the CPU it handles {', '.join(sorted(DALI_CPU_CODECS))})")
-    not_gpu = Counter(why for why in (dali_cannot_decode(v, "gpu") for v in index.videos
-                                      if v.codec != "rawframes") if why)
-    if not_gpu:
-        lines.append(f"{sum(not_gpu.values())} videos DALI cannot decode even on the GPU ("
-                     + ", ".join(f"{k}: {n}" for k, n in not_gpu.most_common(5))
-                     + "); --decoder auto decodes them with PyAV, or re-encode them: "
-                     + reencode_hint(index.list_file, index.data_root))
-    if n_ex:
-        reasons = Counter(x["reason"].split(":")[0] for x in index.excluded)
-        lines.append("excluded: " + ", ".join(f"{k} {n}" for k, n in reasons.most_common()))
-        for x in index.excluded[:20]:
-            lines.append(f"  {x['rel']}: {x['reason']}")
-        if n_ex > 20:
-            lines.append(f"  ... and {n_ex - 20} more (all are in the index file, readable=false)")
-    return "\n".join(lines)
-
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m vmae2_fast.data.index",
-                                description="Probe every video of a list once and write LIST.index.json")
-    p.add_argument("list_file")
-    p.add_argument("--data-root", default="")
-    p.add_argument("--kind", default="auto", choices=KINDS)
-    p.add_argument("--workers", type=int, default=min(32, (os.cpu_count() or 2) * 2))
-    p.add_argument("--full-decode", action="store_true",
-                   help="decode every frame (exact count and decodability; much slower)")
-    p.add_argument("--fname-tmpl", default=DEFAULT_TEMPLATE,
-                   help="frame folders: file name of frame number i (default: %(default)s)")
-    p.add_argument("--start-idx", type=int, default=DEFAULT_START,
-                   help="frame folders: number of the first frame where the list has no start "
-                        "column (default: %(default)s)")
-    p.add_argument("--output", default=None, help="index file (default: LIST.index.json)")
-    p.add_argument("--no-progress", action="store_true")
-    a = p.parse_args(argv)
-    try:
-        t = time.time()
-        if a.fname_tmpl.format(1) == a.fname_tmpl:
-            raise ValueError(f"--fname-tmpl {a.fname_tmpl!r} has no field for the frame number")
-        idx = build_index(a.list_file, a.data_root, a.kind, a.workers, a.full_decode, a.output,
-                          progress=not a.no_progress, fname_tmpl=a.fname_tmpl, start_idx=a.start_idx)
-    except (ValueError, FileNotFoundError, IndexError, KeyError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(summarize(idx))
-    print(f"index written to {a.output or index_path(a.list_file)} in {time.time() - t:.1f} s")
-    return 0
-
-
 if __name__ == "__main__":
+    # `python -m vmae2_fast.data.index` answers for one release with the command of `tools.index`,
+    # so that scripts written for this path keep running.
+    import sys
+
+    from vmae2_fast.data.tools.index import main
     sys.exit(main())

@@ -3,7 +3,7 @@
 copied by hand.
 
 Two sources, in this order:
-* a ``label_710to{N}.json`` already written by the K710 builder (`data.k710`), in one of the
+* a ``label_710to{N}.json`` already written by the K710 builder (`data.tools.k710`), in one of the
   folders the stage knows (the fine-tuning data, the K710 lists the checkpoint was trained on, the
   checkpoint's folder);
 * generated here from the two class-name lists (the K710 checkpoint's ``class_names``, the
@@ -84,5 +84,5 @@ def kinetics_head_map(subset: int, folders: Iterable[Optional[str]], k710_names:
         f"the checkpoint has a 710-class (K710) head and --dataset says Kinetics-{subset}: its rows "
         f"are reused through {map_file_name(subset)}, which is not in {searched} and cannot be "
         f"generated (the checkpoint or the data has no class names). Build it with `python -m "
-        f"vmae2_fast.data.k710 ... --k710-order label_map_k710.txt` (the released K710 order for "
+        f"vmae2_fast.data.tools.k710 ... --k710-order label_map_k710.txt` (the released K710 order for "
         f"released checkpoints) and pass --head-map, or put classes.txt beside the lists")

@@ -22,7 +22,7 @@ import os
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
-__all__ = ["VideoEntry", "KINDS", "read_list", "read_pretrain_list", "read_cls_list", "detect_kind"]
+__all__ = ["VideoEntry", "KINDS", "read_list", "read_cls_list", "detect_kind"]
 
 KINDS = ("auto", "pretrain", "cls", "rawframes", "csv")
 PATH_COLUMNS = ("path", "video", "filename", "file")
@@ -186,11 +186,6 @@ def read_list(list_file, data_root: str = "", kind: str = "auto", *,
             raise ValueError(f"{list_file}: {e.rel} has no label; a classification list needs "
                              "'path label' lines (or a label column)")
     return out
-
-
-def read_pretrain_list(list_file, data_root: str = "") -> List[VideoEntry]:
-    """Any list, for pre-training (labels, if present, are kept and unused)."""
-    return read_list(list_file, data_root)
 
 
 def read_cls_list(list_file, data_root: str = "") -> List[Tuple[str, int]]:

@@ -1,22 +1,20 @@
 """How a stage gets its batches: the decoder choice, the list and its index, and one loader
 interface over both decoders.
 
-A loader has ``steps_per_epoch`` and is called as ``loader(epoch, skip_steps)``; it yields
+A loader has ``steps_per_epoch`` and ``num_videos`` and is called as ``loader(epoch, skip_steps)``;
+it yields the batch types of `batches`, whichever decoder made them:
 
-* ``pretrain``: ``(video (B*K, 3, T, S, S), skipped)``;
-* ``finetune``: ``(video (B*K, ...), labels (B*K,), erasures, skipped)``;
+* ``pretrain``: `PretrainBatch`;
+* ``finetune``: `ClassifyBatch`;
 * ``val`` / ``test`` (every video of this process's shard once, in list order; unreadable videos
-  dropped and reported): ``(video (B*V, ...), labels (B,), skipped, paths)``, V views per video.
+  dropped and reported): `EvalBatch`, V views per video.
 
-``video`` holds pixels in 0..255, not normalised (uint8; float32 for the PyAV classification
-views), and ``erasures`` fine-tuning's cube-erasing boxes: the stage makes the model's input on
-the device with `pixels.normalize_on_device` (see that module). On a CUDA device the batches come
-already on it, copied one batch ahead on a side stream (`device_feed.to_device_ahead`).
-
-``skipped`` holds the ``(path, reason)`` of every unreadable video the batch passed over (the
-trainer lists each file once); a training ``video`` is None when an item found no readable video
-at all. A loader also has ``num_videos``. A DataLoader worker that dies (killed, out of memory)
-raises `errors.DataPlaneError` naming the file it was reading, never a hang.
+A batch's ``video`` holds pixels in 0..255, not normalised (uint8; float32 for the PyAV
+classification views), and a `ClassifyBatch`'s ``erasures`` fine-tuning's cube-erasing boxes: the
+stage makes the model's input on the device with `pixels.normalize_on_device` (see that module).
+On a CUDA device the batches come already on it, copied one batch ahead on a side stream
+(`device_feed.to_device_ahead`). A DataLoader worker that dies (killed, out of memory) raises
+`errors.DataPlaneError` naming the file it was reading, never a hang.
 
 Training order comes from `sampler.GlobalBatchSampler` on both paths, so a run's batches do not
 depend on the decoder or on the number of processes. ``dist`` is anything with ``rank`` and
@@ -35,7 +33,7 @@ from ..errors import BadDataError, DataPlaneError
 from .device_feed import to_device_ahead
 from .index import VideoIndex, build_index, index_path, load_index, rebuild_hint, reencode_hint
 from .lists import VideoEntry, detect_kind, read_list
-from .pyav.frames import FrameLayout
+from .media import FrameLayout
 from .sampler import EpochIndexed, GlobalBatchSampler
 
 __all__ = ["DECODERS", "choose_decoder", "load_list", "pretrain_loader", "finetune_loader",

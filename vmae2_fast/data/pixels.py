@@ -10,10 +10,10 @@ Every loader delivers a clip batch ``(N, 3, T, S, S)`` of pixel values in 0..255
   change the function computed, so they cross as they are.
 
 The stage turns a batch into the model's input with :func:`normalize_on_device`, written directly
-in the dtype the model's parameters have, with the expression the host transforms used, so the
-values are bit for bit those of before on the CPU: for uint8 one fused multiply-add per element,
-``x * 1/(255 std) - mean/std`` (the uint8 is cast inside the kernel on CUDA); for the float views
-``(x - 255 mean) / (255 std)``.
+in the dtype the model's parameters have: for uint8 one fused multiply-add per element,
+``x * 1/(255 std) - mean/std`` (the uint8 is cast inside the kernel on CUDA), which equals the
+official ``ToTensor`` + ``Normalize`` to float32 rounding; for the float views
+``(x - 255 mean) / (255 std)``, the official ``tensor_normalize`` of a 0..255 clip.
 Then the cube-erasing boxes of fine-tuning are pasted: they are N(0, 1) noise in NORMALISED
 space (the official ``RandomErasing`` runs after normalisation), so they travel beside the pixels
 as :data:`Erasure` records and are applied after the normalisation, never to the pixels.
@@ -36,17 +36,15 @@ Erasure = Tuple[int, int, int, int, int, Optional[torch.Tensor]]
 _AFFINE: dict = {}
 
 
-def norm_affine(device, ndim: int = 5) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(scale, bias), float32 on ``device``, shaped to broadcast over channel dim 1 of an
-    ``ndim``-dim batch (channel dim 0 when ``ndim`` is 4: one clip), such that
-    ``x * scale + bias == (x / 255 - mean) / std``. Cached per device."""
-    key = (str(device), ndim)
+def norm_affine(device) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(scale, bias), float32 on ``device``, shaped (1, 3, 1, 1, 1) to broadcast over a clip batch,
+    such that ``x * scale + bias == (x / 255 - mean) / std``. Cached per device."""
+    key = (str(device), "affine")
     if key not in _AFFINE:
         mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32)
         std = torch.tensor(IMAGENET_STD, dtype=torch.float32)
-        shape = (3,) + (1,) * (ndim - 1) if ndim == 4 else (1, 3) + (1,) * (ndim - 2)
-        _AFFINE[key] = ((1.0 / (255.0 * std)).view(shape).to(device),
-                        (-mean / std).view(shape).to(device))
+        shape = (1, 3, 1, 1, 1)
+        _AFFINE[key] = ((1.0 / (255.0 * std)).view(shape).to(device), (-mean / std).view(shape).to(device))
     return _AFFINE[key]
 
 

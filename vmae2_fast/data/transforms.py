@@ -1,14 +1,15 @@
-"""Pixel operations of the CPU (PyAV) data path, in torch: crop + resize (stage 1), ImageNet
-normalisation, short-side resize and cube random erasing (stages 2 and 3).
+"""Pixel operations of the CPU (PyAV) data path, in torch: crop + resize in uint8 (stage 1),
+short-side resize on floats (stages 2 and 3), ImageNet normalisation of one clip, and the noise of
+cube random erasing.
 
-Which box and which frames are decided in ``clip_sampling.py`` (shared with DALI); this module only
-moves pixels. Stage 1 matches the official ``DataAugmentationForVideoMAEv2``: the multi-scale box, a
-PIL-equivalent bilinear resize, division by 255 and ImageNet normalisation, output ``(C, T, H, W)``;
-no flip, no colour jitter; one box for every frame.
+Which box, which frames and which erasing rectangle are decided in ``clip_sampling.py`` (shared
+with DALI); this module only moves pixels. Stage 1 matches the official
+``DataAugmentationForVideoMAEv2``: the multi-scale box and a PIL-equivalent bilinear resize, one box
+for every frame, no flip, no colour jitter; the division by 255 and the ImageNet normalisation run
+on the device (`pixels.normalize_on_device`).
 """
 from __future__ import annotations
 
-import math
 from typing import Tuple, Union
 
 import numpy as np
@@ -16,10 +17,9 @@ import torch
 import torch.nn.functional as F
 
 from ..constants import IMAGENET_MEAN, IMAGENET_STD
-from .pixels import norm_affine
+from .clip_sampling import random_erasing_box, resized_short_side
 
-__all__ = ["crop_resize", "crop_resize_normalize", "to_float_tchw", "normalize", "resize_short_side",
-           "draw_cube_erasure", "cube_random_erasing"]
+__all__ = ["crop_resize", "to_float_tchw", "normalize", "resize_short_side", "draw_cube_erasure"]
 
 
 def crop_resize(frames: Union[np.ndarray, torch.Tensor], box: Tuple[int, int, int, int],
@@ -48,15 +48,6 @@ def crop_resize(frames: Union[np.ndarray, torch.Tensor], box: Tuple[int, int, in
     return x.permute(1, 0, 2, 3).contiguous()                # (T, 3, S, S) -> (3, T, S, S)
 
 
-def crop_resize_normalize(frames: Union[np.ndarray, torch.Tensor], box: Tuple[int, int, int, int],
-                          out_size: int) -> torch.Tensor:
-    """`crop_resize`, then ImageNet normalisation -> float32 ``(3, T, S, S)``: what the model
-    sees of one view (the loaders leave the normalisation to the device)."""
-    x = crop_resize(frames, box, out_size)
-    scale, bias = norm_affine(x.device, ndim=4)
-    return torch.addcmul(bias, x.to(torch.float32), scale)
-
-
 def to_float_tchw(frames) -> torch.Tensor:
     return torch.as_tensor(frames).permute(0, 3, 1, 2).float()          # (T, 3, H, W), 0..255
 
@@ -69,38 +60,22 @@ def normalize(x_tchw: torch.Tensor) -> torch.Tensor:
 
 
 def resize_short_side(x_tchw: torch.Tensor, size: int) -> torch.Tensor:
+    """Bilinear resize of ``(T, C, H, W)`` to the size `clip_sampling.resized_short_side` gives
+    (the rule DALI's test crops are computed with)."""
     h, w = x_tchw.shape[-2:]
-    if min(h, w) == size:
+    nw, nh = resized_short_side(w, h, size)
+    if (nh, nw) == (h, w):
         return x_tchw
-    nh, nw = (size, max(1, round(w * size / h))) if h <= w else (max(1, round(h * size / w)), size)
     return F.interpolate(x_tchw, size=(nh, nw), mode="bilinear", align_corners=False)
 
 
-def draw_cube_erasure(t: int, h: int, w: int, rng: np.random.Generator, prob: float = 0.25,
-                      area=(0.02, 1 / 3), log_ratio=(math.log(0.3), math.log(1 / 0.3))):
+def draw_cube_erasure(t: int, h: int, w: int, rng: np.random.Generator, prob: float = 0.25):
     """The official cube random erasing's draws for a ``(3, t, h, w)`` clip: None (not erased),
-    or ``(y0, x0, eh, ew, noise)``, one box for every frame and its float32 ``(3, t, eh, ew)``
-    N(0, 1) noise, to be written over the NORMALISED clip."""
-    if prob <= 0 or rng.random() >= prob:
-        return None
-    for _ in range(10):
-        target = h * w * rng.uniform(*area)
-        ar = math.exp(rng.uniform(*log_ratio))
-        eh, ew = int(round(math.sqrt(target * ar))), int(round(math.sqrt(target / ar)))
-        if eh < h and ew < w:
-            y0, x0 = int(rng.integers(0, h - eh + 1)), int(rng.integers(0, w - ew + 1))
-            noise = torch.from_numpy(rng.standard_normal((3, t, eh, ew)).astype(np.float32))
-            return y0, x0, eh, ew, noise
-    return None
-
-
-def cube_random_erasing(x: torch.Tensor, rng: np.random.Generator, prob: float = 0.25,
-                        area=(0.02, 1 / 3), log_ratio=(math.log(0.3), math.log(1 / 0.3))) -> torch.Tensor:
-    """One box (same in every frame) of normal noise on a normalised ``(3, T, H, W)`` clip."""
-    box = draw_cube_erasure(*x.shape[1:], rng, prob, area, log_ratio)
+    or ``(y0, x0, eh, ew, noise)``, the rectangle of `clip_sampling.random_erasing_box` (the same
+    in every frame) and its float32 ``(3, t, eh, ew)`` N(0, 1) noise, drawn next from ``rng`` so
+    that a run is reproducible; the noise is written over the NORMALISED clip."""
+    box = random_erasing_box(h, w, rng, prob)
     if box is None:
-        return x
-    y0, x0, eh, ew, noise = box
-    x = x.clone()
-    x[:, :, y0:y0 + eh, x0:x0 + ew] = noise
-    return x
+        return None
+    eh, ew = box[2:]
+    return box + (torch.from_numpy(rng.standard_normal((3, t, eh, ew)).astype(np.float32)),)

@@ -113,11 +113,11 @@ class ClassifyStage:
         self.input_dtype = next(model.parameters()).dtype
 
     def compute_loss(self, model, batch):
-        # (pixels, labels, cube-erasing boxes, skipped): erasing writes N(0, 1) noise into the
-        # normalised clip, then mixup mixes the clips, as in the official order
-        video = normalize_on_device(batch[0].to(self.device, non_blocking=True), self.input_dtype,
-                                    erase=batch[2])
-        labels = batch[1].to(self.device, non_blocking=True)
+        # erasing writes N(0, 1) noise into the normalised clip, then mixup mixes the clips, as in
+        # the official order
+        batch = batch.to(self.device, non_blocking=True)
+        video = normalize_on_device(batch.video, self.input_dtype, erase=batch.erasures)
+        labels = batch.labels
         target = None
         if self.mixup.active:
             video, target = self.mixup(video, labels)
@@ -152,11 +152,12 @@ class ClassifyStage:
         model.eval()
         stats = torch.zeros(4, dtype=torch.float64, device=self.device)   # n, top1, top5, loss
         chunk = max(1, int(1.5 * self.cfg.batch_size))
-        for video, labels, _, _ in self.val_loader(0):
-            if video is None:            # no readable video in this batch
+        for batch in self.val_loader(0):
+            if batch.video is None:      # no readable video in this batch
                 continue
-            labels = labels.to(self.device)
-            video = normalize_on_device(video.to(self.device, non_blocking=True), self.input_dtype)
+            batch = batch.to(self.device, non_blocking=True)
+            labels = batch.labels
+            video = normalize_on_device(batch.video, self.input_dtype)
             with autocast():
                 log_probs = video_log_probs(model, video, len(labels), chunk)
             top = log_probs.topk(min(5, log_probs.shape[1]), dim=1).indices

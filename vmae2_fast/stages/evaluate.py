@@ -105,13 +105,14 @@ def run(cfg: EvaluateConfig) -> dict:
                              batch_size=max(1, cfg.batch_views // views), segments=segments, crops=crops)
         t0, rows = time.time(), []
         try:
-            for video, labels, _, paths in loader(0):
-                if video is None:
+            for batch in loader(0):
+                if batch.video is None:
                     continue
-                video = normalize_on_device(video.to(device, non_blocking=True), next(model.parameters()).dtype)
+                video = normalize_on_device(batch.video.to(device, non_blocking=True),
+                                            next(model.parameters()).dtype)
                 with torch.no_grad(), torch.autocast(device.type, torch.bfloat16, enabled=bf16):
-                    probs = video_log_probs(model, video, len(labels), cfg.batch_views).exp().cpu()
-                for p, label, path in zip(probs.numpy(), labels.tolist(), paths):
+                    probs = video_log_probs(model, video, len(batch.labels), cfg.batch_views).exp().cpu()
+                for p, label, path in zip(probs.numpy(), batch.labels.tolist(), batch.paths):
                     rows.append({"video": path, "label": int(label), "pred": int(p.argmax()),
                                  "top5": [int(k) for k in np.argsort(-p)[:5]], "probs": p.tolist()})
         except DataPlaneError as exc:          # a worker died: nothing to resume, run it again

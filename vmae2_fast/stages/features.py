@@ -14,7 +14,8 @@ import torch.nn.functional as F
 
 from ..cli import setup_logging
 from ..config import FeaturesConfig
-from ..data.pyav.video_io import VideoDecodeError, iter_frames, open_video
+from ..data.media import VideoDecodeError
+from ..data.pyav.video_io import iter_frames, open_video
 from ..data.transforms import normalize
 from ..models import build_classifier
 from ..models.zoo import model_options

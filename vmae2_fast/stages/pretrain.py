@@ -40,7 +40,7 @@ class PretrainStage:
         self.input_dtype = next(model.parameters()).dtype
 
     def compute_loss(self, model, batch):
-        video = normalize_on_device(batch[0].to(self.device, non_blocking=True), self.input_dtype)
+        video = normalize_on_device(batch.video.to(self.device, non_blocking=True), self.input_dtype)
         b = video.shape[0]
         vis, dec = self.masking(b * self.dist.world_size, self.mask_gen)
         denominator = None

@@ -40,7 +40,8 @@ class Stage(Protocol):
     model: nn.Module                       # the raw model (what checkpoints hold)
 
     def compute_loss(self, model: nn.Module, batch) -> tuple[torch.Tensor, int]:
-        """(loss, number of clips in the batch); `model` is the wrapper `parallelize` made."""
+        """(loss, number of clips in the batch); `model` is the wrapper `parallelize` made, `batch`
+        one of the loader's batches (`data.batches`)."""
 
     def state_dict(self) -> dict: ...
 
@@ -326,13 +327,14 @@ class Trainer:
         return last_record
 
     def _next_batches(self, loader) -> list:
-        """The micro-batches of one optimiser step; their skipped videos are recorded."""
+        """The micro-batches of one optimiser step; their skipped videos are recorded. A batch is
+        read by field (`data.batches`): ``skipped``, and ``video``, None when a video and all its
+        replacements failed."""
         batches = [next(loader) for _ in range(self.s.accum_steps)]
         for b in batches:
-            if isinstance(b, (tuple, list)):
-                self.skips.add(b[-1])
-                if b[0] is None:                # a video and all its replacements failed
-                    raise self.skips.none_readable(self.epoch)
+            self.skips.add(b.skipped)
+            if b.video is None:
+                raise self.skips.none_readable(self.epoch)
         if not self.dist.enabled:               # alone: no collective needed, merge now
             self.skips.merge(self.epoch, self.global_step)
         return batches

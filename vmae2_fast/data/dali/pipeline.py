@@ -17,7 +17,7 @@ which file, which frames and which crop boxes, and feeds them through ``external
   rank r takes its slice of every global batch, resume skips consumed batches).
 * Randomness: sample ``index`` of ``epoch`` draws from ``default_rng([seed, epoch, index,
   attempt])`` in the same order as :class:`PretrainVideoDataset`, so both decoders see the same
-  frames and boxes for the same seed.
+  frames and boxes for the same seed (:mod:`.samples`).
 * Bad files: DALI invalidates the pipeline on a decode error. The loader then rebuilds it, decodes
   the failed batch's samples one by one to find the culprits, remembers them, replaces each by a
   random other video (as the CPU path does) and reports them, with DALI's reason, in the batch's
@@ -28,7 +28,10 @@ which file, which frames and which crop boxes, and feeds them through ``external
   and, on the GPU, its own CUDA stream) overlaps the training step.
 * Files DALI cannot decode (codec, pixel format: `index.dali_cannot_decode`): left out with a
   warning naming the re-encode command, or, with ``fallback=True`` (``--decoder auto``), decoded
-  by PyAV in a thread pool and put back in their places of the batch (:mod:`.fallback`).
+  by PyAV in a thread pool and put back in their places of the batch (:mod:`.fallback`, an object
+  the loader hands its sample planner and its output placement).
+* An epoch's progress is one object (`EpochState`): the batches in flight, the pipeline whose
+  turn is next, the videos dropped since the last batch; every step of the epoch takes it.
 * Several instances (``decoder_instances=N``): N independent pipelines, each with its own thread
   pool and (on the GPU) its own CUDA stream and video decoder, so several NVDEC engines of one GPU
   can work at once. Consecutive batches of the one global order go to the pipelines in turn and
@@ -48,28 +51,25 @@ from __future__ import annotations
 import collections
 import logging
 from dataclasses import dataclass, field
-from typing import List, Optional, Sequence
+from typing import Iterator, List, Optional, Sequence
 
 import numpy as np
 import torch
 
-from ...errors import BadDataError, DataPlaneError
-from ..clip_sampling import (finetune_frame_indices, multiscale_crop_box, pretrain_frame_indices,
-                             random_erasing_box, random_resized_crop_box, sparse_frame_indices,
-                             test_crop_boxes, test_frame_indices)
+from ...errors import DataPlaneError
+from ..batches import ClassifyBatch, EvalBatch, PretrainBatch
 from ..device_feed import to_device_ahead
 from ..index import RAWFRAMES, IndexedVideo
-from ..pyav.frames import DEFAULT_TEMPLATE, frame_file
+from ..media import DEFAULT_TEMPLATE, frame_file
 from ..sampler import GlobalBatchSampler
-from .fallback import FallbackDecoder, FallbackRouting
+from .fallback import PyAVFallback, route
 from .graph import build_pipeline
+from .samples import EVAL_MODES, MODES, InFlight, Sample, SamplePlanner
 from .transfer import pinned_copy, transfer_plan
 
 __all__ = ["dali_status", "DaliVideoLoader", "MODES"]
 
 log = logging.getLogger("vmae2_fast")
-MODES = ("pretrain", "finetune", "val", "test")
-EVAL_MODES = ("val", "test")      # every video of the shard once, bad files dropped (not replaced)
 
 
 def dali_status():
@@ -91,35 +91,28 @@ def dali_status():
 
 
 @dataclass
-class _Sample:
-    index: int
-    video: IndexedVideo
-    frames: np.ndarray
-    boxes: list            # K boxes (x0, y0, cw, ch) in source pixels
-    mirror: list           # K flags
-    erase: list            # K (y0, x0, h, w) or None
-    rng: np.random.Generator
-    skips: list = field(default_factory=list)   # (path, reason) of bad files passed over
-    pyav: bool = False                          # decoded by the PyAV fallback, not by DALI
-    future: object = None                       # the fallback's Future
+class EpochState:
+    """One epoch in progress: the order's batches not yet scheduled, the batches in flight (in
+    output order; each pipeline is FIFO), the pipeline the next batch goes to, and (evaluation)
+    the videos dropped since the last emitted batch, reported with the next one."""
+    epoch: int
+    order: Iterator[List[int]]
+    counted: collections.Counter                 # the loader's decode counts when the epoch began
+    pending: collections.deque = field(default_factory=collections.deque)
+    turn: int = 0
+    dropped: list = field(default_factory=list)
+
+    def take_dropped(self) -> list:
+        out, self.dropped = self.dropped, []
+        return out
 
 
-@dataclass
-class _Batch:
-    """A batch in flight: its samples in output order (DALI decodes those with ``pyav`` False,
-    on pipeline ``pipe``, None when it has none), and the videos dropped before it (evaluation)."""
-    pipe: Optional[int]
-    samples: List[_Sample]
-    dropped: list
-
-
-class DaliVideoLoader(FallbackRouting):
-    """Batches of ``(video, skipped)`` (pretrain), ``(video, labels, erasures, skipped)``
-    (finetune), ``(video, labels, skipped, paths)`` (val, test: one label and path per video);
-    ``skipped`` holds the ``(path, reason)`` of the unreadable videos passed over, ``erasures``
-    the cube-erasing boxes (`pixels.Erasure`). ``video`` is uint8 pixels ``(B * K, 3, T, S, S)``
-    (views sample-major; test: ``K = S_t * C``; val: one centred view) on the loader's target
-    device, not normalised. Call ``loader(epoch, skip_micro_steps)`` for one epoch.
+class DaliVideoLoader:
+    """Batches of the `batches` types: `PretrainBatch` (pretrain), `ClassifyBatch` (finetune),
+    `EvalBatch` (val, test: one label and path per video). ``video`` is uint8 pixels
+    ``(B * K, 3, T, S, S)`` (views sample-major; test: ``K = S_t * C``; val: one centred view) on
+    the loader's target device, not normalised. Call ``loader(epoch, skip_micro_steps)`` for one
+    epoch.
 
     Training modes replace an unreadable video by a random other one (as the CPU path does);
     evaluation modes drop it from its batch and count it, so that metrics stay per video.
@@ -145,25 +138,26 @@ class DaliVideoLoader(FallbackRouting):
         ok, why = dali_status()
         if not ok:
             raise RuntimeError(why)
-        self.videos: List[IndexedVideo] = self._route(list(videos), device, fallback, reencode_hint)
+        self.videos, self.pyav_paths = route(list(videos), device, fallback, reencode_hint)
         kinds = {v.codec == RAWFRAMES for v in self.videos}
         if len(kinds) > 1:
             raise ValueError("the list mixes video files and frame folders, which DALI decodes with "
                              "different graphs: split the list, or use --decoder pyav")
         self.raw_frames, self.fname_tmpl = kinds == {True}, fname_tmpl
         self.mode, self.batch_size, self.seed = mode, int(batch_size), int(seed)
-        self.T, self.rate, self.size = int(num_frames), int(sampling_rate), int(input_size)
+        self.T, self.size = int(num_frames), int(input_size)
         self.segments = int(test_segments) if mode == "test" else 1
         self.views = int(num_views)
         self.device, self.device_id = device, device_id
         self.num_threads, self.prefetch = num_threads, max(1, prefetch)
-        self.flip = flip and mode == "finetune"
         self.rand_aug = rand_augment if mode == "finetune" else None
-        self.erase_prob = erase_prob if mode == "finetune" else 0.0
-        self.sparse, self.max_retries = sparse, max_retries
-        self.min_crop_scale = float(min_crop_scale)
-        self.short_side = int(short_side or input_size)
-        self.world_size, self.rank = world_size, rank
+        self.rank = rank
+        self.planner = SamplePlanner(
+            self.videos, mode, num_frames=self.T, sampling_rate=int(sampling_rate), input_size=self.size,
+            views=self.views, segments=self.segments, seed=self.seed, flip=flip and mode == "finetune",
+            erase_prob=erase_prob if mode == "finetune" else 0.0, sparse=sparse,
+            min_crop_scale=float(min_crop_scale), short_side=int(short_side or input_size),
+            max_retries=max_retries, pyav_paths=self.pyav_paths)
         if mode in EVAL_MODES:
             per_rank = -(-len(self.videos) // world_size)
             self.shard = list(range(rank * per_rank, min(len(self.videos), (rank + 1) * per_rank)))
@@ -171,8 +165,6 @@ class DaliVideoLoader(FallbackRouting):
         else:
             self.sampler = GlobalBatchSampler(len(self.videos), self.batch_size, world_size, rank, seed)
             self.steps_per_epoch = self.sampler.steps_per_epoch
-        self.bad: set = set()
-        self.reasons: dict = {}       # bad path -> DALI's (or PyAV's) error
         self.skipped_total = 0
         self.num_videos = len(self.videos)
         self.instances = int(decoder_instances)
@@ -180,35 +172,24 @@ class DaliVideoLoader(FallbackRouting):
         self.transfer = transfer_plan(device, target_device)
         self.target_device = torch.device(target_device) if target_device is not None else None
         self.decoded = collections.Counter()          # videos decoded by "dali" / "pyav", this run
-        self._fallback = (FallbackDecoder(self.size, num_threads, self.rand_aug)
-                          if self.pyav_paths else None)
+        host_or_device = (torch.device("cuda", device_id or 0) if self.transfer == "device"
+                          else torch.device("cpu"))
+        self.fallback = (PyAVFallback(self.size, num_threads, self.rand_aug, self.planner, self.transfer,
+                                      host_or_device) if self.pyav_paths else None)
 
-    # ------------------------------------------------------------------ host-side sampling
-    def _sample(self, epoch: int, index: int, attempt: int) -> _Sample:
-        rng = np.random.default_rng([self.seed, epoch, index, attempt])
-        v = self.videos[index]
-        K, boxes, mirror, erase = self.views, [], [0] * self.views, [None] * self.views
-        if self.mode == "pretrain":
-            frames = pretrain_frame_indices(v.frames, self.T, self.rate, rng)
-            boxes = [multiscale_crop_box(v.width, v.height, self.size, rng) for _ in range(K)]
-        elif self.mode == "finetune":
-            frames = (sparse_frame_indices(v.frames, self.T, rng) if self.sparse else
-                      finetune_frame_indices(v.frames, self.T, self.rate, rng))
-            for k in range(K):
-                boxes.append(random_resized_crop_box(v.width, v.height, rng, scale=(self.min_crop_scale, 1.0)))
-                mirror[k] = int(self.flip and rng.random() < 0.5)
-                erase[k] = random_erasing_box(self.size, rng, self.erase_prob) if self.erase_prob else None
-        elif self.mode == "val":        # the official single-view validation: centred window and crop
-            frames = (sparse_frame_indices(v.frames, self.T, None, train=False) if self.sparse else
-                      finetune_frame_indices(v.frames, self.T, self.rate, None, train=False))
-            boxes = test_crop_boxes(v.width, v.height, self.size, 1, self.short_side)
-        else:
-            frames = test_frame_indices(v.frames, self.T, self.rate, self.segments, self.sparse).reshape(-1)
-            boxes = test_crop_boxes(v.width, v.height, self.size, K, self.short_side)
-        return _Sample(index, v, np.asarray(frames, np.int64), boxes, mirror, erase, rng,
-                       pyav=v.path in self.pyav_paths)
+    @property
+    def bad(self) -> set:
+        """The files found unreadable in this run."""
+        return self.planner.bad
 
-    def _batches(self, epoch: int, skip: int):
+    @property
+    def reasons(self) -> dict:
+        """Why each file of ``bad`` is unreadable."""
+        return self.planner.reasons
+
+    def batch_indices(self, epoch: int, skip: int) -> Iterator[List[int]]:
+        """The video indices of each batch of the epoch from batch ``skip`` on: this rank's part
+        of the global order (training), or its shard in list order (evaluation)."""
         if self.mode in EVAL_MODES:
             for s in range(skip, self.steps_per_epoch):
                 yield self.shard[s * self.batch_size:(s + 1) * self.batch_size]
@@ -217,34 +198,15 @@ class DaliVideoLoader(FallbackRouting):
         for batch in self.sampler:
             yield [i for _, i in batch]
 
-    def _resolve(self, epoch: int, index: int) -> Optional[_Sample]:
-        """The first usable sample for ``index``, skipping files known to be bad (counted in
-        ``skips``), with the CPU path's replacement rule: a random other video. Evaluation modes
-        never replace: None for a known-bad file."""
-        if self.mode in EVAL_MODES:
-            s = self._sample(epoch, index, 0)
-            return None if s.video.path in self.bad else s
-        current, skips = index, []
-        for attempt in range(self.max_retries + 1):
-            s = self._sample(epoch, current, attempt)
-            if s.video.path not in self.bad:
-                s.index, s.skips = index, skips
-                return s
-            skips.append((s.video.path, self.reasons.get(s.video.path, "DALI cannot decode it")))
-            current = int(s.rng.integers(len(self.videos)))
-        raise BadDataError(f"no readable video found: item {index} and its {self.max_retries} random "
-                           f"replacements all failed to decode ({len(self.bad)} distinct files of "
-                           f"{len(self.videos)} failed so far); check the list and the index")
-
     # ------------------------------------------------------------------ DALI plumbing
     def _new_pipe(self, batch_size=None, instance: int = 0):
         images = self.T * self.segments if self.raw_frames else 0
         return build_pipeline(batch_size or self.batch_size, self.device,
-                               self.device_id if self.device == "gpu" else None, self.num_threads,
-                               self.size, self.views, self.rand_aug,
-                               self.seed + 7919 * self.rank + 104729 * instance, images)
+                              self.device_id if self.device == "gpu" else None, self.num_threads,
+                              self.size, self.views, self.rand_aug,
+                              self.seed + 7919 * self.rank + 104729 * instance, images)
 
-    def _feed(self, pipe, samples: List[_Sample]):
+    def _feed(self, pipe, samples: List[Sample]):
         if self.raw_frames:         # a missing frame file fails here, a corrupt one in DALI: both bad
             for j in range(self.T * self.segments):
                 pipe.feed_input(f"img{j}", [self._frame_bytes(s, j) for s in samples])
@@ -261,14 +223,14 @@ class DaliVideoLoader(FallbackRouting):
             pipe.feed_input(f"mirror{k}", [np.array(s.mirror[k], np.int32) for s in samples])
         pipe.schedule_run()
 
-    def _frame_bytes(self, s: _Sample, j: int) -> np.ndarray:
+    def _frame_bytes(self, s: Sample, j: int) -> np.ndarray:
         path = frame_file(s.video.path, self.fname_tmpl, s.video.start + int(s.frames[j]))
         try:
             return np.fromfile(path, dtype=np.uint8)
         except OSError:             # missing: an empty buffer, which the image decoder rejects
             return np.zeros(0, dtype=np.uint8)
 
-    def _schedule(self, batch: _Batch, pipe: Optional[int]) -> None:
+    def _schedule(self, batch: InFlight, pipe: Optional[int]) -> None:
         """Start decoding ``batch``: its DALI samples on pipeline ``pipe`` (when it has any), its
         fallback samples in the PyAV threads (those not started yet)."""
         mine = [s for s in batch.samples if not s.pyav]
@@ -277,9 +239,9 @@ class DaliVideoLoader(FallbackRouting):
             self._feed(self._pipes[pipe], mine)
         for s in batch.samples:
             if s.pyav and s.future is None:
-                s.future = self._fallback.submit(s)
+                self.fallback.submit(s)
 
-    def _decode_error(self, s: _Sample) -> Optional[str]:
+    def _decode_error(self, s: Sample) -> Optional[str]:
         """Decode ``s`` alone in a fresh pipeline: None if DALI accepts the file, else why not."""
         pipe = self._new_pipe(batch_size=1)
         try:
@@ -287,21 +249,11 @@ class DaliVideoLoader(FallbackRouting):
             pipe.outputs()
             return None
         except Exception as exc:  # DALI raises RuntimeError/IndexError subclasses
-            why = "DALI cannot decode it: " + str(exc).strip().splitlines()[0][:200]
-            self._warn_eval(s, why)
-            return why
+            return "DALI cannot decode it: " + str(exc).strip().splitlines()[0][:200]
         finally:
             del pipe
 
-    def _warn_eval(self, s: _Sample, why: str) -> None:
-        # training: the trainer lists each file once; evaluation has no trainer: warn here
-        (log.warning if self.mode in EVAL_MODES else log.debug)("skipping %s (%s)", s.video.path, why)
-
-    def _forget(self, s: _Sample, why: str) -> None:
-        self.bad.add(s.video.path)
-        self.reasons[s.video.path] = why
-
-    def _repair(self, epoch: int, samples: List[_Sample]) -> tuple:
+    def _repair(self, epoch: int, samples: List[Sample]) -> tuple:
         """After a failed batch: find the files DALI rejects and remember them; replace them
         (training) or drop them (evaluation). Returns (samples, the dropped (path, reason))."""
         out, dropped = [], []
@@ -310,19 +262,21 @@ class DaliVideoLoader(FallbackRouting):
                 why = self._decode_error(s)
                 if why is None:
                     break
-                self._forget(s, why)
-                path, s = s.video.path, self._resolve(epoch, s.index)
+                self.planner.forget(s, why)
+                path, s = s.video.path, self.planner.resolve(epoch, s.index)
                 if s is None:
                     dropped.append((path, why))
             if s is not None:
                 out.append(s)
         return out, dropped
 
-    def _refresh(self, epoch: int, samples: List[_Sample]) -> tuple:
+    def _refresh(self, epoch: int, samples: List[Sample]) -> tuple:
         """Samples scheduled before a file was found bad: the same rule as `_repair`, without
         decoding again (the file is known)."""
-        fresh = [self._resolve(epoch, s.index) if s.video.path in self.bad else s for s in samples]
-        dropped = [(s.video.path, self.reasons[s.video.path]) for s, f in zip(samples, fresh) if f is None]
+        bad = self.planner.bad
+        fresh = [self.planner.resolve(epoch, s.index) if s.video.path in bad else s for s in samples]
+        dropped = [(s.video.path, self.planner.reasons[s.video.path])
+                   for s, f in zip(samples, fresh) if f is None]
         return [s for s in fresh if s is not None], dropped
 
     def _to_torch(self, out) -> torch.Tensor:
@@ -337,29 +291,27 @@ class DaliVideoLoader(FallbackRouting):
             return pinned_copy(np.asarray(t))
         return torch.from_numpy(np.array(t))   # a copy: DALI reuses its buffers
 
-    def _finish(self, video: torch.Tensor, samples: List[_Sample]) -> tuple:
-        """(video (B*K, 3, T, S, S), erasures) from (B, K, 3, T', S, S)."""
+    def _emit(self, video: torch.Tensor, samples: List[Sample], skipped: list):
+        """The batch of the loader's mode from the clips ``(B, K, 3, T', S, S)`` of ``samples``."""
         K = self.views
         b, _, ch, t, h, w = video.shape
+        skipped = tuple(skipped)
         if self.mode == "test":
             # (B, C, 3, S*T, H, W) -> (B, S, C, 3, T, H, W): one decode, S x C views
             video = video.view(b, K, ch, self.segments, self.T, h, w).permute(0, 3, 1, 2, 4, 5, 6)
-            return video.reshape(b * self.segments * K, ch, self.T, h, w), []
-        # per-pixel N(0, 1) noise drawn on the device, one rectangle for every frame (cube erasing)
-        erasures = [(i * K + k, *box, None) for i, s in enumerate(samples)
-                    for k, box in enumerate(s.erase) if box is not None]
-        return video.reshape(b * K, ch, t, h, w), erasures
-
-    def _emit(self, video, samples, skipped):
-        video, erasures = self._finish(video, samples)
-        n = tuple(skipped)
+            video = video.reshape(b * self.segments * K, ch, self.T, h, w)
+        else:
+            video = video.reshape(b * K, ch, t, h, w)
         if self.mode == "pretrain":
-            return video, n
+            return PretrainBatch(video, skipped)
         labels = torch.tensor([s.video.label if s.video.label is not None else -1 for s in samples],
                               dtype=torch.int64)
         if self.mode in EVAL_MODES:
-            return video, labels, n, [s.video.path for s in samples]
-        return video, labels.repeat_interleave(self.views), erasures, n
+            return EvalBatch(video, labels, [s.video.path for s in samples], skipped)
+        # per-pixel N(0, 1) noise drawn on the device, one rectangle for every frame (cube erasing)
+        erasures = [(i * K + k, *box, None) for i, s in enumerate(samples)
+                    for k, box in enumerate(s.erase) if box is not None]
+        return ClassifyBatch(video, labels.repeat_interleave(K), erasures, skipped)
 
     def __len__(self) -> int:
         return self.steps_per_epoch
@@ -370,78 +322,76 @@ class DaliVideoLoader(FallbackRouting):
         return to_device_ahead(batches, self.target_device) if self.transfer == "pinned" else batches
 
     def epoch(self, epoch: int, skip_micro_steps: int = 0):
-        batches = self._batches(epoch, skip_micro_steps)
-        pending = collections.deque()   # _Batch scheduled, in output order; each pipeline is FIFO
+        state = EpochState(epoch, self.batch_indices(epoch, skip_micro_steps), self.decoded.copy())
         for k in range(self.instances):
             if self._pipes[k] is None:
                 self._pipes[k] = self._new_pipe(instance=k)
-        turn = [0]
-        self._carry = []    # evaluation: videos dropped before the next emitted batch
-        counted = self.decoded.copy()
-
-        def fill():
-            while len(pending) < self.prefetch * self.instances:
-                idxs = next(batches, None)
-                if idxs is None:
-                    return
-                resolved = [self._resolve(epoch, i) for i in idxs]
-                samples = [s for s in resolved if s is not None]
-                self._carry += [(self.videos[i].path, self.reasons.get(self.videos[i].path, ""))
-                                for i, s in zip(idxs, resolved) if s is None]
-                if not samples:         # evaluation: every video of the batch is known bad
-                    continue
-                batch = _Batch(None, samples, self._carry)
-                self._schedule(batch, turn[0])
-                if batch.pipe is not None:
-                    turn[0] = (turn[0] + 1) % self.instances    # round robin
-                pending.append(batch)
-                self._carry = []
-
-        fill()
+        self._fill(state)
         try:
-            yield from self._drain(epoch, pending, fill, counted)
+            yield from self._drain(state)
         finally:
-            if pending:     # left mid-epoch: drop the pipelines' stale work, rebuild next time
+            if state.pending:     # left mid-epoch: drop the pipelines' stale work, rebuild next time
                 self._pipes = [None] * self.instances
 
-    def _drain(self, epoch, pending, fill, counted):
-        while pending:
-            batch = pending[0]
+    def _fill(self, state: EpochState) -> None:
+        """Schedule batches of the order until ``prefetch`` per pipeline are in flight."""
+        while len(state.pending) < self.prefetch * self.instances:
+            idxs = next(state.order, None)
+            if idxs is None:
+                return
+            resolved = [self.planner.resolve(state.epoch, i) for i in idxs]
+            samples = [s for s in resolved if s is not None]
+            state.dropped += [(self.videos[i].path, self.planner.reasons.get(self.videos[i].path, ""))
+                              for i, s in zip(idxs, resolved) if s is None]
+            if not samples:         # evaluation: every video of the batch is known bad
+                continue
+            batch = InFlight(None, samples, state.take_dropped())
+            self._schedule(batch, state.turn)
+            if batch.pipe is not None:
+                state.turn = (state.turn + 1) % self.instances    # round robin
+            state.pending.append(batch)
+
+    def _drain(self, state: EpochState):
+        while state.pending:
+            batch = state.pending[0]
             k = batch.pipe
             try:
                 out = self._pipes[k].outputs()[0] if k is not None else None
             except Exception as exc:
-                self._recover(epoch, k, pending, exc)
+                self._recover(state, k, exc)
                 continue
-            pending.popleft()
+            state.pending.popleft()
             video = self._to_torch(out) if out is not None else None
-            fill()
-            video = self._assemble(video, epoch, batch)
+            self._fill(state)
+            if video is not None and self.views == 1:
+                video = video.unsqueeze(1)                  # (B, K, 3, T', S, S) with K = 1
+            if self.fallback is not None:
+                video = self.fallback.assemble(video, state.epoch, batch)
             skipped = [x for s in batch.samples for x in s.skips] + batch.dropped
             if not batch.samples:                       # evaluation: all dropped
-                self._carry += skipped
+                state.dropped += skipped
                 continue
             self.skipped_total += len(skipped)
             n_pyav = sum(s.pyav for s in batch.samples)
             self.decoded.update(dali=len(batch.samples) - n_pyav, pyav=n_pyav)
-            if not pending and self.pyav_paths:     # before the last batch: the trainer stops there
-                done = self.decoded - counted
+            if not state.pending and self.pyav_paths:   # before the last batch: the trainer stops there
+                done = self.decoded - state.counted
                 log.info("epoch %d: DALI (%s) decoded %d videos, PyAV %d (files DALI cannot "
-                         "decode)", epoch, self.device, done["dali"], done["pyav"])
+                         "decode)", state.epoch, self.device, done["dali"], done["pyav"])
             yield self._emit(video, batch.samples, skipped)
-        self.skipped_total += len(self._carry)
+        self.skipped_total += len(state.dropped)
 
-    def _recover(self, epoch, k, pending, exc) -> None:
+    def _recover(self, state: EpochState, k: int, exc: Exception) -> None:
         """DALI invalidates the pipeline on a decode error: rebuild this one and redo what it had
         in flight, the failed batch repaired, the others with newly known bad files replaced. The
         other pipelines keep their work; order is unchanged."""
         self._pipes[k] = None
-        mine = [b for b in pending if b.pipe == k]
-        known = len(self.bad)
+        mine = [b for b in state.pending if b.pipe == k]
+        known = len(self.planner.bad)
         for i, batch in enumerate(mine):
             dali = [s for s in batch.samples if not s.pyav]
-            fixed, dropped = (self._repair if i == 0 else self._refresh)(epoch, dali)
-            if i == 0 and len(self.bad) == known:    # no file is to blame
+            fixed, dropped = (self._repair if i == 0 else self._refresh)(state.epoch, dali)
+            if i == 0 and len(self.planner.bad) == known:    # no file is to blame
                 files = [s.video.path for s in dali]
                 why = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
                 raise DataPlaneError("the DALI pipeline failed on a batch whose files all decode alone "
@@ -452,8 +402,8 @@ class DaliVideoLoader(FallbackRouting):
             batch.samples = [s for s in batch.samples if s is not None]
             batch.dropped = batch.dropped + dropped
         for batch in [b for b in mine if not b.samples]:     # evaluation: nothing left to decode
-            pending.remove(batch)
-            self._carry += batch.dropped
+            state.pending.remove(batch)
+            state.dropped += batch.dropped
         self._pipes[k] = self._new_pipe(instance=k)
         for batch in mine:
             if batch.samples:

@@ -10,7 +10,7 @@ Three cases, chosen once per loader by :func:`transfer_plan`:
   copy overlaps the training step instead of going through a pageable staging copy on the
   compute stream.
 * ``"host"``: DALI on the CPU and training on the CPU (or no target given): one plain copy out of
-  DALI's buffer (DALI reuses its buffers), as before.
+  DALI's buffer (DALI reuses its buffers).
 """
 from __future__ import annotations
 
@@ -19,9 +19,7 @@ from typing import Optional, Union
 import numpy as np
 import torch
 
-__all__ = ["transfer_plan", "pinned_copy", "PLANS"]
-
-PLANS = ("device", "pinned", "host")
+__all__ = ["transfer_plan", "pinned_copy"]
 
 
 def transfer_plan(dali_device: str, target: Optional[Union[str, torch.device]]) -> str:

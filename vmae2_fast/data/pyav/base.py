@@ -26,8 +26,8 @@ import torch
 from torch.utils.data import Dataset, get_worker_info
 
 from ..lists import VideoEntry
-from .frames import FrameLayout, count_clip_frames
-from .video_io import VideoDecodeError
+from ..media import FrameLayout, VideoDecodeError
+from .frames import count_clip_frames
 
 logger = logging.getLogger(__name__)
 

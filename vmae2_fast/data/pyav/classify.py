@@ -29,13 +29,14 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from ..batches import ClassifyBatch, EvalBatch
 from ..clip_sampling import (finetune_frame_indices, random_resized_crop_box, sparse_frame_indices,
                              test_crop_offsets, test_frame_indices)
+from ..media import FrameLayout, VideoDecodeError
 from ..transforms import draw_cube_erasure, resize_short_side, to_float_tchw
 from .base import VideoDataset, as_entry
-from .frames import FrameLayout, count_clip_frames, decode_clip
+from .frames import count_clip_frames, decode_clip
 from .randaugment import VideoRandAugment
-from .video_io import VideoDecodeError
 
 __all__ = ["VideoClsDataset", "VideoTestDataset", "cls_collate", "eval_collate"]
 
@@ -128,21 +129,21 @@ def _cthw(x_tchw: torch.Tensor) -> torch.Tensor:
     return x_tchw.permute(1, 0, 2, 3).contiguous()
 
 
-def cls_collate(batch):
-    """``(clips (sum K, 3, T, S, S), labels (sum K,), erasures, skipped)``; views stay
-    sample-major; ``erasures``: the `pixels.Erasure` records, indexed in the batch; ``skipped``:
-    the batch's ``(path, reason)`` pairs. ``(None, None, [], skipped)`` when an item found no
-    readable video (the trainer stops with the counts)."""
+def cls_collate(batch) -> ClassifyBatch:
+    """The items' clips ``(sum K, 3, T, S, S)`` (views sample-major), one label per clip, the
+    `pixels.Erasure` records indexed in the batch, and the batch's skipped ``(path, reason)``
+    pairs; ``video`` is None when an item found no readable video (the trainer stops with the
+    counts)."""
     skipped = tuple(s for *_, sk in batch for s in sk)
     if any(c is None for c, *_ in batch):
-        return None, None, [], skipped
+        return ClassifyBatch(None, None, [], skipped)
     clips = torch.cat([c for c, *_ in batch])
     labels = torch.cat([torch.full((c.shape[0],), int(y), dtype=torch.int64) for c, y, *_ in batch])
     erasures, first = [], 0
     for c, _, er, _ in batch:
         erasures += [(first + k,) + tuple(box) for k, *box in er]
         first += c.shape[0]
-    return clips, labels, erasures, skipped
+    return ClassifyBatch(clips, labels, erasures, skipped)
 
 
 class VideoTestDataset(Dataset):
@@ -196,12 +197,13 @@ class VideoTestDataset(Dataset):
             return None, label, ((path, str(exc)),), path
 
 
-def eval_collate(batch):
-    """``(views (sum V, 3, T, S, S), labels (B,), skipped, paths)`` of the readable videos: one
-    label and path per video, its V views consecutive; ``skipped``: ``(path, reason)`` pairs."""
+def eval_collate(batch) -> EvalBatch:
+    """The readable videos' views ``(sum V, 3, T, S, S)`` (a video's V views consecutive), one
+    label and path per video, and the unreadable ones as ``(path, reason)`` pairs."""
     kept = [(c, y, p) for c, y, _, p in batch if c is not None]
     skipped = tuple(s for _, _, sk, _ in batch for s in sk)
     if not kept:
-        return None, None, skipped, []
-    return (torch.cat([c for c, _, _ in kept]), torch.tensor([y for _, y, _ in kept], dtype=torch.int64),
-            skipped, [p for _, _, p in kept])
+        return EvalBatch(None, None, [], skipped)
+    return EvalBatch(torch.cat([c for c, _, _ in kept]),
+                     torch.tensor([y for _, y, _ in kept], dtype=torch.int64), [p for _, _, p in kept],
+                     skipped)

@@ -1,12 +1,8 @@
-"""Frame folders, the official raw-frame layout: one image per frame, named by a template.
-
-Frame ``i`` (0-based) of a folder is ``folder / template.format(start + i)``; the official defaults
-are ``img_{:05}.jpg`` and start 1 (``--fname_tmpl``, ``--start_idx``), and a pre-training list gives
-the start per line (``frame_dir start_idx total_frames``). Frames are decoded on the CPU with PIL
-(the official code uses OpenCV; both read JPEG with libjpeg, so pixels may differ in the last bit
-where the builds differ). A missing, unreadable or differently sized frame raises
-:class:`VideoDecodeError` naming the file, so the datasets skip and count the clip exactly as
-they skip an unreadable video.
+"""Frame folders on the CPU: the images a `media.FrameLayout` names, decoded with PIL (the
+official code uses OpenCV; both read JPEG with libjpeg, so pixels may differ in the last bit where
+the builds differ). A missing, unreadable or differently sized frame raises
+:class:`~vmae2_fast.data.media.VideoDecodeError` naming the file, so the datasets skip and count
+the clip exactly as they skip an unreadable video.
 
 `decode_clip` and `count_clip_frames` are what the datasets call: a folder goes here, a file to
 `video_io`.
@@ -14,50 +10,14 @@ they skip an unreadable video.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from typing import List, Sequence
+from typing import Sequence
 
 import numpy as np
 
-from .video_io import VideoDecodeError, count_frames, decode_frames
+from ..media import FrameLayout, VideoDecodeError, frame_file, scan_frame_folder
+from .video_io import count_frames, decode_frames
 
-__all__ = ["DEFAULT_TEMPLATE", "DEFAULT_START", "FrameLayout", "frame_file", "scan_frame_folder",
-           "read_frame_folder", "decode_clip", "count_clip_frames"]
-
-DEFAULT_TEMPLATE = "img_{:05}.jpg"
-DEFAULT_START = 1
-
-
-@dataclass(frozen=True)
-class FrameLayout:
-    """How frame folders name their files; ``start_idx`` is the default first number (lists
-    without a start column), a pre-training list's own start wins."""
-    template: str = DEFAULT_TEMPLATE
-    start_idx: int = DEFAULT_START
-
-
-def frame_file(folder: str, template: str, number: int) -> str:
-    return os.path.join(folder, template.format(number))
-
-
-def _names(folder: str) -> set:
-    try:
-        return set(os.listdir(folder))
-    except OSError as exc:
-        raise VideoDecodeError(f"cannot list the frame folder {folder}: {exc}") from exc
-
-
-def scan_frame_folder(folder: str, template: str, start: int, listed: int = -1) -> tuple[int, List[str]]:
-    """``(frames, missing)``: with a listed count, that count and the listed frames that are
-    absent; without one, the number of consecutive frames from ``start`` (none missing)."""
-    names = _names(folder)
-    if listed > 0:
-        expected = [template.format(start + i) for i in range(listed)]
-        return listed, [n for n in expected if n not in names]
-    n = 0
-    while template.format(start + n) in names:
-        n += 1
-    return n, []
+__all__ = ["read_frame_folder", "decode_clip", "count_clip_frames"]
 
 
 def _read_image(path: str) -> np.ndarray:

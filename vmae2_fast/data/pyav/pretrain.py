@@ -20,11 +20,13 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from ..batches import PretrainBatch
 from ..clip_sampling import multiscale_crop_box, pretrain_frame_indices
 from ..lists import VideoEntry
+from ..media import FrameLayout
 from ..transforms import crop_resize
 from .base import VideoDataset
-from .frames import FrameLayout, decode_clip
+from .frames import decode_clip
 
 __all__ = ["PretrainVideoDataset", "pretrain_collate"]
 
@@ -63,11 +65,10 @@ class PretrainVideoDataset(VideoDataset):
         return self.with_replacement(index, self._load)
 
 
-def pretrain_collate(batch: Sequence[Tuple[Optional[torch.Tensor], list]]
-                     ) -> Tuple[Optional[torch.Tensor], tuple]:
-    """Flatten the views: ``(B*K, 3, T, S, S)`` in sample-major order, plus the batch's skipped
-    ``(path, reason)`` pairs; ``(None, skipped)`` when an item found no readable video."""
+def pretrain_collate(batch: Sequence[Tuple[Optional[torch.Tensor], list]]) -> PretrainBatch:
+    """Flatten the views: ``video`` ``(B*K, 3, T, S, S)`` in sample-major order, and the batch's
+    skipped ``(path, reason)`` pairs; ``video`` is None when an item found no readable video."""
     skipped = tuple(s for _, sk in batch for s in sk)
     if any(c is None for c, _ in batch):
-        return None, skipped
-    return torch.cat([c for c, _ in batch], dim=0), skipped
+        return PretrainBatch(None, skipped)
+    return PretrainBatch(torch.cat([c for c, _ in batch], dim=0), skipped)

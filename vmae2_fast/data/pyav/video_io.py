@@ -13,7 +13,9 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-__all__ = ["VideoDecodeError", "count_frames", "decode_frames"]
+from ..media import VideoDecodeError
+
+__all__ = ["count_frames", "decode_frames", "open_video", "iter_frames"]
 
 
 def _av():
@@ -21,10 +23,6 @@ def _av():
     must import on a machine without PyAV, such as the GPU machines `bench/gpu_suite.sh` runs on."""
     import av
     return av
-
-
-class VideoDecodeError(RuntimeError):
-    """A video could not be opened, decoded, or has fewer frames than requested."""
 
 
 def open_video(path: str, threads: int):

@@ -31,7 +31,7 @@ from typing import Optional, Tuple
 
 import av
 
-from .index import probe_video
+from ..index import probe_video
 
 __all__ = ["CODECS", "PRESETS", "EncodeSettings", "TranscodeError", "output_size", "transcode",
            "partial_path"]
