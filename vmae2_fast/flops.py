@@ -17,7 +17,7 @@ The paper's "FLOPs" are MACs per clip, counted with fvcore on the official model
   2. LayerNorm, 5 per element: ViT-B 0.042 G (V1) / 0.031 G (dual), ViT-g 0.165 / 0.146 G.
   The other ops fvcore skips are left out of both counts; all of them are memory-bound.
   fvcore count against the paper (Tables 1, 2): ViT-B V1 35.482 G (35.48), dual 25.871 G
-  (25.87; the issue's "25.03" is not what the formula gives), running cell 0.25 31.629 (31.63),
+  (25.87), running cell 0.25 31.629 (31.63),
   0.75 21.057 (21.06); ViT-g V1 264.122 (263.93), dual 241.760 (241.61). ViT-B matches to
   0.02 %; ViT-g matches better without the LayerNorm term (263.957, 241.614), as if the paper's
   ViT-g count had not seen its norms. Engine count: ViT-B 33.779 / 24.179 G, ViT-g 260.910 /
