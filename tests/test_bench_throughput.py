@@ -128,6 +128,10 @@ def test_sweep_stops_an_implementation_at_its_first_out_of_memory(tmp_path, monk
     assert report["results"]["fast"]["batch"] == 1 and report["speedup_batch"] == 1
     best = max((r for r in report["rows"] if r["name"] == "re-statement"), key=lambda r: r["clips_per_s"])
     assert report["results"]["re-statement"]["batch"] == best["batch"]
+    for r in report["rows"]:        # each row against the baseline at its own batch
+        if r["status"] == "ok":
+            base = next(b for b in report["rows"] if b["name"] == "re-statement" and b["batch"] == r["batch"])
+            assert r["vs"] == pytest.approx(base["median_step_s"] / r["median_step_s"])
     md = next(tmp_path.glob("*.md")).read_text()
     assert "## Every batch" in md and "out of memory" in md
 
