@@ -188,8 +188,8 @@ def test_without_pyav_the_step_report_runs(tmp_path):
 
 def test_a_killed_run_leaves_the_records_it_measured(tmp_path):
     """SIGKILL after the first measurement: the records file holds the run record and every
-    measurement completed so far, whole, and the renderer makes a table of them that says the
-    run did not finish."""
+    measurement completed so far (each one says so on stderr once it is written), whole, and the
+    renderer makes a table of them that says the run did not finish."""
     import signal
     import time
     out = tmp_path / "out"
@@ -207,12 +207,14 @@ def test_a_killed_run_leaves_the_records_it_measured(tmp_path):
         assert proc.poll() is None, f"the run ended before it was killed: {proc.stderr.read()[-2000:]}"
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=60)
+        said = [line for line in proc.stderr.read().splitlines() if line.startswith("[throughput] ")]
     finally:
         if proc.poll() is None:
             proc.kill()
     r = report(out)         # every line parses: no record was cut short
     assert r["end"] is None and r["bench"] == "throughput" and r["batch"] == "sweep"
     assert 1 <= len(r["rows"]) < 14       # 2 implementations x 7 batches: killed well before the end
+    assert len(r["rows"]) >= len(said)    # nothing it reported measured is missing
     for row in r["rows"]:
         assert row["status"] == "ok" and len(row["step_s"]) == 20 and row["clips_per_s"] > 0
     assert not list(out.glob("*.md"))
