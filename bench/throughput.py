@@ -278,7 +278,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    return harness.main(build_parser(), run, argv)
+    p = build_parser()
+    if "--data" in (sys.argv[1:] if argv is None else argv):
+        p.error("--data: the step fed by its loader is bench/fed_step.py (python bench/fed_step.py --data LIST ...)")
+    return harness.main(p, run, argv)
 
 
 if __name__ == "__main__":

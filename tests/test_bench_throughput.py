@@ -223,3 +223,9 @@ def test_a_killed_run_leaves_the_records_it_measured(tmp_path):
     assert "The run stopped before it finished" in md and f"the {len(r['rows'])} measurement(s)" in md
     first = r["rows"][0]
     assert f"| {first['name']} | " in md and f"{first['median_step_s']:.4f}" in md
+
+
+def test_data_flag_points_to_the_fed_step(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        throughput.main([*TINY, "--out", str(tmp_path), "--data", "list.csv"])
+    assert exc.value.code == 2 and "bench/fed_step.py" in capsys.readouterr().err
