@@ -177,6 +177,19 @@ BUGS = [
         edit('and not torch.cuda.is_available() and "gpu" not in item.keywords):', "and False):"),
         ("tests/test_skip_policy.py::test_on_ci_only_gpu_tests_may_skip",),
         "on CI a test that is not marked gpu may skip for any reason"),
+    Bug("bench-records-unflushed", "bench/harness.py",
+        edit("        self._file.flush()\n", ""),
+        ("tests/test_bench_render.py::test_records_are_on_disk_as_each_is_added",
+         "tests/test_bench_throughput.py::test_a_killed_run_leaves_the_records_it_measured"),
+        "a benchmark's records wait in a buffer: a killed run loses what it measured"),
+    Bug("bench-restatement-called-official", "bench/implementations.py",
+        edit('restatement = Impl("re-statement", "re-statement",', 'restatement = Impl("official", "re-statement",'),
+        ("tests/test_bench_throughput.py::test_throughput_bench_smoke",),
+        "the re-statement of the official computation is reported as the official code"),
+    Bug("bench-ratio-across-batches", "bench/render.py",
+        edit(' and b["batch"] == r["batch"]\n', "\n"),
+        ("tests/test_bench_throughput.py::test_sweep_stops_an_implementation_at_its_first_out_of_memory",),
+        "a sweep's rows are compared with the baseline at another batch"),
 ]
 
 
