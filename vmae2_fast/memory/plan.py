@@ -34,10 +34,10 @@ import numpy as np
 from .trace import KINDS, StepSpec, StepTrace, trace_step
 
 __all__ = ["Setup", "MemoryPlan", "plan_memory", "max_batch", "least_recompute", "recompute_ladder",
-           "HEADROOM", "REPORTED_POLICIES"]
+           "setup_from_config", "stack_depths", "recomputed_blocks", "HEADROOM", "REPORTED_POLICIES"]
 
 HEADROOM = 0.10                    # of the device memory, left for what is not a tensor
-REPORTED_POLICIES = ("none", "4", "2", "full")
+REPORTED_POLICIES = ("none", "full")             # and the policy asked for (or auto chose)
 _FP32 = 4
 _CUDA_BLOCK = 512                  # the CUDA caching allocator rounds every tensor up to this
 PARALLELISMS = ("none", "ddp", "fsdp")
@@ -93,6 +93,22 @@ class MemoryPlan:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def setup_from_config(cfg, device: str, world_size: int, num_classes: int | None = None) -> Setup:
+    """The `Setup` of a run's config (`RunConfig` or `PlanConfig`) on `device` ("cuda" or "cpu")
+    over `world_size` processes; `num_classes` given: the classifier's step."""
+    from ..models.zoo import model_options
+    precision = cfg.precision if cfg.precision != "auto" else ("bf16" if device == "cuda" else "fp32")
+    spec = StepSpec(
+        model=cfg.model, input_size=cfg.input_size, num_frames=cfg.num_frames,
+        tubelet_size=cfg.tubelet_size, num_classes=num_classes,
+        decoder_depth=getattr(cfg, "decoder_depth", 4), mask_ratio=getattr(cfg, "mask_ratio", 0.9),
+        decoder_mask_ratio=getattr(cfg, "decoder_mask_ratio", 0.5), precision=precision, device=device,
+        attention=cfg.attention, options=tuple(sorted(model_options(cfg).items())))
+    parallelism = cfg.parallelism if world_size > 1 else "none"
+    return Setup(spec, batch_size=cfg.batch_size, num_sample=cfg.num_sample, accum_steps=cfg.accum_steps,
+                 parallelism=parallelism, world_size=world_size, fsdp_param_dtype=cfg.fsdp_param_dtype)
 
 
 # ------------------------------------------------------------------------------ persistent state
@@ -223,6 +239,14 @@ def recompute_ladder(depths: tuple[int, ...]) -> list[str]:
     return ["none", *ladder]
 
 
+def recomputed_blocks(setup: Setup, policy: str) -> tuple[int, int]:
+    """(blocks whose activations the backward recomputes under `policy`, blocks in all)."""
+    from ..models.vit import checkpoint_interval
+    k = checkpoint_interval(policy)
+    depths = stack_depths(setup)
+    return (sum(d // k for d in depths) if k else 0), sum(depths)
+
+
 def stack_depths(setup: Setup) -> tuple[int, ...]:
     from ..models.zoo import model_spec
     depth = model_spec(setup.spec.model).depth
@@ -231,24 +255,50 @@ def stack_depths(setup: Setup) -> tuple[int, ...]:
 
 def least_recompute(setup: Setup, budget_bytes: float) -> tuple[str | None, dict[str, MemoryPlan]]:
     """The checkpointing policy with the least recompute whose plan fits `budget_bytes` at the
-    setup's batch (None: not even full checkpointing fits), and the plans it looked at. The
-    peak falls as more blocks are checkpointed, so the ladder is bisected."""
+    setup's batch (None: not even full checkpointing fits), and the plans it looked at.
+
+    The peak falls as more blocks are checkpointed, so the ladder (`recompute_ladder`) is
+    searched between a policy that does not fit and one that does; each probe is the rung the
+    straight line between their exact peaks puts at the budget, against the activations of the
+    blocks each rung recomputes (tokens x width per block), then traced exactly."""
     ladder = recompute_ladder(stack_depths(setup))
+    weight = [_recomputed_activations(setup, p) for p in ladder]
     tried: dict[str, MemoryPlan] = {}
 
-    def fits(i: int) -> bool:
-        tried[ladder[i]] = plan_memory(setup, ladder[i])
-        return tried[ladder[i]].peak_bytes <= budget_bytes
+    def peak(i: int) -> int:
+        if ladder[i] not in tried:
+            tried[ladder[i]] = plan_memory(setup, ladder[i])
+        return tried[ladder[i]].peak_bytes
 
-    if fits(0):
+    if peak(0) <= budget_bytes:
         return "none", tried
-    if not fits(len(ladder) - 1):
+    if peak(len(ladder) - 1) > budget_bytes:
         return None, tried
     lo, hi = 0, len(ladder) - 1            # lo does not fit, hi fits
     while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if fits(mid):
-            hi = mid
+        share = (peak(lo) - budget_bytes) / max(peak(lo) - peak(hi), 1)
+        target = weight[lo] + share * (weight[hi] - weight[lo])
+        guess = next((i for i in range(lo + 1, hi) if weight[i] >= target), hi - 1)
+        if peak(guess) <= budget_bytes:
+            hi = guess
         else:
-            lo = mid
+            lo = guess
     return ladder[hi], tried
+
+
+def _recomputed_activations(setup: Setup, policy: str) -> float:
+    """Tokens x width of the blocks `policy` recomputes: what orders the ladder's savings."""
+    from ..masking import DualMasking, num_tokens
+    from ..models.vit import checkpoint_interval
+    from ..models.zoo import model_spec
+    s = model_spec(setup.spec.model)
+    k = checkpoint_interval(policy)
+    if not k:
+        return 0.0
+    grid = (setup.spec.num_frames // setup.spec.tubelet_size, setup.spec.input_size // s.patch_size,
+            setup.spec.input_size // s.patch_size)
+    if setup.spec.num_classes is not None:
+        return s.depth // k * num_tokens(grid) * s.embed_dim
+    masks = DualMasking(grid, setup.spec.mask_ratio, setup.spec.decoder_mask_ratio)
+    return (s.depth // k * masks.num_visible * s.embed_dim
+            + setup.spec.decoder_depth // k * (masks.num_visible + masks.num_decoded) * s.decoder_embed_dim)
