@@ -26,7 +26,7 @@ from ..train.schedule import run_schedules
 log = logging.getLogger("vmae2_fast")
 
 __all__ = ["pick_device", "session", "seed_everything", "rank0_first", "build_trainer",
-           "embedded_dataset", "apply_attention"]
+           "embedded_dataset", "apply_attention", "resolve_checkpointing", "model_checkpointing"]
 
 
 def pick_device(name: str, dist: DistInfo | None = None) -> torch.device:
@@ -62,6 +62,53 @@ def apply_attention(model: torch.nn.Module, backend: str, device: torch.device, 
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(resolve_precision(precision, device),
                                                               torch.float32)
     return set_attention_backend(model, backend, device, dtype)
+
+
+def model_checkpointing(cfg) -> str:
+    """The policy a model is built with: `auto` not resolved yet (a model built outside a run)
+    checkpoints nothing."""
+    return "none" if cfg.activation_checkpointing == "auto" else cfg.activation_checkpointing
+
+
+def resolve_checkpointing(cfg, device: torch.device, dist: DistInfo, num_classes: int | None = None):
+    """`cfg` with `--activation-checkpointing auto` resolved, before any compute: on a GPU the
+    least recompute whose planned peak (vmae2_fast.memory) fits the free memory of the tightest
+    GPU of the run, logged with the numbers; a ValueError with the largest batch that fits when
+    nothing does. On a CPU, none."""
+    from ..config import replace
+    if cfg.activation_checkpointing != "auto":
+        return cfg
+    if device.type != "cuda":
+        if dist.is_main:
+            log.info("activation checkpointing: none (auto plans against a GPU's memory; on %s it "
+                     "checkpoints nothing)", device.type)
+        return replace(cfg, activation_checkpointing="none")
+    from ..memory import HEADROOM, least_recompute, max_batch
+    from ..memory.plan import recomputed_blocks, setup_from_config
+    from ..train.distributed import all_gather_objects
+    free = min(all_gather_objects(torch.cuda.mem_get_info(device)[0], dist))   # every rank decides alike
+    budget = free * (1 - HEADROOM)
+    setup = setup_from_config(cfg, "cuda", dist.world_size, num_classes)
+    policy, tried = least_recompute(setup, budget)
+    gib = 2 ** 30
+    if policy is None:
+        largest = max_batch(setup, "full", budget)
+        fits = (f"the largest that fits is --batch-size {largest} with --activation-checkpointing full"
+                if largest else "not even --batch-size 1 fits: use --parallelism fsdp over more GPUs")
+        raise ValueError(
+            f"--batch-size {cfg.batch_size} ({setup.clips} clips per GPU) does not fit: even with "
+            f"--activation-checkpointing full the planned peak is {tried['full'].peak_bytes / gib:.1f} "
+            f"GiB, more than the {budget / gib:.1f} GiB that tensors may use of the {free / gib:.1f} GiB "
+            f"free on {device} ({100 * HEADROOM:.0f} % kept free); {fits} "
+            "(python -m vmae2_fast.plan shows the plan)")
+    if dist.is_main:
+        n, blocks = recomputed_blocks(setup, policy)
+        log.info("activation checkpointing: %s, chosen by auto (%d of %d blocks recomputed): planned "
+                 "peak %.1f GiB per GPU, %.1f GiB of %.1f GiB free may hold tensors%s", policy, n,
+                 blocks, tried[policy].peak_bytes / gib, budget / gib, free / gib,
+                 "" if policy == "none" else
+                 f"; without checkpointing the peak would be {tried['none'].peak_bytes / gib:.1f} GiB")
+    return replace(cfg, activation_checkpointing=policy)
 
 
 def seed_everything(seed: int, rank: int = 0, threads: int = 0) -> None:
