@@ -140,6 +140,29 @@ def embedded_dataset(dist: DistInfo):
     return synth
 
 
+def _flops_and_peak(cfg, model, device: torch.device, precision: str, dist: DistInfo) -> dict:
+    """The training FLOPs per clip of `model` (model, and with the recompute of its
+    checkpointing) and the device's peak FLOP/s (--peak-tflops, else the GPU's from the table in
+    vmae2_fast.flops): TFLOP/s, MFU and HFU in the log."""
+    from ..flops import peak_flops, train_flops
+    ratios = (cfg.mask_ratio, cfg.decoder_mask_ratio) if hasattr(cfg, "mask_ratio") else ()
+    flops = train_flops(model, *ratios, checkpointing=model_checkpointing(cfg))
+    peak = cfg.peak_tflops * 1e12 if cfg.peak_tflops else None
+    if peak is None and device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        try:
+            peak = peak_flops(name, {"bf16": "bf16", "fp16": "fp16"}.get(precision, "fp32"))
+        except ValueError as exc:
+            if dist.is_main:
+                log.info("MFU not logged: %s", exc)
+    if dist.is_main:
+        log.info("training FLOPs per clip: %.4g GFLOP (model), %.4g with the recompute%s",
+                 flops.model / 1e9, flops.hardware / 1e9,
+                 f"; peak {peak / 1e12:g} TFLOP/s per device for MFU" if peak else
+                 "; no peak FLOP/s for MFU (--peak-tflops)")
+    return {"flops_per_clip": (flops.model, flops.hardware), "peak_flops": peak}
+
+
 def build_trainer(cfg, stage, model: torch.nn.Module, loader, device: torch.device, dist: DistInfo,
                   run_config: dict, *, layer_decay: float | None = None, ema=None) -> tuple[Trainer, dict]:
     """Optimiser groups, schedules, wrapping and the Trainer of one run; writes config.json.
@@ -157,7 +180,8 @@ def build_trainer(cfg, stage, model: torch.nn.Module, loader, device: torch.devi
         clip_grad=cfg.clip_grad, precision=precision, max_nonfinite=cfg.max_nonfinite,
         log_every=cfg.log_every, save_every=cfg.save_every, save_every_steps=cfg.save_every_steps,
         keep_last=cfg.keep_last, max_bad_fraction=cfg.max_bad_fraction, output_dir=cfg.output_dir, progress=cfg.progress,
-        tensorboard=cfg.tensorboard, max_steps=cfg.max_steps, sharded=cfg.parallelism == "fsdp")
+        tensorboard=cfg.tensorboard, max_steps=cfg.max_steps, sharded=cfg.parallelism == "fsdp",
+        **_flops_and_peak(cfg, model, device, precision, dist))
     wrapped = parallelize(model, device, dist, compile=cfg.compile, parallelism=cfg.parallelism,
                           fsdp_param_dtype=cfg.fsdp_param_dtype)
     # after the wrapping: FSDP replaces the parameters with sharded ones
