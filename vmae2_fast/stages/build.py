@@ -183,7 +183,7 @@ def build_trainer(cfg, stage, model: torch.nn.Module, loader, device: torch.devi
         tensorboard=cfg.tensorboard, max_steps=cfg.max_steps, sharded=cfg.parallelism == "fsdp",
         **_flops_and_peak(cfg, model, device, precision, dist))
     wrapped = parallelize(model, device, dist, compile=cfg.compile, parallelism=cfg.parallelism,
-                          fsdp_param_dtype=cfg.fsdp_param_dtype)
+                          fsdp_param_dtype=cfg.fsdp_param_dtype, fp8=cfg.fp8)
     # after the wrapping: FSDP replaces the parameters with sharded ones
     decay = {} if layer_decay is None else dict(layer_decay=layer_decay, num_layers=model.get_num_layers())
     optimizer = build_adamw(model, lr, cfg.weight_decay, tuple(cfg.betas), cfg.opt_eps, **decay)
