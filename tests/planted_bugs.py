@@ -38,7 +38,7 @@ def edit(old, new):
 BUGS = [
     Bug("plan-counts-parameter-views", "vmae2_fast/memory/trace.py",
         edit("self._existing = {id(t.untyped_storage()) for t in existing}", "self._existing = set()"),
-        ("tests/test_plan.py::test_plan_matches_the_allocations_of_a_real_step[vit_micro-none-fp32-8]",),
+        ("tests/test_plan.py::test_plan_matches_the_allocations_of_a_real_step[vit_s-full-fp32-4]",),
         "a view of a parameter (w.t() in every linear) is counted as a new allocation"),
     Bug("plan-cuda-norms-on-cpu", "vmae2_fast/memory/trace.py",
         edit('if spec.device == "cuda" and type(m) is nn.LayerNorm:', "if type(m) is nn.LayerNorm:"),
