@@ -62,5 +62,6 @@ setup(
                                       "vmae2-finetune=vmae2_fast.finetune:main",
                                       "vmae2-evaluate=vmae2_fast.evaluate:main",
                                       "vmae2-distill=vmae2_fast.distill:main",
-                                      "vmae2-extract-features=vmae2_fast.extract_features:main"]},
+                                      "vmae2-extract-features=vmae2_fast.extract_features:main",
+                                      "vmae2-plan=vmae2_fast.plan:main"]},
 )
