@@ -18,12 +18,17 @@ DECODERS = ("auto", "dali", "pyav")
 
 
 @dataclass
-class RunConfig:
-    # model
+class ClipModel:
+    """The model and the clip it sees: what a run and its memory plan (config/plan.py) share."""
     model: str = "vit_b"
     input_size: int = 224
     num_frames: int = 16
     tubelet_size: int = 2
+
+
+@dataclass
+class RunConfig(ClipModel):
+    # model (and ClipModel's fields)
     drop_path: float = 0.0
     # none | full | K (every K-th block) | auto: on a GPU, the least recompute whose planned peak
     # fits its free memory (vmae2_fast.memory; none on a CPU). A bare --activation-checkpointing

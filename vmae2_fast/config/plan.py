@@ -4,18 +4,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from .base import PRECISIONS, one_of
+from .base import PRECISIONS, ClipModel, one_of
 
 PLAN_PARALLELISMS = ("ddp", "fsdp", "none")
 
 
 @dataclass
-class PlanConfig:
-    # the run, as pretrain / finetune name it
-    model: str = "vit_b"
-    input_size: int = 224
-    num_frames: int = 16
-    tubelet_size: int = 2
+class PlanConfig(ClipModel):
+    # the run, as pretrain / finetune name it (and ClipModel's fields)
     batch_size: int = 32               # videos per GPU per micro-batch
     num_sample: int = 4                # views per video (repeated augmentation)
     accum_steps: int = 1
