@@ -68,15 +68,17 @@ def build_report(cfg) -> dict:
            "device_memory_bytes": memory, "device_memory_from": where,
            "budget_bytes": None if budget is None else int(budget), "headroom": cfg.headroom,
            "fits": None if budget is None else plan.peak_bytes <= budget,
-           "auto": auto if cfg.activation_checkpointing == "auto" and budget is not None else None,
+           "asked": cfg.activation_checkpointing,
+           # the policy auto chose; null when nothing fits (then planned at full) or no memory given
+           "auto": auto,
            "policies": rows, "assumed_mfu": cfg.assumed_mfu}
     if budget is not None:
         out["max_batch"] = {p: r["max_batch"] for p, r in rows.items()}
     return out
 
 
-def _gib(n) -> str:
-    return f"{n / GIB:8.2f} GiB"
+def _size(n) -> str:
+    return f"{n / GIB:8.2f} GiB" if n >= GIB else f"{n / 2 ** 20:8.1f} MiB"
 
 
 def render(r: dict) -> str:
@@ -87,11 +89,10 @@ def render(r: dict) -> str:
              f"{r['num_sample']} views = {r['clips']} clips per GPU per micro-batch"
              + (f", {r['accum_steps']} micro-batches per step" if r["accum_steps"] > 1 else "")]
     how = r["checkpointing"]
-    if r["auto"]:
-        how = f"{how} (auto: the least recompute that fits)"
-    elif r["device_memory_bytes"] is not None and r["auto"] is None and r["fits"] is False and \
-            r["checkpointing"] == "full":
-        how = "full (auto: nothing fits)"
+    if r["asked"] == "auto":
+        how += (" (auto: the least recompute that fits)" if r["auto"] else
+                " (auto: nothing fits, planned at full)" if r["device_memory_bytes"] is not None else
+                " (auto needs --gpu or --memory-gib: planned without checkpointing)")
     lines.append(f"memory per GPU, activation checkpointing {how}:")
     parts = [("parameters", "params_bytes"), ("gradients", "grads_bytes"),
              ("AdamW state", "optimizer_bytes")]
@@ -100,7 +101,7 @@ def render(r: dict) -> str:
     parts += [("clip batch", "input_bytes"), ("activations", "activation_bytes"),
               ("largest transient", "transient_bytes"), ("peak", "peak_bytes")]
     for label, key in parts:
-        lines.append(f"  {label:<18}{_gib(r[key])}")
+        lines.append(f"  {label:<18}{_size(r[key])}")
     if r["device_memory_bytes"] is not None:
         verdict = "fits" if r["fits"] else "does NOT fit"
         lines.append(f"  {verdict} {r['device_memory_from']} ({r['device_memory_bytes'] / GIB:.1f} GiB, "
@@ -115,8 +116,7 @@ def render(r: dict) -> str:
         header += f"{'clips/s':>10}{'s/step':>9}"
     lines += ["per checkpointing policy, at this batch:", header]
     for p, row in r["policies"].items():
-        line = (f"  {p:<8}{row['recomputed_blocks']:>7} of {r['blocks']:<4}"
-                f"{row['peak_bytes'] / GIB:>10.2f} GiB")
+        line = f"  {p:<8}{row['recomputed_blocks']:>7} of {r['blocks']:<4}{_size(row['peak_bytes']):>14}"
         if "max_batch" in row:
             line += f"{row['max_batch']:>11}"
         if "estimate" in row:

@@ -12,8 +12,10 @@ The batch is a prime (`PROBE_BATCH`) that no model dimension is a multiple of, s
 size it divides grows with the batch and one that it does not divide is the same at every batch:
 one trace gives the memory at every batch size (`StepTrace.live`).
 
-What a trace cannot see, and the plan states: allocations inside one kernel (cuBLAS and
-FlashAttention workspaces), the CUDA caching allocator's rounding of each block to 512 bytes,
+A dispatcher-level trace does not see what a kernel allocates and frees inside one op; the ones
+that matter are added from `kernel_workspace` (the fused ops' faces, the CPU's uint8 conversion,
+FlashAttention-2's backward accumulators). Left out, and stated by the plan: cuBLAS's workspace
+(allocated once per process), the CUDA caching allocator's rounding of each block to 512 bytes,
 and what torch.compile would save or fuse (the trace is of the eager step).
 
 The trace runs on fake CPU tensors (fake CUDA tensors need a CUDA build). What differs on a CUDA
@@ -33,7 +35,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -81,7 +83,6 @@ class StepTrace:
     per_clip: np.ndarray
     kind: np.ndarray
     forward_end: int                   # the op index between forward (autocast left) and backward
-    params: list = field(default_factory=list)   # (name, shape, bytes) of every parameter
 
     def live(self, batch: int, scale: dict | None = None) -> np.ndarray:
         """Bytes live after each op at `batch` clips, each kind times `scale[kind]` (default 1)."""
@@ -264,7 +265,6 @@ def trace_step(spec: StepSpec) -> StepTrace:
     from ..models.vit import checkpoint_policy
     fake, model = _fake_model(_without_checkpointing(spec))
     model.activation_checkpointing = checkpoint_policy(spec.checkpointing)
-    params = [(n, tuple(p.shape), p.numel() * p.element_size()) for n, p in model.named_parameters()]
     masking = None
     if spec.num_classes is None:        # made before the fake mode: it reads its tables' values
         from ..masking import DualMasking
@@ -295,7 +295,7 @@ def trace_step(spec: StepSpec) -> StepTrace:
     kind = rows[:, 3].copy()
     held = (rows[:, 0] < forward_end) & (free > forward_end) & (kind == TRANSIENT)
     kind[held] = ACTIVATION
-    return StepTrace(rows[:, 0], free, const, per_clip, kind, forward_end, params)
+    return StepTrace(rows[:, 0], free, const, per_clip, kind, forward_end)
 
 
 def _without_checkpointing(spec: StepSpec) -> StepSpec:
