@@ -36,6 +36,10 @@ def edit(old, new):
 
 
 BUGS = [
+    Bug("cpp-build-waits-on-dead-lock", "vmae2_fast/ops/cpp.py",
+        edit("            stale.unlink(missing_ok=True)", "            pass"),
+        ("tests/test_first_use.py::test_a_build_killed_half_way_does_not_hang_the_next_run",),
+        "a `lock` file left by a killed C++ build makes every later run wait forever"),
     Bug("plan-counts-parameter-views", "vmae2_fast/memory/trace.py",
         edit("self._existing = {id(t.untyped_storage()) for t in existing}", "self._existing = set()"),
         ("tests/test_plan.py::test_plan_matches_the_allocations_of_a_real_step[vit_s-full-fp32-4]",),
