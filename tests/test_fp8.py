@@ -13,6 +13,7 @@ import torch.nn as nn
 
 import needs
 from cli_runs import micro_flags, train_records
+from vmae2_fast.data.batches import PretrainBatch
 
 CPU = torch.device("cpu")
 
@@ -85,7 +86,7 @@ def _loss_curve(clips, fp8: bool, steps: int, device: torch.device = CPU) -> lis
     for step in range(steps):
         idx = order.roll(-8 * step)[:8]
         with torch.autocast(device.type, dtype=torch.bfloat16):
-            loss, _ = stage.compute_loss(model, (clips[idx],))
+            loss, _ = stage.compute_loss(model, PretrainBatch(clips[idx]))
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
