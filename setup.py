@@ -38,7 +38,7 @@ setup(
     extras_require={
         # DALI (GPU video decoding; its CPU backend runs the data-pipeline tests): a ~200 MB
         # wheel plus ~400 MB of nvimgcodec/nvjpeg libraries, no torch of its own.
-        "test": ["pytest>=7", "triton>=3.2; platform_system == 'Linux'", "transformers>=4.46,<6", "safetensors>=0.4", "nvidia-dali-cuda130>=2.0",
+        "test": ["pytest>=7", "pytest-timeout>=2", "triton>=3.2; platform_system == 'Linux'", "transformers>=4.46,<6", "safetensors>=0.4", "nvidia-dali-cuda130>=2.0",
                  "torchao==0.18.0"],
         "dali": ["nvidia-dali-cuda130>=2.0"],
         # Optional attention kernels (--attention flash-attn2 / xformers; `auto` uses them when they
