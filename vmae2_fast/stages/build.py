@@ -126,7 +126,7 @@ def set_float32_matmul(device: torch.device, tf32: bool) -> str:
     torch.backends.cuda.matmul.allow_tf32 = tf32
     torch.backends.cudnn.allow_tf32 = tf32
     if tf32:
-        return "float32 matmuls: TF32 tensor cores (torch and the fused ops; --no-tf32 for IEEE float32)"
+        return "float32 matmuls: TF32 tensor cores, torch's and the fused ops' (--no-tf32 turns them off)"
     return "float32 matmuls: IEEE float32 (--no-tf32)"
 
 
