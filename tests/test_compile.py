@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch._inductor.config
 
 import compile_case
 from cli_runs import micro_flags, train_records
@@ -103,17 +104,17 @@ def test_compiling_twice_changes_nothing_and_a_copy_computes_with_its_own_weight
 
 # ------------------------------------------------------------------------- through the Trainer
 @pytest.mark.slow
-def test_a_compiled_run_logs_the_losses_of_the_same_run_uncompiled(tiny_synthetic, tmp_path, monkeypatch):
+def test_a_compiled_run_logs_the_losses_of_the_same_run_uncompiled(tiny_synthetic, tmp_path):
     """The pre-training CLI's stage, fp32, 3 steps, drop path and checkpointing on every second
     block, inductor (the default compiler) drawing its random numbers as eager does."""
     from vmae2_fast.stages.pretrain import run
-    monkeypatch.setattr(torch._inductor.config, "fallback_random", True)
     runs = {}
     for compiled in (False, True):
         out = tmp_path / ("compiled" if compiled else "eager")
-        run(config_for("pretrain", micro_flags(tiny_synthetic, out, max_steps=3, drop_path=0.1,
-                                               activation_checkpointing="2", precision="fp32", threads=1,
-                                               no_progress=True, compile=compiled)))
+        with torch._inductor.config.patch(fallback_random=True):
+            run(config_for("pretrain", micro_flags(tiny_synthetic, out, max_steps=3, drop_path=0.1,
+                                                   activation_checkpointing="2", precision="fp32", threads=1,
+                                                   no_progress=True, compile=compiled)))
         runs[compiled] = (train_records(out), read_checkpoint(out / "checkpoint-last.pth")["model"])
     (eager, eager_weights), (compiled, compiled_weights) = runs[False], runs[True]
     assert len(eager) == len(compiled) == 3
