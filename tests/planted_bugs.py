@@ -214,6 +214,16 @@ BUGS = [
         edit(' and b["batch"] == r["batch"]\n', "\n"),
         ("tests/test_bench_throughput.py::test_sweep_stops_an_implementation_at_its_first_out_of_memory",),
         "a sweep's rows are compared with the baseline at another batch"),
+    Bug("drop-path-rate-guarded", "vmae2_fast/models/vit.py",
+        edit('        self.register_buffer("p", torch.tensor(self.rate), persistent=False)',
+             "        self.p = self.rate"),
+        ("tests/test_compile.py::test_one_process_compiles_one_graph_per_block_kind",),
+        "the drop-path rate is a float: Dynamo guards on it, each block of rising rates recompiles "
+        "and past recompile_limit the rest run uncompiled"),
+    Bug("drop-path-off-in-a-stacks-first-block", "vmae2_fast/models/vit.py",
+        edit("drop_path_on=drop_path_rate > 0, ", ""),
+        ("tests/test_compile.py::test_one_process_compiles_one_graph_per_block_kind",),
+        "the first block of a stack with drop path (rate 0) skips it: a graph of its own"),
 ]
 
 

@@ -69,6 +69,8 @@ class RunConfig(ClipModel):
     opt_eps: float = 1e-8
     clip_grad: float | None = None
     precision: str = "auto"            # auto (bf16 on GPU, fp32 on CPU) | bf16 | fp16 | fp32
+    tf32: bool = True                  # CUDA: float32 matmuls (torch's and the fused ops' Triton
+                                       # dots) on TF32 tensor cores; --no-tf32: IEEE float32
     max_nonfinite: int = 20            # abort after this many non-finite losses in a row
     # run
     output_dir: str = "runs/out"

@@ -27,7 +27,8 @@ from ..train.schedule import run_schedules
 log = logging.getLogger("vmae2_fast")
 
 __all__ = ["pick_device", "session", "seed_everything", "rank0_first", "build_trainer",
-           "embedded_dataset", "apply_attention", "resolve_checkpointing", "model_checkpointing"]
+           "embedded_dataset", "apply_attention", "resolve_checkpointing", "model_checkpointing",
+           "set_float32_matmul"]
 
 
 def pick_device(name: str, dist: DistInfo | None = None) -> torch.device:
@@ -112,6 +113,23 @@ def resolve_checkpointing(cfg, device: torch.device, dist: DistInfo, num_classes
     return replace(cfg, activation_checkpointing=policy)
 
 
+def set_float32_matmul(device: torch.device, tf32: bool) -> str:
+    """On CUDA, whether float32 matmuls and convolutions run on TF32 tensor cores (10-bit
+    mantissa products, float32 accumulation; about 7x the IEEE float32 rate on an H100) or in
+    IEEE float32. torch's flag is the one switch: the fused ops' Triton kernels read it
+    (`ops.common.matmul_precision`) and so does inductor. The CPU is left as it is. Returns the
+    log line that says which."""
+    if device.type != "cuda":
+        return "float32 matmuls: IEEE float32 (TF32 is a CUDA setting)"
+    # torch's legacy flags, not `fp32_precision`: torch refuses to read a flag that the two APIs
+    # set differently, and the fused ops read `allow_tf32`
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+    if tf32:
+        return "float32 matmuls: TF32 tensor cores, torch's and the fused ops' (--no-tf32 turns them off)"
+    return "float32 matmuls: IEEE float32 (--no-tf32)"
+
+
 def seed_everything(seed: int, rank: int = 0, threads: int = 0) -> None:
     """Seeds of the host-side generators (data and masks use their own seeded generators) and,
     when ``threads`` > 0, torch's CPU thread count: a CPU reduction splits its work by thread, so
@@ -171,6 +189,7 @@ def build_trainer(cfg, stage, model: torch.nn.Module, loader, device: torch.devi
     Returns the trainer and what the stage logs: peak lr, total batch, optimiser steps per epoch.
     """
     precision = resolve_precision(cfg.precision, device)
+    log.info(set_float32_matmul(device, cfg.tf32))
     steps_per_epoch = loader.steps_per_epoch // cfg.accum_steps
     if steps_per_epoch == 0:
         raise ConfigError(f"{loader.steps_per_epoch} micro-batches per epoch is fewer than "
