@@ -1,0 +1,633 @@
+"""Video decoding per worker, side by side: the official loader, ours, and the decoders a user could
+swap in, on the same Kinetics-like files, item by item in one process.
+
+    python bench/decode.py                                  # 24 videos, 4 views of 16 x 4 frames, 224
+    python bench/decode.py --videos 8 --rounds 1 --official-repo ~/VideoMAEv2
+
+What one DataLoader worker does for one pre-training item (one video -> ``--views`` clips), timed
+in this process, for each row:
+
+* ``official``: the official pre-training dataset, built as its ``build_pretraining_dataset``
+  builds it (``HybridVideoMAE`` + ``DataAugmentationForVideoMAEv2``: decord ``get_batch``, PIL
+  multi-scale crops, ``ToTorchFormatTensor`` and ``GroupNormalize`` to float, tube and
+  running-cell masks), read from a checkout of OpenGVLab/VideoMAEv2 (``--official-repo``);
+* ``ours, PyAV``: `PretrainVideoDataset` (seeking PyAV decode, uint8 crops) plus the
+  normalisation a CPU run does in its main process (`pixels.normalize_on_device`); the same
+  without the normalisation;
+* ``ours, decord`` / ``ours, torchcodec``: the same dataset and normalisation with the frames
+  decoded by decord (as the official loader calls it) or torchcodec (``seek_mode="exact"``), for
+  whichever of the two imports here.
+
+The files: ``--videos`` camera-like clips (`vmae2_fast.testing.natural_video`: 1/f-noise scenes,
+camera pan, moving textured objects, sensor grain; a third of them with a cut) of 10 s at 30 fps
+(``--seconds``), short side 320 (``--short-side``), encoded with x264's defaults (keyframes every
+250 frames and at scene cuts, B-frames) as a download would be; and the same files through our
+re-encoder (`vmae2_fast.data.tools.reencode`, GOP 16). Made once under ``--work-dir``.
+
+Per row: clips/s (one clip = one view; items timed one at a time, rows interleaved item by item
+so that the machine's load hits all alike), frames decoded per video (counted by our decoder;
+for decord modelled from its seek rule on the file's keyframes; for torchcodec modelled from its
+rule, which is ours), and exactness: the frames each decoder returns for a clip compared with a
+plain decode of the whole file at those indices. Records (JSON lines) and a Markdown report go to
+``--out`` as ``decode-<machine>.jsonl`` / ``.md``.
+"""
+from __future__ import annotations
+
+import argparse
+import bisect
+import contextlib
+import importlib
+import importlib.util
+import json
+import os
+import platform
+import random
+import sys
+import time
+import types
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vmae2_fast.data.clip_sampling import pretrain_frame_indices
+from vmae2_fast.data.lists import VideoEntry
+from vmae2_fast.data.pixels import normalize_on_device
+from vmae2_fast.data.pyav import frames as pyav_frames
+from vmae2_fast.data.pyav.pretrain import PretrainVideoDataset
+from vmae2_fast.data.pyav.video_io import DecodeStats, decode_frames
+from vmae2_fast.testing.natural_video import NaturalVideo, write_natural_video
+
+ROOT = Path(__file__).resolve().parents[1]
+SEED = 0
+BENCH = "decode"
+
+
+# ------------------------------------------------------------------------------------------ files
+
+def make_files(work: Path, n: int, seconds: float = 10, short: int = 320, fps: int = 30) -> list:
+    """``n`` camera-like H.264 files with x264's defaults (made once; kept under ``work``)."""
+    folder = work / f"kinetics-like-{n}x{seconds}s-{short}"
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(SEED)
+    frames = int(round(fps * seconds))
+    paths = []
+    for k in range(n):
+        width = 2 * round((16 / 9 if k % 4 else 4 / 3) * short / 2)    # 16:9, one in four 4:3
+        cut = int(rng.integers(frames // 5, frames - frames // 5)) if k % 3 == 2 else None
+        path = folder / f"clip_{k:03d}.mp4"
+        if not path.exists():
+            print(f"[decode] making {path.name} ({k + 1}/{n})", file=sys.stderr, flush=True)
+            write_natural_video(str(path), NaturalVideo(width, short, frames, fps, seed=1000 + k, cut_at=cut))
+        paths.append(str(path))
+    return paths
+
+
+def reencoded(paths: list, work: Path, gop: int) -> list:
+    """The same files through our re-encoder (its defaults, keyframes every ``gop`` frames)."""
+    from vmae2_fast.data.tools.reencode import reencode_list
+    from vmae2_fast.data.tools.transcode import EncodeSettings
+    root = Path(paths[0]).parent
+    lst = work / f"{root.name}.txt"
+    lst.write_text("".join(f"{Path(p).name} 0 -1\n" for p in paths))
+    out = work / f"{root.name}-reencoded-gop{gop}"
+    res = reencode_list(str(lst), str(root), str(out), EncodeSettings(gop=gop), index=False, progress=False)
+    if res.failed:
+        raise RuntimeError(f"the re-encoder failed on {res.failed}")
+    return [str(out / Path(p).name) for p in paths]
+
+
+def describe(paths: list) -> dict:
+    """Size, rate, keyframe interval and B-frame share of the files (demuxed, and one decode)."""
+    import av
+    kbps, keys, bshare, frames = [], [], [], []
+    for p in paths:
+        with av.open(p) as c:
+            s = c.streams.video[0]
+            pk = [q for q in c.demux(s) if q.size]
+            w, h = s.codec_context.width, s.codec_context.height
+            seconds = len(pk) / float(s.average_rate)
+        with av.open(p) as c:
+            types_ = [int(f.pict_type) for f in c.decode(video=0)]
+        frames.append(len(pk))
+        kbps.append(os.path.getsize(p) * 8 / seconds / 1000)
+        keys.append(sum(q.is_keyframe for q in pk))
+        bshare.append(types_.count(int(av.video.frame.PictureType.B)) / len(types_))
+    return {"videos": len(paths), "size": f"{w}x{h} (last)", "frames": round(float(np.mean(frames)), 1),
+            "kbps": round(float(np.mean(kbps))), "keyframes_per_video": round(float(np.mean(keys)), 2),
+            "b_frames": round(float(np.mean(bshare)), 3)}
+
+
+def keyframe_table(path: str) -> tuple:
+    """(frame of each packet in decode order, keyframe frames, keyframe decode positions) from
+    the demuxed timestamps; what the decoded-frame models read."""
+    import av
+    with av.open(path) as c:
+        pk = [(q.pts, q.is_keyframe) for q in c.demux(video=0) if q.size]
+    rank = {p: i for i, p in enumerate(sorted(p for p, _ in pk))}
+    frame_of = [rank[p] for p, _ in pk]
+    keys = [j for j, (_, k) in enumerate(pk) if k]
+    return frame_of, keys
+
+
+# ------------------------------------------------------------------------- decoded-frame models
+
+def decord_decoded(keys: list, indices) -> int:
+    """Frames decord decodes for ``get_batch(indices)`` after opening: its ``SeekAccurate`` rule
+    (dmlc/decord src/video/video_reader.cc): a frame in the current keyframe's span ahead of the
+    position is reached by decoding forward; any other is reached by seeking to its keyframe
+    (decord's keyframe list holds decode positions, which it compares with frame numbers)."""
+    def key_of(i):
+        return keys[max(bisect.bisect_right(keys, i) - 1, 0)]
+    cur, n = 0, 0
+    for pos in dict.fromkeys(int(i) for i in indices):       # repeats are copied, not decoded
+        if pos != cur:
+            if key_of(pos) != key_of(cur) or pos < cur:
+                n += pos - key_of(pos)                       # from the keyframe to the frame before
+            else:
+                n += pos - cur
+        n += 1
+        cur = pos + 1
+    return n
+
+
+def restart_rule_decoded(frame_of: list, keys: list, indices) -> int:
+    """Packets decoded by the rule `video_io.decode_frames` follows (and torchcodec's: seek when
+    the next frame's keyframe lies past the decoder's position), counting each packet fed up to
+    the one holding the frame (the decoder's reorder delay adds a few more in practice)."""
+    pos_of = {f: j for j, f in enumerate(frame_of)}
+    key_frames = sorted((frame_of[j], j) for j in keys)
+    fed, n = -1, 0
+    for w in sorted(set(int(i) for i in indices)):
+        k = bisect.bisect_right([f for f, _ in key_frames], w) - 1
+        kpos = key_frames[max(k, 0)][1]
+        if kpos > fed:
+            fed = kpos
+        end = pos_of[w] + 1
+        if end > fed:
+            n, fed = n + end - fed, end
+    return n
+
+
+# ---------------------------------------------------------------------------------- the decoders
+
+def decord_frames(path: str, indices) -> np.ndarray:
+    """The frames as the official loader reads them: decord, one thread, ``get_batch``."""
+    from decord import VideoReader, cpu
+    return VideoReader(path, num_threads=1, ctx=cpu(0)).get_batch(list(indices)).asnumpy()
+
+
+def torchcodec_frames(path: str, indices) -> np.ndarray:
+    from torchcodec.decoders import VideoDecoder
+    dec = VideoDecoder(path, seek_mode="exact", num_ffmpeg_threads=1, dimension_order="NHWC")
+    return dec.get_frames_at([int(i) for i in indices]).data.numpy()
+
+
+def importable(module: str) -> str | None:
+    """None when ``module`` imports, else why not (one line)."""
+    try:
+        importlib.import_module(module)
+        return None
+    except Exception as exc:  # noqa: BLE001 - a broken wheel raises OSError / RuntimeError
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
+
+
+# ---------------------------------------------------------------------------- the official loader
+
+def _torchvision_stand_in():
+    """``torchvision.transforms.Compose`` (what the official pre-training transform uses of
+    torchvision) for a machine where no torchvision matches the installed torch: it applies
+    its transforms in order, as torchvision's does. The official module also imports
+    ``torchvision.transforms.functional``, used only by transforms pre-training does not run."""
+    tv = types.ModuleType("torchvision")
+    tr = types.ModuleType("torchvision.transforms")
+    fn = types.ModuleType("torchvision.transforms.functional")
+
+    class Compose:
+        def __init__(self, transforms):
+            self.transforms = transforms
+
+        def __call__(self, x):
+            for t in self.transforms:
+                x = t(x)
+            return x
+
+    tr.Compose, tr.functional, tv.transforms = Compose, fn, tr
+    return {"torchvision": tv, "torchvision.transforms": tr, "torchvision.transforms.functional": fn}
+
+
+class OfficialLoader:
+    """The official pre-training dataset over a list of our files; ``item(i)`` is its
+    ``__getitem__``. Its ``dataset`` package is imported without its ``__init__`` (which imports
+    the fine-tuning datasets and their dependencies)."""
+
+    def __init__(self, repo: Path, paths: list, args: argparse.Namespace, list_file: Path):
+        self.torchvision = "installed"
+        saved = {}
+        if importable("torchvision") is not None:
+            self.torchvision = "stand-in for transforms.Compose (no torchvision matches this torch)"
+            for name, mod in _torchvision_stand_in().items():
+                saved[name] = sys.modules.get(name)
+                sys.modules[name] = mod
+        try:
+            pkg = types.ModuleType("official_dataset")
+            pkg.__path__ = [str(repo / "dataset")]
+            pkg.__spec__ = importlib.util.spec_from_loader("official_dataset", loader=None, is_package=True)
+            sys.modules["official_dataset"] = pkg
+            pd = importlib.import_module("official_dataset.pretrain_datasets")
+        finally:
+            for name, mod in saved.items():
+                if mod is None:
+                    sys.modules.pop(name, None)
+                else:
+                    sys.modules[name] = mod
+        list_file.write_text("".join(f"{Path(p).name} 0 -1\n" for p in paths))
+        a = argparse.Namespace(input_size=args.size, mask_type="tube", window_size=(args.frames // 2, args.size // 16,
+                               args.size // 16), mask_ratio=0.9, decoder_mask_type="run_cell",
+                               decoder_mask_ratio=0.5)
+        transform = pd.DataAugmentationForVideoMAEv2(a)
+        # the arguments of build_pretraining_dataset (dataset/build.py)
+        self.dataset = pd.HybridVideoMAE(
+            root=str(Path(paths[0]).parent), setting=str(list_file), train=True, test_mode=False,
+            name_pattern="img_{:05}.jpg", video_ext="mp4", is_color=True, modality="rgb",
+            num_segments=1, num_crop=1, new_length=args.frames, new_step=args.rate, transform=transform,
+            temporal_jitter=False, lazy_init=False, num_sample=args.views)
+        self.batches = []       # the frame indices of each get_batch call (for the decoded count)
+        loader = self.dataset.video_loader
+
+        def recording_loader(path):
+            vr = loader(path)
+            return _RecordingReader(vr, self.batches)
+        self.dataset.video_loader = recording_loader
+
+    def item(self, i: int) -> int:
+        views, _, _ = self.dataset[i]
+        return len(views)
+
+
+class _RecordingReader:
+    def __init__(self, vr, log):
+        self.vr, self.log = vr, log
+
+    def __len__(self):
+        return len(self.vr)
+
+    def get_batch(self, indices):
+        self.log.append(list(indices))
+        return self.vr.get_batch(indices)
+
+
+def find_official(arg: str | None) -> tuple:
+    """(checkout, None) or (None, why not)."""
+    repo = Path(arg).expanduser() if arg else ROOT / ".official" / "VideoMAEv2"
+    if not (repo / "dataset" / "pretrain_datasets.py").is_file():
+        return None, (f"no official checkout at {repo} (git clone https://github.com/OpenGVLab/VideoMAEv2 "
+                      "and pass --official-repo)")
+    for mod, pip in (("decord", "decord"), ("cv2", "opencv-python-headless")):
+        why = importable(mod)
+        if why is not None:
+            return None, f"the official loader needs {mod} (pip install {pip}): {why}"
+    return repo, None
+
+
+# ------------------------------------------------------------------------------------- the rows
+
+class Ours:
+    """Our pre-training dataset, its frames decoded by ``decoder`` (PyAV unless given), with the
+    CPU normalisation of its uint8 views or without."""
+
+    def __init__(self, paths: list, args, decoder=None, normalise: bool = True):
+        self.ds = PretrainVideoDataset([VideoEntry(p, 0, -1) for p in paths], num_frames=args.frames,
+                                       sampling_rate=args.rate, input_size=args.size,
+                                       num_sample=args.views, seed=SEED)
+        self.decoder, self.normalise = decoder, normalise
+        self.decoded = []       # our decoder's count, per item
+
+    @contextlib.contextmanager
+    def _decoder(self):
+        real = pyav_frames.decode_frames
+        if self.decoder is None:
+            def counted(path, indices, **kw):
+                st = DecodeStats()
+                out = real(path, indices, stats=st, **kw)
+                self.decoded.append(st.decoded)
+                return out
+            pyav_frames.decode_frames = counted
+        else:
+            pyav_frames.decode_frames = lambda path, indices, **kw: self.decoder(path, indices)
+        try:
+            yield
+        finally:
+            pyav_frames.decode_frames = real
+
+    def item(self, i: int) -> int:
+        self.ds._counted.clear()        # every item counts its video's frames, as decord's len() does
+        with self._decoder():
+            clips, skipped = self.ds[i]
+        if clips is None:
+            raise RuntimeError(f"unreadable: {skipped}")
+        if self.normalise:
+            normalize_on_device(clips)
+        return clips.shape[0]
+
+
+def rows_for(paths: list, args, official_repo, work: Path, tag: str) -> dict:
+    """{name: loader or the reason it does not run}."""
+    rows = {}
+    repo, why = official_repo
+    if repo is not None:
+        try:
+            rows["official (decord + PIL)"] = OfficialLoader(repo, paths, args, work / f"official-{tag}.txt")
+        except Exception as exc:  # noqa: BLE001 - an unexpected checkout: report, run the rest
+            rows["official (decord + PIL)"] = f"the official code did not load: {type(exc).__name__}: {exc}"
+    else:
+        rows["official (decord + PIL)"] = why
+    rows["ours, PyAV"] = Ours(paths, args)
+    rows["ours, PyAV, without the normalisation"] = Ours(paths, args, normalise=False)
+    for name, module, fn in (("decord", "decord", decord_frames), ("torchcodec", "torchcodec.decoders",
+                                                                   torchcodec_frames)):
+        why = importable(module)
+        rows[f"ours, {name}"] = Ours(paths, args, decoder=fn) if why is None else f"{module} does not import: {why}"
+    return rows
+
+
+def exactness(paths: list, args, decoders: dict, n_videos: int) -> dict:
+    """For each decoder, on the first ``n_videos`` files, three clips each: how many clips come
+    back with every frame nearest to the plain decode's frame at its index (among the frames
+    0..n-1), and the largest pixel difference from those frames."""
+    import av
+    out = {name: {"clips": 0, "right_frames": 0, "max_abs_diff": 0} for name in decoders}
+    for p in paths[:n_videos]:
+        with av.open(p) as c:
+            full = np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)]).astype(np.int16)
+        for k in range(3):
+            idx = pretrain_frame_indices(len(full), args.frames, args.rate, np.random.default_rng([SEED, k]))
+            for name, fn in decoders.items():
+                got = fn(p, idx).astype(np.int16)
+                dist = np.stack([np.abs(got - full[np.clip(idx + d, 0, len(full) - 1)]).mean((1, 2, 3))
+                                 for d in (-2, -1, 0, 1, 2)])
+                r = out[name]
+                r["clips"] += 1
+                r["right_frames"] += int((dist[2] <= dist.min(0)).all())     # ties: clipped at the ends
+                r["max_abs_diff"] = max(r["max_abs_diff"], int(np.abs(got - full[idx]).max()))
+    return out
+
+
+def time_rows(rows: dict, n: int, rounds: int) -> dict:
+    """Seconds and clips of each row's items: one warm-up item per row, then ``rounds`` passes
+    over the ``n`` videos, the rows' order rotating from one video to the next."""
+    names = [k for k, v in rows.items() if not isinstance(v, str)]
+    for name in names:
+        rows[name].item(0)
+    for name in names:
+        if isinstance(rows[name], Ours):
+            rows[name].decoded.clear()
+        elif isinstance(rows[name], OfficialLoader):
+            rows[name].batches.clear()
+    wall, cpu = {k: [] for k in names}, {k: [] for k in names}
+    clips = dict.fromkeys(names, 0)
+    for r in range(rounds):
+        for i in range(n):
+            random.seed(SEED + r * n + i)           # the official dataset draws from the global generators
+            np.random.seed(SEED + r * n + i)
+            k = (r * n + i) % len(names)
+            for name in names[k:] + names[:k]:
+                if isinstance(rows[name], Ours):
+                    rows[name].ds.set_epoch(r)
+                t0, c0 = time.perf_counter(), time.process_time()
+                clips[name] += rows[name].item(i)
+                wall[name].append(time.perf_counter() - t0)
+                cpu[name].append(time.process_time() - c0)
+    return {k: (wall[k], cpu[k], clips[k]) for k in names}
+
+
+# ------------------------------------------------------------------------------------- records
+
+class Records:
+    """``<out>/decode-<machine>.jsonl``: a run record, one row record per measurement written as
+    it completes (flushed), an end record; the schema of bench/harness.py's records."""
+
+    def __init__(self, path: Path, header: dict):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path, self._f = path, open(path, "w", encoding="utf-8")
+        self._t0 = time.perf_counter()
+        self._write({"record": "run", "bench": BENCH, **header})
+
+    def add(self, row: dict) -> None:
+        self._write({"record": "row", **row})
+        print(f"[decode] {row.get('files')}: {row.get('name')}: "
+              f"{row.get('clips_per_s', row.get('status'))}", file=sys.stderr, flush=True)
+
+    def _write(self, rec: dict) -> None:
+        self._f.write(json.dumps(rec) + "\n")
+        self._f.flush()
+        os.fsync(self._f.fileno())
+
+    def close(self) -> None:
+        self._write({"record": "end", "load_avg_1m": round(os.getloadavg()[0], 2),
+                     "seconds": round(time.perf_counter() - self._t0, 1)})
+        self._f.close()
+
+
+def machine_name() -> str:
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"cpu-{model} x{os.cpu_count()}"
+
+
+def versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+    out = {}
+    for dist in ("av", "decord", "torchcodec", "opencv-python-headless", "torchvision"):
+        try:
+            out[dist] = version(dist)
+        except PackageNotFoundError:
+            out[dist] = None
+    import av
+    out["ffmpeg (PyAV)"] = ".".join(map(str, av.library_versions["libavcodec"]))
+    return out
+
+
+# -------------------------------------------------------------------------------------- the run
+
+FILE_SETS = (("as downloaded (x264 defaults, GOP 250 + scene cuts)", "gop250"),
+             ("re-encoded (our re-encoder, GOP 16)", "gop16"))
+
+
+def run(args) -> Path:
+    torch.set_num_threads(1)        # one worker's process: decoding and crops run on one core
+    work = Path(args.work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    downloaded = make_files(work, args.videos, args.seconds, args.short_side)
+    sets = {"gop250": downloaded, "gop16": reencoded(downloaded, work, 16)}
+    official = find_official(args.official_repo)
+    machine = machine_name()
+    header = {"machine": machine, "python": platform.python_version(), "torch": torch.__version__,
+              "versions": versions(), "load_avg_1m": round(os.getloadavg()[0], 2),
+              "settings": {"videos": args.videos, "views": args.views, "frames": args.frames,
+                           "rate": args.rate, "size": args.size, "rounds": args.rounds, "threads": 1,
+                           "seconds": args.seconds, "short_side": args.short_side},
+              "official_repo": str(official[0]) if official[0] else None,
+              "files": {tag: {"title": title, **describe(sets[tag])} for title, tag in FILE_SETS}}
+    stem = Path(args.out) / f"{BENCH}-{_slug(machine)}"
+    rec = Records(stem.with_suffix(".jsonl"), header)
+    for title, tag in FILE_SETS:
+        paths = sets[tag]
+        tables = {p: keyframe_table(p) for p in paths}
+        rows = rows_for(paths, args, official, work, tag)
+        decoders = {"PyAV (ours)": lambda p, i: decode_frames(p, i)}
+        if not isinstance(rows.get("ours, decord"), str):
+            decoders["decord"] = decord_frames
+        if not isinstance(rows.get("ours, torchcodec"), str):
+            decoders["torchcodec"] = torchcodec_frames
+        exact = exactness(paths, args, decoders, args.check)
+        timed = time_rows(rows, len(paths), args.rounds)
+        for name, loader in rows.items():
+            row = {"files": tag, "name": name}
+            if isinstance(loader, str):
+                rec.add({**row, "status": f"not run: {loader}"})
+                continue
+            seconds, cpu, clips = timed[name]
+            row.update(status="ok", clips=clips, items=len(seconds), seconds=round(sum(seconds), 4),
+                       cpu_seconds=round(sum(cpu), 4), clips_per_s=round(clips / sum(seconds), 2),
+                       clips_per_cpu_s=round(clips / sum(cpu), 2),
+                       median_item_ms=round(1000 * float(np.median(seconds)), 1))
+            if isinstance(loader, OfficialLoader):
+                row.update(decoder="decord", torchvision=loader.torchvision,
+                           decoded_per_video=_mean(decord_decoded(tables[p][1], b)
+                                                   for p, b in zip(_cycle(paths, len(loader.batches)), loader.batches)),
+                           decoded_how="modelled: decord's seek rule on the file's keyframes")
+            elif loader.decoder is None:
+                row.update(decoder="PyAV", decoded_per_video=_mean(loader.decoded), decoded_how="counted")
+            else:
+                name_ = "decord" if loader.decoder is decord_frames else "torchcodec"
+                idx = _our_indices(loader, paths, args)
+                rule = decord_decoded if name_ == "decord" else None
+                row.update(decoder=name_, decoded_per_video=_mean(
+                    rule(tables[p][1], i) if rule else restart_rule_decoded(*tables[p], i) for p, i in idx),
+                    decoded_how=f"modelled: {name_}'s seek rule on the file's keyframes")
+            key = {"PyAV": "PyAV (ours)"}.get(row["decoder"], row["decoder"])
+            if key in exact:
+                row["exact"] = exact[key]
+            rec.add(row)
+    rec.close()
+    return render(stem.with_suffix(".jsonl"))
+
+
+def _our_indices(loader: Ours, paths: list, args) -> list:
+    """(path, frame indices) of every timed item of ``loader`` (its draws are a pure function of
+    seed, epoch and index)."""
+    out = []
+    for r in range(args.rounds):
+        for i, p in enumerate(paths):
+            n = _frames(p)
+            rng = np.random.default_rng([SEED, r, i, 0])
+            out.append((p, pretrain_frame_indices(n, args.frames, args.rate, rng)))
+    return out
+
+
+_FRAMES: dict = {}
+
+
+def _frames(path: str) -> int:
+    if path not in _FRAMES:
+        from vmae2_fast.data.pyav.video_io import count_frames
+        _FRAMES[path] = count_frames(path)
+    return _FRAMES[path]
+
+
+def _cycle(paths: list, n: int) -> list:
+    return [paths[k % len(paths)] for k in range(n)]
+
+
+def _mean(xs) -> float:
+    xs = list(xs)
+    return round(float(np.mean(xs)), 1) if xs else None
+
+
+def _slug(text: str) -> str:
+    s = "".join(c if c.isalnum() else "-" for c in text).lower()
+    return "-".join(x for x in s.split("-") if x)[:60]
+
+
+# ------------------------------------------------------------------------------------- report
+
+def render(path: Path) -> Path:
+    """The Markdown report of a records file (``<stem>.md`` beside it)."""
+    recs = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    run_ = recs[0]
+    rows = [r for r in recs if r["record"] == "row"]
+    end = next((r for r in recs if r["record"] == "end"), None)
+    s = run_["settings"]
+    md = [f"# Video decoding per worker on {run_['machine']}", ""]
+    if end is None:
+        md += ["**The run stopped before it finished**: this report holds what it measured.", ""]
+    md += [f"One process, one thread (what one DataLoader worker does): {s['videos']} videos x {s['rounds']} "
+           f"round(s), each item one video -> {s['views']} clips of {s['frames']} frames (stride {s['rate']}) "
+           f"at {s['size']}x{s['size']}; rows interleaved item by item. 1-minute load average "
+           f"{run_['load_avg_1m']} at the start, {end['load_avg_1m'] if end else 'n/a'} at the end. "
+           f"torch {run_['torch']}; {', '.join(f'{k} {v}' for k, v in run_['versions'].items() if v)}.", "",
+           "Files: camera-like synthetic clips (`vmae2_fast.testing.natural_video`: 1/f-noise scenes, camera "
+           f"pan, moving textured objects, sensor grain, a third with a cut), {s['seconds']:g} s at 30 fps, "
+           f"short side {s['short_side']}; not real footage.", ""]
+    for title, tag in FILE_SETS:
+        f = run_["files"][tag]
+        these = [r for r in rows if r["files"] == tag]
+        base = next((r for r in these if r["name"].startswith("official") and r["status"] == "ok"), None)
+        md += [f"## {title}", "",
+               f"{f['videos']} files, {f['frames']} frames, {f['kbps']} kb/s, {f['keyframes_per_video']} "
+               f"keyframes per file, {100 * f['b_frames']:.0f} % B-frames.", "",
+               "| loader | clips/s | vs official | clips per CPU-second | vs official | frames decoded per video "
+               "| right frames (exact) |",
+               "|---|---|---|---|---|---|---|"]
+        for r in these:
+            if r["status"] != "ok":
+                md.append(f"| {r['name']} | {r['status']} | | | | | |")
+                continue
+            vs = f"{r['clips_per_s'] / base['clips_per_s']:.2f}x" if base else "n/a"
+            vs_cpu = f"{r['clips_per_cpu_s'] / base['clips_per_cpu_s']:.2f}x" if base else "n/a"
+            how = "" if r["decoded_how"] == "counted" else " (modelled)"
+            ex = r.get("exact")
+            ex_s = (f"{ex['right_frames']}/{ex['clips']} clips, max diff {ex['max_abs_diff']}" if ex else "")
+            md.append(f"| {r['name']} | {r['clips_per_s']:.1f} | {vs} | {r['clips_per_cpu_s']:.1f} | {vs_cpu} | "
+                      f"{r['decoded_per_video']}{how} | {ex_s} |")
+        md.append("")
+    md += ["clips/s: clips over the wall-clock time of the items; clips per CPU-second: over the CPU time "
+           "the process spent in them (all its threads: decord decodes in a thread of its own). On a loaded "
+           "machine the first also counts waits for a core, which hurt a loader that hands work between "
+           "threads; the second is what an idle core would give.", "",
+           "Frames decoded per video: one decode serves the item's clips. Right frames: clips whose every "
+           "frame is nearest to a plain decode's frame at its index; max diff: the largest pixel difference "
+           "from those frames (0: the same RGB conversion as PyAV's).", ""]
+    out = Path(path).with_suffix(".md")
+    out.write_text("\n".join(md) + "\n")
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--videos", type=int, default=24)
+    p.add_argument("--seconds", type=float, default=10, help="length of each made video (at 30 fps)")
+    p.add_argument("--short-side", type=int, default=320, help="short side of the made videos")
+    p.add_argument("--views", type=int, default=4, help="repeated-augmentation views per video (--num_sample)")
+    p.add_argument("--frames", type=int, default=16)
+    p.add_argument("--rate", type=int, default=4)
+    p.add_argument("--size", type=int, default=224)
+    p.add_argument("--rounds", type=int, default=2, help="timed passes over the videos")
+    p.add_argument("--check", type=int, default=4, help="videos whose clips are compared with a full decode")
+    p.add_argument("--official-repo", help="checkout of OpenGVLab/VideoMAEv2 (default: .official/VideoMAEv2)")
+    p.add_argument("--work-dir", default=os.path.join(os.path.expanduser("~"), ".cache", "vmae2_fast", "bench-decode"))
+    p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
+    from vmae2_fast.cli import exit_code
+    args = p.parse_args(argv)
+    return exit_code(lambda: print(run(args).read_text()))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
