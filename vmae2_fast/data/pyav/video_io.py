@@ -12,20 +12,27 @@ Frame ``i`` is the ``i``-th frame a plain decode of the whole stream outputs (pr
 1. demux the stream (packets only, no decoding: about 1 ms for a 10 s clip) and rank the
    packets' timestamps: packet ``p`` holds frame ``rank(p.pts)``; the keyframes are where
    decoding may start;
-2. for the first wanted frame, start the decoder at the last keyframe at or before it; decode
-   forward, keeping the wanted frames; when the next wanted frame lies past a keyframe the
-   decoder has not reached, restart there (a fresh decoder, the frames in between never
-   decoded);
-3. check what comes out: from a keyframe on, the decoder must output frames ``k, k+1, ...`` with
-   no gap and no unknown timestamp. A frame before ``k`` (a leading picture of an open GOP,
-   decoded without its references) is dropped; anything else (a packet that gives no frame,
-   timestamps that do not rank, a decoder that waits for a later keyframe) makes the clip be
-   decoded from frame 0, ordinally, as a plain decode does.
+2. for the first wanted frame, start the decoder at the last keyframe at or before it and decode
+   forward; when the next wanted frame lies past a keyframe the decoder has not reached, restart
+   there (a fresh decoder, the stretch in between never decoded);
+3. on the way, an unwanted frame that no other frame is predicted from is dropped undecoded
+   (FFmpeg's ``skip_frame=NONREF``, for the codecs of `SKIPS_NONREF`): in H.264 with x264's
+   B-pyramid about half the frames, so a 16 x 4 clip decodes about 40 % fewer frames;
+4. check what comes out: from a keyframe on, the decoder must output frames ``k, k+1, ...`` in
+   order, each with a timestamp of the table, missing only frames dropped in step 3. A frame
+   before ``k`` (a leading picture of an open GOP, decoded without its references) is ignored;
+   anything else (a wanted frame that never comes out, an unknown timestamp, a gap the drops do
+   not explain) makes the clip be decoded from frame 0, counting frames as a plain decode does.
+   Streams without usable timestamps (a raw ``.h264`` file) are decoded that way too.
+
+The frame numbers rest on one assumption, which decord, torchcodec's "exact" mode and our index
+(`data.index`, which counts packets) share: every packet with a timestamp is one frame of a plain
+decode. Step 4 catches a packet that breaks it where its frame was to be decoded; not before
+the decoded stretch, nor one whose frame step 3 would drop.
 
 Why demux rather than ``container.seek``: a demuxer's seek lands where its index says (MP4 by
-decode timestamp, WebM by cues, some formats approximately), while a demuxed packet list says
-exactly which packet is which frame; decord and torchcodec's "exact" mode index a file the same
-way. The packets stay in memory for the one call (the file's size).
+decode timestamp, WebM by cues, some formats approximately), while the demuxed packets say
+exactly which packet is which frame. They stay in memory for the one call (the file's size).
 """
 from __future__ import annotations
 
