@@ -38,15 +38,12 @@ from __future__ import annotations
 import argparse
 import bisect
 import contextlib
-import importlib
-import importlib.util
 import json
 import os
 import platform
 import random
 import sys
 import time
-import types
 from pathlib import Path
 
 import numpy as np
@@ -60,7 +57,9 @@ from vmae2_fast.data.pyav.pretrain import PretrainVideoDataset
 from vmae2_fast.data.pyav.video_io import DecodeStats, decode_frames
 from vmae2_fast.testing.natural_video import NaturalVideo, write_natural_video
 
-ROOT = Path(__file__).resolve().parents[1]
+from common import machine_name, machine_slug
+from official_data import OfficialLoader, find_official, importable
+
 SEED = 0
 BENCH = "decode"
 
@@ -209,113 +208,6 @@ def addcmul_normalise(video: torch.Tensor) -> torch.Tensor:
     return torch.addcmul(bias, video, scale, out=torch.empty(video.shape))
 
 
-def importable(module: str) -> str | None:
-    """None when ``module`` imports, else why not (one line)."""
-    try:
-        importlib.import_module(module)
-        return None
-    except Exception as exc:  # noqa: BLE001 - a broken wheel raises OSError / RuntimeError
-        return f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
-
-
-# ---------------------------------------------------------------------------- the official loader
-
-def _torchvision_stand_in():
-    """``torchvision.transforms.Compose`` (what the official pre-training transform uses of
-    torchvision) for a machine where no torchvision matches the installed torch: it applies
-    its transforms in order, as torchvision's does. The official module also imports
-    ``torchvision.transforms.functional``, used only by transforms pre-training does not run."""
-    tv = types.ModuleType("torchvision")
-    tr = types.ModuleType("torchvision.transforms")
-    fn = types.ModuleType("torchvision.transforms.functional")
-
-    class Compose:
-        def __init__(self, transforms):
-            self.transforms = transforms
-
-        def __call__(self, x):
-            for t in self.transforms:
-                x = t(x)
-            return x
-
-    tr.Compose, tr.functional, tv.transforms = Compose, fn, tr
-    return {"torchvision": tv, "torchvision.transforms": tr, "torchvision.transforms.functional": fn}
-
-
-class OfficialLoader:
-    """The official pre-training dataset over a list of our files; ``item(i)`` is its
-    ``__getitem__``. Its ``dataset`` package is imported without its ``__init__`` (which imports
-    the fine-tuning datasets and their dependencies)."""
-
-    def __init__(self, repo: Path, paths: list, args: argparse.Namespace, list_file: Path):
-        self.torchvision = "installed"
-        saved = {}
-        if importable("torchvision") is not None:
-            self.torchvision = "stand-in for transforms.Compose (no torchvision matches this torch)"
-            for name, mod in _torchvision_stand_in().items():
-                saved[name] = sys.modules.get(name)
-                sys.modules[name] = mod
-        try:
-            pkg = types.ModuleType("official_dataset")
-            pkg.__path__ = [str(repo / "dataset")]
-            pkg.__spec__ = importlib.util.spec_from_loader("official_dataset", loader=None, is_package=True)
-            sys.modules["official_dataset"] = pkg
-            pd = importlib.import_module("official_dataset.pretrain_datasets")
-        finally:
-            for name, mod in saved.items():
-                if mod is None:
-                    sys.modules.pop(name, None)
-                else:
-                    sys.modules[name] = mod
-        list_file.write_text("".join(f"{Path(p).name} 0 -1\n" for p in paths))
-        a = argparse.Namespace(input_size=args.size, mask_type="tube", window_size=(args.frames // 2, args.size // 16,
-                               args.size // 16), mask_ratio=0.9, decoder_mask_type="run_cell",
-                               decoder_mask_ratio=0.5)
-        transform = pd.DataAugmentationForVideoMAEv2(a)
-        # the arguments of build_pretraining_dataset (dataset/build.py)
-        self.dataset = pd.HybridVideoMAE(
-            root=str(Path(paths[0]).parent), setting=str(list_file), train=True, test_mode=False,
-            name_pattern="img_{:05}.jpg", video_ext="mp4", is_color=True, modality="rgb",
-            num_segments=1, num_crop=1, new_length=args.frames, new_step=args.rate, transform=transform,
-            temporal_jitter=False, lazy_init=False, num_sample=args.views)
-        self.batches = []       # the frame indices of each get_batch call (for the decoded count)
-        loader = self.dataset.video_loader
-
-        def recording_loader(path):
-            vr = loader(path)
-            return _RecordingReader(vr, self.batches)
-        self.dataset.video_loader = recording_loader
-
-    def item(self, i: int) -> int:
-        views, _, _ = self.dataset[i]
-        return len(views)
-
-
-class _RecordingReader:
-    def __init__(self, vr, log):
-        self.vr, self.log = vr, log
-
-    def __len__(self):
-        return len(self.vr)
-
-    def get_batch(self, indices):
-        self.log.append(list(indices))
-        return self.vr.get_batch(indices)
-
-
-def find_official(arg: str | None) -> tuple:
-    """(checkout, None) or (None, why not)."""
-    repo = Path(arg).expanduser() if arg else ROOT / ".official" / "VideoMAEv2"
-    if not (repo / "dataset" / "pretrain_datasets.py").is_file():
-        return None, (f"no official checkout at {repo} (git clone https://github.com/OpenGVLab/VideoMAEv2 "
-                      "and pass --official-repo)")
-    for mod, pip in (("decord", "decord"), ("cv2", "opencv-python-headless")):
-        why = importable(mod)
-        if why is not None:
-            return None, f"the official loader needs {mod} (pip install {pip}): {why}"
-    return repo, None
-
-
 # ------------------------------------------------------------------------------------- the rows
 
 class Ours:
@@ -457,18 +349,6 @@ class Records:
         self._f.close()
 
 
-def machine_name() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"cpu-{model} x{os.cpu_count()}"
-
-
 def versions() -> dict:
     from importlib.metadata import PackageNotFoundError, version
     out = {}
@@ -495,7 +375,7 @@ def run(args) -> Path:
     downloaded = make_files(work, args.videos, args.seconds, args.short_side)
     sets = {"gop250": downloaded, "gop16": reencoded(downloaded, work, 16)}
     official = find_official(args.official_repo)
-    machine = machine_name()
+    machine = machine_name(torch.device("cpu"))
     header = {"machine": machine, "python": platform.python_version(), "torch": torch.__version__,
               "versions": versions(), "load_avg_1m": round(os.getloadavg()[0], 2),
               "settings": {"videos": args.videos, "views": args.views, "frames": args.frames,
@@ -503,7 +383,7 @@ def run(args) -> Path:
                            "seconds": args.seconds, "short_side": args.short_side},
               "official_repo": str(official[0]) if official[0] else None,
               "files": {tag: {"title": title, **describe(sets[tag])} for title, tag in FILE_SETS}}
-    stem = Path(args.out) / f"{BENCH}-{_slug(machine)}"
+    stem = Path(args.out) / f"{BENCH}-{machine_slug(machine)}"
     rec = Records(stem.with_suffix(".jsonl"), header)
     for title, tag in FILE_SETS:
         paths = sets[tag]
@@ -580,11 +460,6 @@ def _cycle(paths: list, n: int) -> list:
 def _mean(xs) -> float:
     xs = list(xs)
     return round(float(np.mean(xs)), 1) if xs else None
-
-
-def _slug(text: str) -> str:
-    s = "".join(c if c.isalnum() else "-" for c in text).lower()
-    return "-".join(x for x in s.split("-") if x)[:60]
 
 
 # ------------------------------------------------------------------------------------- report
