@@ -89,6 +89,17 @@ def test_decoded_frames_equal_a_full_decode(videos, name):
         assert stats.decoded <= max(idx) - key + 1 + 4, (name, idx, stats)
 
 
+def test_decoder_threads_give_the_same_frames(videos):
+    """With FFmpeg's frame threads (more frames in flight, the skip setting copied to each
+    thread) the clips are the same."""
+    for name in ("h264-x264-defaults", "h264-open-gop"):
+        path, full, _ = videos[name]
+        for idx in clip_sets(np.random.default_rng(1))[N::3]:
+            stats = DecodeStats()
+            np.testing.assert_array_equal(decode_frames(path, idx, threads=3, stats=stats), full[idx])
+            assert not stats.from_start, (name, idx)
+
+
 def test_a_late_window_skips_the_frames_before_its_keyframe(videos):
     """The point of it: a window after the last keyframe of the x264-defaults file decodes from
     there (frame 50), and drops most unwanted B-frames undecoded."""
