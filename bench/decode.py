@@ -30,17 +30,15 @@ Per row: clips/s (one clip = one view; items timed one at a time, rows interleav
 so that the machine's load hits all alike), frames decoded per video (counted by our decoder;
 for decord modelled from its seek rule on the file's keyframes; for torchcodec modelled from its
 rule, which is ours), and exactness: the frames each decoder returns for a clip compared with a
-plain decode of the whole file at those indices. Records (JSON lines) and a Markdown report go to
-``--out`` as ``decode-<machine>.jsonl`` / ``.md``.
+plain decode of the whole file at those indices. The records (`harness.Records`, each row written
+when measured) go to ``--out`` as ``decode-<machine>.jsonl``; `render.py` makes the Markdown.
 """
 from __future__ import annotations
 
 import argparse
 import bisect
 import contextlib
-import json
 import os
-import platform
 import random
 import sys
 import time
@@ -57,7 +55,7 @@ from vmae2_fast.data.pyav.pretrain import PretrainVideoDataset
 from vmae2_fast.data.pyav.video_io import DecodeStats, decode_frames
 from vmae2_fast.testing.natural_video import NaturalVideo, write_natural_video
 
-from common import machine_name, machine_slug
+from harness import Records, add_out_flag, environment, main as harness_main, result_stem
 from official_data import OfficialLoader, find_official, importable
 
 SEED = 0
@@ -321,34 +319,6 @@ def time_rows(rows: dict, n: int, rounds: int) -> dict:
     return {k: (wall[k], cpu[k], clips[k]) for k in names}
 
 
-# ------------------------------------------------------------------------------------- records
-
-class Records:
-    """``<out>/decode-<machine>.jsonl``: a run record, one row record per measurement written as
-    it completes (flushed), an end record; the schema of bench/harness.py's records."""
-
-    def __init__(self, path: Path, header: dict):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path, self._f = path, open(path, "w", encoding="utf-8")
-        self._t0 = time.perf_counter()
-        self._write({"record": "run", "bench": BENCH, **header})
-
-    def add(self, row: dict) -> None:
-        self._write({"record": "row", **row})
-        print(f"[decode] {row.get('files')}: {row.get('name')}: "
-              f"{row.get('clips_per_s', row.get('status'))}", file=sys.stderr, flush=True)
-
-    def _write(self, rec: dict) -> None:
-        self._f.write(json.dumps(rec) + "\n")
-        self._f.flush()
-        os.fsync(self._f.fileno())
-
-    def close(self) -> None:
-        self._write({"record": "end", "load_avg_1m": round(os.getloadavg()[0], 2),
-                     "seconds": round(time.perf_counter() - self._t0, 1)})
-        self._f.close()
-
-
 def versions() -> dict:
     from importlib.metadata import PackageNotFoundError, version
     out = {}
@@ -375,64 +345,66 @@ def run(args) -> Path:
     downloaded = make_files(work, args.videos, args.seconds, args.short_side)
     sets = {"gop250": downloaded, "gop16": reencoded(downloaded, work, 16)}
     official = find_official(args.official_repo)
-    machine = machine_name(torch.device("cpu"))
-    header = {"machine": machine, "python": platform.python_version(), "torch": torch.__version__,
-              "versions": versions(), "load_avg_1m": round(os.getloadavg()[0], 2),
+    env = environment("cpu")
+    header = {**env, "versions": versions(),
               "settings": {"videos": args.videos, "views": args.views, "frames": args.frames,
                            "rate": args.rate, "size": args.size, "rounds": args.rounds, "threads": 1,
                            "seconds": args.seconds, "short_side": args.short_side},
               "official_repo": str(official[0]) if official[0] else None,
               "files": {tag: {"title": title, **describe(sets[tag])} for title, tag in FILE_SETS}}
-    stem = Path(args.out) / f"{BENCH}-{machine_slug(machine)}"
-    rec = Records(stem.with_suffix(".jsonl"), header)
-    for title, tag in FILE_SETS:
-        paths = sets[tag]
-        tables = {p: keyframe_table(p) for p in paths}
-        rows = rows_for(paths, args, official, work, tag)
-        decoders = {"PyAV (ours)": lambda p, i: decode_frames(p, i)}
-        if not isinstance(rows.get("ours, decord"), str):
-            decoders["decord"] = decord_frames
-        if not isinstance(rows.get("ours, torchcodec"), str):
-            decoders["torchcodec"] = torchcodec_frames
-        exact = exactness(paths, args, decoders, args.check)
-        timed = time_rows(rows, len(paths), args.rounds)
-        for name, loader in rows.items():
-            row = {"files": tag, "name": name}
-            if isinstance(loader, str):
-                rec.add({**row, "status": f"not run: {loader}"})
-                continue
-            seconds, cpu, clips = timed[name]
-            row.update(status="ok", clips=clips, items=len(seconds), seconds=round(sum(seconds), 4),
-                       cpu_seconds=round(sum(cpu), 4), clips_per_s=round(clips / sum(seconds), 2),
-                       clips_per_cpu_s=round(clips / sum(cpu), 2),
-                       median_item_ms=round(1000 * float(np.median(seconds)), 1))
-            if isinstance(loader, OfficialLoader):
-                row.update(decoder="decord", torchvision=loader.torchvision,
-                           decoded_per_video=_mean(decord_decoded(tables[p][1], b)
-                                                   for p, b in zip(_cycle(paths, len(loader.batches)), loader.batches)),
-                           decoded_how="modelled: decord's seek rule on the file's keyframes")
-            elif loader.decoder is None:
-                row.update(decoder="PyAV", decoded_per_video=_mean(loader.decoded), decoded_how="counted")
-            elif loader.decoder is from_frame_0:
-                row.update(decoder="PyAV from frame 0", decoded_how="the last wanted frame + 1",
-                           decoded_per_video=_mean(int(max(i)) + 1 for _, i in _our_indices(loader, paths, args)))
-            else:
-                name_ = "decord" if loader.decoder is decord_frames else "torchcodec"
-                idx = _our_indices(loader, paths, args)
-                rule = decord_decoded if name_ == "decord" else None
-                row.update(decoder=name_, decoded_per_video=_mean(
-                    rule(tables[p][1], i) if rule else restart_rule_decoded(*tables[p], i) for p, i in idx),
-                    decoded_how=f"modelled: {name_}'s seek rule on the file's keyframes")
-            key = {"PyAV": "PyAV (ours)"}.get(row["decoder"], row["decoder"])
-            if key in exact:
-                row["exact"] = exact[key]
-            rec.add(row)
-    rec.close()
-    return render(stem.with_suffix(".jsonl"))
+    with Records(result_stem(args.out, BENCH, env["machine"]), BENCH, header) as rec:
+        for title, tag in FILE_SETS:
+            for row in measure(sets[tag], tag, args, official, work):
+                rec.add(row)
+    return rec.path
 
 
-def _our_indices(loader: Ours, paths: list, args) -> list:
-    """(path, frame indices) of every timed item of ``loader`` (its draws are a pure function of
+def measure(paths: list, tag: str, args, official, work: Path):
+    """The rows of one kind of file, each yielded when it is measured."""
+    tables = {p: keyframe_table(p) for p in paths}
+    rows = rows_for(paths, args, official, work, tag)
+    decoders = {"PyAV (ours)": lambda p, i: decode_frames(p, i)}
+    if not isinstance(rows.get("ours, decord"), str):
+        decoders["decord"] = decord_frames
+    if not isinstance(rows.get("ours, torchcodec"), str):
+        decoders["torchcodec"] = torchcodec_frames
+    exact = exactness(paths, args, decoders, args.check)
+    timed = time_rows(rows, len(paths), args.rounds)
+    for name, loader in rows.items():
+        row = {"files": tag, "name": name}
+        if isinstance(loader, str):
+            yield {**row, "status": f"not run: {loader}"}
+            continue
+        seconds, cpu, clips = timed[name]
+        row.update(status="ok", clips=clips, items=len(seconds), seconds=round(sum(seconds), 4),
+                   cpu_seconds=round(sum(cpu), 4), clips_per_s=round(clips / sum(seconds), 2),
+                   clips_per_cpu_s=round(clips / sum(cpu), 2),
+                   median_item_ms=round(1000 * float(np.median(seconds)), 1))
+        if isinstance(loader, OfficialLoader):
+            row.update(decoder="decord", torchvision=loader.torchvision,
+                       decoded_per_video=_mean(decord_decoded(tables[p][1], b)
+                                               for p, b in zip(_cycle(paths, len(loader.batches)), loader.batches)),
+                       decoded_how="modelled: decord's seek rule on the file's keyframes")
+        elif loader.decoder is None:
+            row.update(decoder="PyAV", decoded_per_video=_mean(loader.decoded), decoded_how="counted")
+        elif loader.decoder is from_frame_0:
+            row.update(decoder="PyAV from frame 0", decoded_how="the last wanted frame + 1",
+                       decoded_per_video=_mean(int(max(i)) + 1 for _, i in _our_indices(paths, args)))
+        else:
+            name_ = "decord" if loader.decoder is decord_frames else "torchcodec"
+            rule = decord_decoded if name_ == "decord" else None
+            row.update(decoder=name_, decoded_per_video=_mean(
+                rule(tables[p][1], i) if rule else restart_rule_decoded(*tables[p], i)
+                for p, i in _our_indices(paths, args)),
+                decoded_how=f"modelled: {name_}'s seek rule on the file's keyframes")
+        key = {"PyAV": "PyAV (ours)"}.get(row["decoder"], row["decoder"])
+        if key in exact:
+            row["exact"] = exact[key]
+        yield row
+
+
+def _our_indices(paths: list, args) -> list:
+    """(path, frame indices) of every timed item of our dataset (its draws are a pure function of
     seed, epoch and index)."""
     out = []
     for r in range(args.rounds):
@@ -462,60 +434,6 @@ def _mean(xs) -> float:
     return round(float(np.mean(xs)), 1) if xs else None
 
 
-# ------------------------------------------------------------------------------------- report
-
-def render(path: Path) -> Path:
-    """The Markdown report of a records file (``<stem>.md`` beside it)."""
-    recs = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-    run_ = recs[0]
-    rows = [r for r in recs if r["record"] == "row"]
-    end = next((r for r in recs if r["record"] == "end"), None)
-    s = run_["settings"]
-    md = [f"# Video decoding per worker on {run_['machine']}", ""]
-    if end is None:
-        md += ["**The run stopped before it finished**: this report holds what it measured.", ""]
-    md += [f"One process, one thread (what one DataLoader worker does): {s['videos']} videos x {s['rounds']} "
-           f"round(s), each item one video -> {s['views']} clips of {s['frames']} frames (stride {s['rate']}) "
-           f"at {s['size']}x{s['size']}; rows interleaved item by item. 1-minute load average "
-           f"{run_['load_avg_1m']} at the start, {end['load_avg_1m'] if end else 'n/a'} at the end. "
-           f"torch {run_['torch']}; {', '.join(f'{k} {v}' for k, v in run_['versions'].items() if v)}.", "",
-           "Files: camera-like synthetic clips (`vmae2_fast.testing.natural_video`: 1/f-noise scenes, camera "
-           f"pan, moving textured objects, sensor grain, a third with a cut), {s['seconds']:g} s at 30 fps, "
-           f"short side {s['short_side']}; not real footage.", ""]
-    for title, tag in FILE_SETS:
-        f = run_["files"][tag]
-        these = [r for r in rows if r["files"] == tag]
-        base = next((r for r in these if r["name"].startswith("official") and r["status"] == "ok"), None)
-        md += [f"## {title}", "",
-               f"{f['videos']} files, {f['frames']} frames, {f['kbps']} kb/s, {f['keyframes_per_video']} "
-               f"keyframes per file, {100 * f['b_frames']:.0f} % B-frames.", "",
-               "| loader | clips/s | vs official | clips per CPU-second | vs official | frames decoded per video "
-               "| right frames (exact) |",
-               "|---|---|---|---|---|---|---|"]
-        for r in these:
-            if r["status"] != "ok":
-                md.append(f"| {r['name']} | {r['status']} | | | | | |")
-                continue
-            vs = f"{r['clips_per_s'] / base['clips_per_s']:.2f}x" if base else "n/a"
-            vs_cpu = f"{r['clips_per_cpu_s'] / base['clips_per_cpu_s']:.2f}x" if base else "n/a"
-            how = " (modelled)" if r["decoded_how"].startswith("modelled") else ""
-            ex = r.get("exact")
-            ex_s = (f"{ex['right_frames']}/{ex['clips']} clips, max diff {ex['max_abs_diff']}" if ex else "")
-            md.append(f"| {r['name']} | {r['clips_per_s']:.1f} | {vs} | {r['clips_per_cpu_s']:.1f} | {vs_cpu} | "
-                      f"{r['decoded_per_video']}{how} | {ex_s} |")
-        md.append("")
-    md += ["clips/s: clips over the wall-clock time of the items; clips per CPU-second: over the CPU time "
-           "the process spent in them (all its threads: decord decodes in a thread of its own). On a loaded "
-           "machine the first also counts waits for a core, which hurt a loader that hands work between "
-           "threads; the second is what an idle core would give.", "",
-           "Frames decoded per video: one decode serves the item's clips. Right frames: clips whose every "
-           "frame is nearest to a plain decode's frame at its index; max diff: the largest pixel difference "
-           "from those frames (0: the same RGB conversion as PyAV's).", ""]
-    out = Path(path).with_suffix(".md")
-    out.write_text("\n".join(md) + "\n")
-    return out
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--videos", type=int, default=24)
@@ -529,10 +447,8 @@ def main(argv=None) -> int:
     p.add_argument("--check", type=int, default=4, help="videos whose clips are compared with a full decode")
     p.add_argument("--official-repo", help="checkout of OpenGVLab/VideoMAEv2 (default: .official/VideoMAEv2)")
     p.add_argument("--work-dir", default=os.path.join(os.path.expanduser("~"), ".cache", "vmae2_fast", "bench-decode"))
-    p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
-    from vmae2_fast.cli import exit_code
-    args = p.parse_args(argv)
-    return exit_code(lambda: print(run(args).read_text()))
+    add_out_flag(p)
+    return harness_main(p, run, argv)
 
 
 if __name__ == "__main__":

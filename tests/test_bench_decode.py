@@ -1,15 +1,11 @@
 """bench/decode.py: the decoders side by side, per worker. A tiny run writes the records and the
 report (the official row says why it did not run where there is no checkout or no decord); the
 decoded-frame models agree with what our decoder counts where they should."""
-import json
-import sys
-from pathlib import Path
+from bench_scripts import report, script
+from vmae2_fast.data.pyav.video_io import DecodeStats, decode_frames
+from vmae2_fast.testing.natural_video import NaturalVideo, write_natural_video
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "bench"))
-import decode as decode_bench  # noqa: E402
-from vmae2_fast.data.pyav.video_io import DecodeStats, decode_frames  # noqa: E402
-from vmae2_fast.testing.natural_video import NaturalVideo, write_natural_video  # noqa: E402
+decode_bench = script("decode")
 
 
 def test_a_tiny_run_writes_records_and_a_report(tmp_path):
@@ -18,11 +14,10 @@ def test_a_tiny_run_writes_records_and_a_report(tmp_path):
             "--official-repo", str(tmp_path / "no-checkout"),
             "--work-dir", str(tmp_path / "work"), "--out", str(tmp_path / "out")]
     assert decode_bench.main(argv) == 0
-    (path,) = (tmp_path / "out").glob("decode-*.jsonl")
-    recs = [json.loads(line) for line in path.read_text().splitlines()]
-    assert recs[0]["record"] == "run" and recs[0]["bench"] == "decode" and recs[-1]["record"] == "end"
-    assert recs[0]["files"]["gop16"]["keyframes_per_video"] == 3              # 45 frames, GOP 16
-    rows = {(r["files"], r["name"]): r for r in recs if r["record"] == "row"}
+    r = report(tmp_path / "out", "decode-*.jsonl")
+    assert r["bench"] == "decode" and r["end"] is not None
+    assert r["files"]["gop16"]["keyframes_per_video"] == 3                   # 45 frames, GOP 16
+    rows = {(x["files"], x["name"]): x for x in r["rows"]}
     for files in ("gop250", "gop16"):
         assert "no official checkout" in rows[files, "official (decord + PIL)"]["status"]
         ours = rows[files, "ours, PyAV"]
@@ -31,7 +26,7 @@ def test_a_tiny_run_writes_records_and_a_report(tmp_path):
         assert ours["clips"] == 2 * 2 and ours["clips_per_s"] > 0 and ours["clips_per_cpu_s"] > 0
         assert ours["exact"] == {"clips": 3, "right_frames": 3, "max_abs_diff": 0}
         assert 0 < ours["decoded_per_video"] <= before["decoded_per_video"]
-    md = path.with_suffix(".md").read_text()
+    md = r["path"].with_suffix(".md").read_text()
     assert "## re-encoded (our re-encoder, GOP 16)" in md and "| ours, PyAV |" in md
     assert "not run: no official checkout" in md
 
