@@ -17,8 +17,8 @@ in this process, for each row:
 * ``ours, decord`` / ``ours, torchcodec``: the same dataset and normalisation with the frames
   decoded by decord (as the official loader calls it) or torchcodec (``seek_mode="exact"``), for
   whichever of the two imports here;
-* ``ours before seeking``: the same dataset with the PyAV decode from frame 0 and the broadcast
-  ``addcmul`` normalisation this benchmark was written to replace (the baseline of issue 21).
+* ``ours before seeking``: the same dataset with a PyAV decode from frame 0 and a broadcast
+  ``addcmul`` normalisation into a fresh tensor: the baseline issue 21 measured.
 
 The files: ``--videos`` camera-like clips (`vmae2_fast.testing.natural_video`: 1/f-noise scenes,
 camera pan, moving textured objects, sensor grain; a third of them with a cut) of 10 s at 30 fps
@@ -118,8 +118,8 @@ def describe(paths: list) -> dict:
 
 
 def keyframe_table(path: str) -> tuple:
-    """(frame of each packet in decode order, keyframe frames, keyframe decode positions) from
-    the demuxed timestamps; what the decoded-frame models read."""
+    """(the frame each packet holds, in decode order; the keyframes' decode positions), from the
+    demuxed timestamps: what the decoded-frame models read."""
     import av
     with av.open(path) as c:
         pk = [(q.pts, q.is_keyframe) for q in c.demux(video=0) if q.size]
@@ -183,8 +183,8 @@ def torchcodec_frames(path: str, indices) -> np.ndarray:
 
 
 def from_frame_0(path: str, indices) -> np.ndarray:
-    """Our PyAV decode before it learned to seek (the baseline row): every frame from frame 0 to
-    the last wanted one, each wanted frame converted once."""
+    """The baseline row's decode: PyAV, every frame from frame 0 to the last wanted one, each
+    wanted frame converted once (what a decoder that never seeks costs)."""
     import av
     wanted, last, rgb = set(int(i) for i in indices), int(max(indices)), {}
     with av.open(path) as c:
@@ -199,8 +199,8 @@ def from_frame_0(path: str, indices) -> np.ndarray:
 
 
 def addcmul_normalise(video: torch.Tensor) -> torch.Tensor:
-    """Our CPU normalisation before it went slab by slab (the baseline row): one broadcast
-    ``addcmul`` from uint8 into a fresh ``torch.empty``."""
+    """The baseline row's normalisation: one broadcast ``addcmul`` from uint8 into a fresh
+    ``torch.empty`` (the two costs `pixels.normalize_on_device` avoids on the CPU)."""
     from vmae2_fast.data.pixels import norm_affine
     scale, bias = norm_affine(video.device)
     return torch.addcmul(bias, video, scale, out=torch.empty(video.shape))
