@@ -5,8 +5,8 @@ from .base import RunConfig, replace
 from .classify import DistillConfig, FinetuneConfig, PostPretrainConfig
 from .flags import add_config_flags, given_flags, parse_config
 from .pretrain import PretrainConfig
-from .tools import EvaluateConfig, ExportConfig, FeaturesConfig
+from .tools import EvaluateConfig, ExportConfig, FeaturesConfig, OnnxExportConfig, PredictConfig
 
 __all__ = ["RunConfig", "PretrainConfig", "FinetuneConfig", "PostPretrainConfig", "DistillConfig",
-           "EvaluateConfig", "FeaturesConfig", "ExportConfig", "replace", "parse_config",
+           "EvaluateConfig", "FeaturesConfig", "ExportConfig", "PredictConfig", "OnnxExportConfig", "replace", "parse_config",
            "add_config_flags", "given_flags"]
