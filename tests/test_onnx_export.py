@@ -122,6 +122,10 @@ def test_onnx_misuse_is_an_error(exported, tiny_classifier, tiny_synthetic, tmp_
     assert main_for("onnx_export", ["--checkpoint", str(tiny_classifier), "--out", str(tmp_path / "x.onnx"),
                                     "--check-video", str(garbage)]) == 2
     assert "cannot decode the check video" in capsys.readouterr().err
+    strict = tmp_path / "strict.onnx"         # the check can fail: a tolerance below fp32 rounding
+    assert main_for("onnx_export", ["--checkpoint", str(tiny_classifier), "--out", str(strict),
+                                    "--tolerance", "1e-12"]) == 2
+    assert "more than --tolerance 1e-12" in capsys.readouterr().err and strict.is_file()
 
 
 @pytest.mark.parametrize("missing, command", [("onnx", "onnx_export"), ("onnxscript", "onnx_export"),

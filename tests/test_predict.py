@@ -21,6 +21,15 @@ from vmae2_fast.models import build_pretrain_model
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def test_flags_operands_and_views():
+    """INPUTs may sit between flags; --views parses TxS, 'official' leaves the views to the
+    checkpoint's dataset."""
+    from vmae2_fast.cli import config_for
+    cfg = config_for("predict", ["a.mp4", "--top-k", "3", "b/", "--checkpoint", "c.pth", "--views", "5x3"])
+    assert cfg.inputs == ("a.mp4", "b/") and cfg.top_k == 3 and cfg.test_views() == (5, 3)
+    assert config_for("predict", ["--onnx", "m.onnx", "a.mp4", "--views", "official"]).test_views() == (None, None)
+
+
 def predict(capsys, *argv):
     """(exit code, JSON rows of stdout, stderr) of an in-process run with --json."""
     rc = main_for("predict", [*map(str, argv), "--json"])

@@ -90,7 +90,9 @@ def parse_config(cls, argv=None, *, prog: str, description: str | None = None,
     add_config_flags(parser, cls, help_text)
     parser.add_argument("--print-config", action="store_true",
                         help="print the resolved config (preset, then flags) as JSON and exit")
-    ns = parser.parse_args(argv)
+    # operands may sit between flags (`predict a.mp4 --top-k 3 b.mp4`)
+    operands = any("positional" in f.metadata for f in dataclasses.fields(cls))
+    ns = parser.parse_intermixed_args(argv) if operands else parser.parse_args(argv)
     show = ns.print_config
     del ns.print_config
     flags = given_flags(ns)

@@ -6,7 +6,9 @@ After writing, the file is checked twice: ``onnx.checker`` (a full check, types 
 ONNX Runtime against PyTorch on the same inputs: a random batch of 3 clips (a batch size the export
 example did not have, so the dynamic batch is exercised) and a real clip, decoded from a video
 exactly as predict decodes its single centred view. The largest difference of each is printed;
-past ``--tolerance`` the command fails (the file is kept, for inspection).
+past ``--tolerance`` times the largest output (at least 1) the command fails (the file is kept,
+for inspection). fp32 differences grow with the depth and the size of the outputs: ViT-S at
+16 x 224 with logits up to 51 differs by ~5e-5 (1e-6 of the outputs), vit_micro by ~1e-7.
 """
 from __future__ import annotations
 
@@ -106,10 +108,10 @@ def run(cfg: OnnxExportConfig) -> dict:
     log.info("ONNX Runtime (%s) vs PyTorch, largest |difference| of the %s: %s (outputs up to %.3g)",
              session.provider, output, "; ".join(f"{w}: {d:.2e}" for w, d in diffs.items()), scale)
     worst = max(diffs.values())
-    if worst > cfg.tolerance:
-        raise ValueError(f"{path}: ONNX Runtime differs from PyTorch by {worst:.2e}, more than "
-                         f"--tolerance {cfg.tolerance:g}; the file is kept for inspection, do not "
-                         "deploy it")
+    if worst > cfg.tolerance * max(1.0, scale):
+        raise ValueError(f"{path}: ONNX Runtime differs from PyTorch by {worst:.2e} (outputs up to "
+                         f"{scale:.3g}), more than --tolerance {cfg.tolerance:g} of max(1, largest "
+                         "output); the file is kept for inspection, do not deploy it")
     return {"out": str(path), "kind": kind, "opset": cfg.opset, "max_abs_diff": diffs,
             "output_max_abs": scale, "provider": session.provider}
 

@@ -255,8 +255,9 @@ def run(cfg: PredictConfig) -> dict:
     level = dataset_log.level
     dataset_log.setLevel(logging.ERROR)
     rows, skipped = [], []
+    # disable=None: a bar on a terminal, none in logs (the closing summary says it all there)
     bar = tqdm(total=len(entries), unit="video", file=sys.stderr, dynamic_ncols=True,
-               disable=not cfg.progress or len(entries) <= per_batch)
+               disable=None if cfg.progress and len(entries) > per_batch else True)
     t_start = t_wait = time.perf_counter()
     model_s = 0.0
     try:
@@ -281,6 +282,7 @@ def run(cfg: PredictConfig) -> dict:
                     for line in ([json.dumps(row)] if table is None else table.lines(row)):
                         tqdm.write(line, file=sys.stdout)
             bar.update(len(batch.paths) + len(batch.skipped))
+            sys.stdout.flush()                   # a script reading the lines gets each batch now
             t_wait = time.perf_counter()
     finally:
         bar.close()
@@ -289,8 +291,8 @@ def run(cfg: PredictConfig) -> dict:
     if not rows:
         raise ValueError(f"none of the {len(entries)} videos could be read (first: {skipped[0][0]}: "
                          f"{skipped[0][1]})")
-    log.info("%d videos predicted (%s views each), %d skipped as unreadable; %.3f s per video "
-             "(model %.3f s), %s", len(rows), views, len(skipped), wall / len(rows),
+    log.info("%d video%s predicted (%s views each), %d skipped as unreadable; %.3f s per video "
+             "(model %.3f s), %s", len(rows), "s" if len(rows) > 1 else "", views, len(skipped), wall / len(rows),
              model_s / len(rows), f"ONNX Runtime {onnx_model.provider}" if onnx_model else device)
     return {"predictions": rows, "skipped": skipped, "views": views, "wall_s": wall,
             "model_s": model_s}
