@@ -180,6 +180,9 @@ def test_bad_inputs_are_errors_with_exit_code_2(tiny_classifier, tiny_synthetic,
     five = tmp_path / "five.txt"
     five.write_text("a\nb\nc\nd\ne\n")
     _user_error(capsys, [*ck, "--classes", five, video], "names 5 classes", "has 6")
+    bad_json = tmp_path / "classes.json"
+    bad_json.write_text("{not json")
+    _user_error(capsys, [*ck, "--classes", bad_json, video], "expected a JSON list of class names")
     _user_error(capsys, [*ck, "--views", "3by2", video], "--views")
     empty = tmp_path / "empty"
     empty.mkdir()

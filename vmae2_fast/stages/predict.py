@@ -32,7 +32,8 @@ from ..data.lists import VideoEntry, detect_kind, read_list
 from ..data.loaders import eval_loader, frame_layout
 from ..data.media import FrameLayout
 from ..data.pixels import normalize_on_device
-from ..models.weights import CheckpointError, extract_state_dict, normalize_keys, read_checkpoint
+from ..models.weights import (CheckpointError, extract_state_dict, load_classifier_weights, normalize_keys,
+                              read_checkpoint)
 from ..train.distributed import DistInfo
 from .build import apply_attention, pick_device
 from .evaluate import classifier_for, video_log_probs, view_settings
@@ -76,7 +77,6 @@ def clip_settings(cfg, config: dict, views=(1, 1)) -> SimpleNamespace:
 
 def load_trained_classifier(path, view: SimpleNamespace, num_classes: int, trust_code: bool):
     """The classifier of ``view`` with the weights of ``path`` (head included), in eval mode."""
-    from ..models.weights import load_classifier_weights
     model = classifier_for(view, num_classes)
     load_classifier_weights(model, path, trust_code=trust_code)
     return model.eval()
@@ -90,15 +90,20 @@ def read_class_names(path) -> list:
         raise FileNotFoundError(f"class list not found: {path}")
     text = path.read_text(encoding="utf-8")
     if path.suffix.lower() == ".json":
-        data = json.loads(text)
-        if isinstance(data, dict):
-            pairs = [(int(v), k) if isinstance(v, int) else (int(k), v) for k, v in data.items()]
-            if sorted(i for i, _ in pairs) != list(range(len(pairs))):
-                raise ValueError(f"{path}: the indices of the class map must be 0..{len(pairs) - 1}")
-            return [name for _, name in sorted(pairs)]
-        if isinstance(data, list) and all(isinstance(x, str) for x in data):
-            return data
-        raise ValueError(f"{path}: expected a JSON list of class names or a name -> index map")
+        shape = f"{path}: expected a JSON list of class names, or a name -> index map"
+        try:
+            data = json.loads(text)
+            if isinstance(data, dict):
+                pairs = [(int(v), k) if isinstance(v, int) else (int(k), str(v)) for k, v in data.items()]
+            elif isinstance(data, list) and all(isinstance(x, str) for x in data):
+                return data
+            else:
+                raise ValueError(shape)
+        except ValueError as exc:          # not JSON, or keys that are neither names nor indices
+            raise ValueError(shape if str(exc) == shape else f"{shape} ({exc})") from None
+        if sorted(i for i, _ in pairs) != list(range(len(pairs))):
+            raise ValueError(f"{path}: the indices of the class map must be 0..{len(pairs) - 1}")
+        return [name for _, name in sorted(pairs)]
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
@@ -185,9 +190,9 @@ def _log_to_stderr() -> None:
 class Table:
     """The predictions as a table on stdout: one row per rank, the video named on its first."""
 
-    def __init__(self, entries, names, k: int):
+    def __init__(self, entries, names, num_classes: int):
         self.path_w = max([len("video")] + [len(e.path) for e in entries])
-        self.name_w = max([len("class")] + [len(n) for n in names or [str(k)]])
+        self.name_w = max([len("class")] + [len(n) for n in names or [str(num_classes - 1)]])
         self.header = True
 
     def lines(self, row: dict) -> list:
@@ -249,7 +254,7 @@ def run(cfg: PredictConfig) -> dict:
     loader = eval_loader(entries, None, view, DistInfo(), device, "pyav", mode="test",
                          batch_size=per_batch, segments=segments, crops=crops)
     k = min(cfg.top_k, num_classes)
-    table = None if cfg.json else Table(entries, names, k)
+    table = None if cfg.json else Table(entries, names, num_classes)
     # this stage reports each unreadable video itself (below), once, with its reason
     dataset_log = logging.getLogger("vmae2_fast.data.pyav.classify")
     level = dataset_log.level
