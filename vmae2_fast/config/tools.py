@@ -144,18 +144,18 @@ class PredictConfig:
             return None, None
         m = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", self.views)
         if not m or min(int(m.group(1)), int(m.group(2))) < 1:
-            raise ValueError(f"--views must be TxS with T, S >= 1 (e.g. 1x1, 5x3) or 'official', got "
+            raise ConfigError(f"--views must be TxS with T, S >= 1 (e.g. 1x1, 5x3) or 'official', got "
                              f"{self.views!r}")
         return int(m.group(1)), int(m.group(2))
 
     def check(self) -> None:
         if not self.inputs:
-            raise ValueError("give at least one INPUT: a video file, a folder or a list file")
+            raise ConfigError("give at least one INPUT: a video file, a folder or a list file")
         if not (self.checkpoint or self.onnx):
-            raise ValueError("--checkpoint is required (or --onnx FILE written by onnx_export)")
+            raise ConfigError("--checkpoint is required (or --onnx FILE written by onnx_export)")
         self.test_views()
         if self.top_k < 1 or self.batch_views < 1 or self.num_workers < 0:
-            raise ValueError("--top-k and --batch-views must be at least 1, --num-workers >= 0")
+            raise ConfigError("--top-k and --batch-views must be at least 1, --num-workers >= 0")
         from ..data.lists import KINDS
         from ..models.attention_backends import BACKENDS as ATTENTION_BACKENDS
         one_of("list_kind", self.list_kind, KINDS)
@@ -190,7 +190,7 @@ class OnnxExportConfig:
     def check(self) -> None:
         _required(self, "checkpoint", "out")
         if self.opset < 18:
-            raise ValueError(f"--opset {self.opset}: the exporter writes opset 18 and above (its "
+            raise ConfigError(f"--opset {self.opset}: the exporter writes opset 18 and above (its "
                              "conversion to older opsets fails on this model)")
         if self.tolerance <= 0:
-            raise ValueError("--tolerance must be positive")
+            raise ConfigError("--tolerance must be positive")

@@ -31,8 +31,9 @@ from pathlib import Path
 import torch
 
 from ..constants import IMAGENET_MEAN, IMAGENET_STD
+from ..errors import CheckpointError, MissingFileError, MissingPackageError
 
-__all__ = ["OPSET", "METADATA_KEY", "PREPROCESSING", "MissingExtraError", "import_extra",
+__all__ = ["OPSET", "METADATA_KEY", "PREPROCESSING", "import_extra",
            "FeatureExtractor", "export_onnx", "OnnxModel"]
 
 log = logging.getLogger("vmae2_fast")
@@ -48,13 +49,8 @@ _INLINE_LIMIT = 1_800_000_000
 _EXTRAS = {"onnx": "onnx", "onnxscript": "onnx", "onnxruntime": "onnxruntime"}
 
 
-class MissingExtraError(ImportError, ValueError):
-    """An optional package is not installed; the message names the extra that installs it. A
-    ValueError too, so that the command-line tools end with ``error: ...`` (`cli.exit_code`)."""
-
-
 def import_extra(name: str, what: str):
-    """Import ``name`` (onnx, onnxscript, onnxruntime), or raise `MissingExtraError` saying
+    """Import ``name`` (onnx, onnxscript, onnxruntime), or raise `MissingPackageError` saying
     that ``what`` needs it and which extra installs it."""
     try:
         return importlib.import_module(name)
@@ -62,7 +58,7 @@ def import_extra(name: str, what: str):
         if exc.name != name:
             raise
         extra = _EXTRAS[name]
-        raise MissingExtraError(f"{what} needs {name}, which is not installed: pip install "
+        raise MissingPackageError(f"{what} needs {name}, which is not installed: pip install "
                                 f"'vmae2_fast[{extra}]' (from a clone: pip install -e '.[{extra}]')"
                                 + ("; onnxruntime-gpu for the CUDA provider" if extra == "onnxruntime"
                                    else "")) from None
@@ -132,13 +128,13 @@ class OnnxModel:
         ort = import_extra("onnxruntime", "predict --onnx")
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"ONNX file not found: {path}")
+            raise MissingFileError(f"ONNX file not found: {path}")
         cuda = "CUDAExecutionProvider" in ort.get_available_providers() and torch.device(device).type != "cpu"
         providers = (["CUDAExecutionProvider"] if cuda else []) + ["CPUExecutionProvider"]
         try:
             self.session = ort.InferenceSession(str(path), providers=providers)
         except Exception as exc:  # ORT raises its own types for a damaged or foreign file
-            raise ValueError(f"{path} is not a model ONNX Runtime can load "
+            raise CheckpointError(f"{path} is not a model ONNX Runtime can load "
                              f"({type(exc).__name__}: {str(exc).splitlines()[0][:300]})") from None
         self.path, self.provider = path, self.session.get_providers()[0]
         inp, out = self.session.get_inputs()[0], self.session.get_outputs()[0]

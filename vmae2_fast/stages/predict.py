@@ -32,8 +32,10 @@ from ..data.lists import VideoEntry, detect_kind, read_list
 from ..data.loaders import eval_loader, frame_layout
 from ..data.media import FrameLayout
 from ..data.pixels import normalize_on_device
-from ..models.weights import (CheckpointError, extract_state_dict, load_classifier_weights, normalize_keys,
-                              read_checkpoint)
+from ..errors import (BadDataError, CheckpointError, CheckpointMismatchError, ConfigError, DataError,
+                      MissingFileError)
+from ..logs import setup_logging
+from ..models.weights import extract_state_dict, load_classifier_weights, normalize_keys, read_checkpoint
 from ..train.distributed import DistInfo
 from .build import apply_attention, pick_device
 from .evaluate import classifier_for, video_log_probs, view_settings
@@ -71,7 +73,7 @@ def clip_settings(cfg, config: dict, views=(1, 1)) -> SimpleNamespace:
     given = {k: getattr(cfg, k) for k in _CLIP_FIELDS if hasattr(cfg, k)}
     view = view_settings(EvaluateConfig(num_segments=views[0], num_crops=views[1], **given), config)
     if not view.model:
-        raise ValueError(f"{cfg.checkpoint or getattr(cfg, 'onnx', '')} does not record its model; pass --model")
+        raise ConfigError(f"{cfg.checkpoint or getattr(cfg, 'onnx', '')} does not record its model; pass --model")
     return view
 
 
@@ -87,7 +89,7 @@ def read_class_names(path) -> list:
     or text with one name per line (blank lines skipped)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"class list not found: {path}")
+        raise MissingFileError(f"class list not found: {path}")
     text = path.read_text(encoding="utf-8")
     if path.suffix.lower() == ".json":
         shape = f"{path}: expected a JSON list of class names, or a name -> index map"
@@ -98,11 +100,11 @@ def read_class_names(path) -> list:
             elif isinstance(data, list) and all(isinstance(x, str) for x in data):
                 return data
             else:
-                raise ValueError(shape)
+                raise DataError(shape)
         except ValueError as exc:          # not JSON, or keys that are neither names nor indices
-            raise ValueError(shape if str(exc) == shape else f"{shape} ({exc})") from None
+            raise DataError(shape if str(exc) == shape else f"{shape} ({exc})") from None
         if sorted(i for i, _ in pairs) != list(range(len(pairs))):
-            raise ValueError(f"{path}: the indices of the class map must be 0..{len(pairs) - 1}")
+            raise DataError(f"{path}: the indices of the class map must be 0..{len(pairs) - 1}")
         return [name for _, name in sorted(pairs)]
     return [line.strip() for line in text.splitlines() if line.strip()]
 
@@ -112,7 +114,7 @@ def class_names(cfg: PredictConfig, stored, num_classes: int) -> list | None:
     if cfg.classes:
         names = read_class_names(cfg.classes)
         if len(names) != num_classes:
-            raise ValueError(f"{cfg.classes} names {len(names)} classes but the model's head has "
+            raise DataError(f"{cfg.classes} names {len(names)} classes but the model's head has "
                              f"{num_classes}; pass the class list the model was trained on")
         return names
     return list(stored) if stored and len(stored) == num_classes else None
@@ -140,7 +142,7 @@ def _scan(folder: str, layout: FrameLayout) -> list:
 def check_inputs(inputs) -> None:
     missing = [p for p in inputs if not os.path.exists(p)]
     if missing:
-        raise FileNotFoundError(f"input not found: {', '.join(missing[:5])}"
+        raise MissingFileError(f"input not found: {', '.join(missing[:5])}"
                                 + (f" and {len(missing) - 5} more" if len(missing) > 5 else ""))
 
 
@@ -154,7 +156,7 @@ def gather_inputs(inputs, layout: FrameLayout, data_root: str = "", list_kind: s
         if os.path.isdir(arg):
             found = [VideoEntry(arg, start=layout.start_idx)] if _frame_folder(arg, layout) else _scan(arg, layout)
             if not found:
-                raise FileNotFoundError(f"no videos ({' '.join(VIDEO_EXT)}) or frame folders "
+                raise MissingFileError(f"no videos ({' '.join(VIDEO_EXT)}) or frame folders "
                                         f"({layout.template.format(layout.start_idx)}, ...) under {arg}")
             entries += found
         elif os.path.splitext(arg)[1].lower() in LIST_EXT:
@@ -169,24 +171,6 @@ def gather_inputs(inputs, layout: FrameLayout, data_root: str = "", list_kind: s
 
 
 # ------------------------------------------------------------------------------ the output
-class _StderrLog(logging.Handler):
-    """Log lines on stderr (stdout holds the predictions only), through tqdm so that they do
-    not break the progress bar."""
-
-    def emit(self, record):
-        from tqdm import tqdm
-        tqdm.write(self.format(record), file=sys.stderr)
-
-
-def _log_to_stderr() -> None:
-    root = logging.getLogger()
-    root.handlers.clear()
-    root.setLevel(logging.INFO)
-    handler = _StderrLog()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname).1s %(message)s", "%H:%M:%S"))
-    root.addHandler(handler)
-
-
 class Table:
     """The predictions as a table on stdout: one row per rank, the video named on its first."""
 
@@ -221,7 +205,7 @@ def run(cfg: PredictConfig) -> dict:
     """Predict every video of ``cfg.inputs``; prints them (table or JSON lines) and returns
     ``{"predictions": [...], "skipped": [(path, reason)], ...}``."""
     from tqdm import tqdm
-    _log_to_stderr()
+    setup_logging(None, True, to_stderr=True)    # stdout holds the predictions only
     check_inputs(cfg.inputs)                     # before a checkpoint of gigabytes is read
     device = pick_device(cfg.device)
     onnx_model = None
@@ -294,7 +278,7 @@ def run(cfg: PredictConfig) -> dict:
         dataset_log.setLevel(level)
     wall = time.perf_counter() - t_start
     if not rows:
-        raise ValueError(f"none of the {len(entries)} videos could be read (first: {skipped[0][0]}: "
+        raise BadDataError(f"none of the {len(entries)} videos could be read (first: {skipped[0][0]}: "
                          f"{skipped[0][1]})")
     log.info("%d video%s predicted (%s views each), %d skipped as unreadable; %.3f s per video "
              "(model %.3f s), %s", len(rows), "s" if len(rows) > 1 else "", views, len(skipped), wall / len(rows),
@@ -307,10 +291,10 @@ def _onnx_config(onnx_model) -> tuple[dict, int]:
     """The clip settings and class count of an exported classifier, from its metadata."""
     meta = onnx_model.metadata
     if meta is None:
-        raise ValueError(f"{onnx_model.path} carries no vmae2_fast metadata (it was not written by "
+        raise CheckpointError(f"{onnx_model.path} carries no vmae2_fast metadata (it was not written by "
                          "onnx_export): pass --checkpoint for its clip settings and class names")
     if meta.get("kind") != "classifier":
-        raise ValueError(f"{onnx_model.path} is a {meta.get('kind')} export; predict needs the "
+        raise CheckpointError(f"{onnx_model.path} is a {meta.get('kind')} export; predict needs the "
                          "classifier (onnx_export without --features)")
     return meta["config"], int(onnx_model.output_shape[-1])
 
@@ -318,6 +302,6 @@ def _onnx_config(onnx_model) -> tuple[dict, int]:
 def _check_onnx_clip(onnx_model, view, num_classes: int) -> None:
     want = [3, view.num_frames, view.input_size, view.input_size]
     if onnx_model.input_shape[1:] != want or onnx_model.output_shape[-1] != num_classes:
-        raise ValueError(f"{onnx_model.path} takes clips {onnx_model.input_shape[1:]} and gives "
+        raise CheckpointMismatchError(f"{onnx_model.path} takes clips {onnx_model.input_shape[1:]} and gives "
                          f"{onnx_model.output_shape[-1]} classes, but the settings give clips {want} "
                          f"and {num_classes} classes; export it from this checkpoint")
