@@ -157,6 +157,29 @@ def test_class_names_from_a_file(tiny_classifier, tiny_synthetic, tmp_path, caps
     assert results[0] == {**results[1], "timing": results[0]["timing"]}
 
 
+def test_a_released_layout_predicts_the_same(tiny_classifier, tiny_synthetic, tmp_path, capsys):
+    """The same weights as the official DeepSpeed fine-tuning files hold them (under ``module``,
+    DDP's ``module.`` prefix, the run's arguments as an ``argparse.Namespace``, no config of ours):
+    with --model and the clip flags, the probabilities of our checkpoint; without --model, an
+    error that asks for it."""
+    import argparse
+    sd = torch.load(tiny_classifier, weights_only=True)["model"]
+    released = tmp_path / "released.pth"
+    torch.save({"module": {f"module.{k}": v for k, v in sd.items()}, "epoch": 1,
+                "args": argparse.Namespace(model="vit_micro", input_size=32)}, released)
+    video = read_cls_list(tiny_synthetic.val_list, tiny_synthetic.root)[0][0]
+    clip = ["--input-size", 32, "--num-frames", 4, "--sampling-rate", 2, "--short-side-size", 40]
+    common = ["--num-workers", 0, "--top-k", 6, video]
+    rc, ours, err = predict(capsys, "--checkpoint", tiny_classifier, *common)
+    assert rc == 0, err
+    rc, theirs, err = predict(capsys, "--checkpoint", released, "--model", "vit_micro", *clip, *common)
+    assert rc == 0, err
+    assert theirs[0]["indices"] == ours[0]["indices"]
+    np.testing.assert_allclose(theirs[0]["probs"], ours[0]["probs"], rtol=0, atol=1e-6)
+    assert theirs[0]["labels"] == [str(i) for i in theirs[0]["indices"]]      # no names recorded
+    _user_error(capsys, ["--checkpoint", released, *clip, *common], "does not record its model", "--model")
+
+
 def _user_error(capsys, argv, *words):
     rc = main_for("predict", [str(a) for a in argv])
     err = capsys.readouterr().err
