@@ -8,5 +8,5 @@ from .pretrain import PretrainConfig
 from .tools import EvaluateConfig, ExportConfig, FeaturesConfig, OnnxExportConfig, PredictConfig
 
 __all__ = ["RunConfig", "PretrainConfig", "FinetuneConfig", "PostPretrainConfig", "DistillConfig",
-           "EvaluateConfig", "FeaturesConfig", "ExportConfig", "PredictConfig", "OnnxExportConfig", "replace", "parse_config",
-           "add_config_flags", "given_flags"]
+           "EvaluateConfig", "FeaturesConfig", "ExportConfig", "PredictConfig", "OnnxExportConfig",
+           "replace", "parse_config", "add_config_flags", "given_flags"]

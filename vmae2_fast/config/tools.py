@@ -94,7 +94,6 @@ class ExportConfig:
         one_of("layout", self.layout, ("auto", "v4", "v5"))
 
 
-
 @dataclass
 class PredictConfig:
     inputs: tuple[str, ...] = field(default=(), metadata={"positional": "INPUT"})
