@@ -27,6 +27,15 @@ def tiny_synthetic(tmp_path_factory):
     return ds
 
 
+@pytest.fixture(autouse=True)
+def _float32_matmul_flags():
+    """A training stage sets torch's process-wide TF32 flags on CUDA (`stages/build.py`): each
+    test starts from the flags the session started with, so no test runs on another's setting."""
+    flags = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
+
+
 @pytest.fixture(scope="session")
 def tiny_classifier(tiny_synthetic, tmp_path_factory):
     """A vit_micro classifier fine-tuned for 3 steps on the tiny set (32x32, 4 frames at rate 2,

@@ -33,6 +33,7 @@ COMMANDS = {
     "predict": ("PredictConfig", "stages.predict:run"),
     "hf_export": ("ExportConfig", "integrations.hf_export:export"),
     "onnx_export": ("OnnxExportConfig", "stages.onnx_export:run"),
+    "plan": ("PlanConfig", "memory.report:run"),
 }
 
 
