@@ -64,15 +64,24 @@ def _step(ops, op, x):
     out.sum().backward()
 
 
-def measure(shape, op, backend, batch, device, dtype, reps, rss_peak: bool) -> dict:
+def _no_grads(x: dict) -> None:
+    for v in x.values():
+        if isinstance(v, torch.Tensor):
+            v.grad = None
+
+
+def measure(shape, op, backend, batch, device, dtype, reps, rss_peak: bool, inputs: dict | None = None) -> dict:
     """One (shape, op, backend): the median of `reps` timed calls after one untimed call, and the
     peak memory the first call allocated above its inputs (CUDA; the process's RSS when
-    `rss_peak`, which is only its own in a fresh process; else None)."""
+    `rss_peak`, which is only its own in a fresh process; else None). `inputs`: the shape's
+    inputs made by an earlier call (one process: made once per shape, 150 MB of bf16 video at
+    batch 32), else made here."""
     from vmae2_fast import ops
     device = torch.device(device)
     row = dict(shape=shape, op=op, backend=backend)
+    x = inputs if inputs is not None else _inputs(shape, batch, device, getattr(torch, dtype))
     with ops.backend(backend):
-        x = _inputs(shape, batch, device, getattr(torch, dtype))
+        _no_grads(x)        # what an earlier measurement left in .grad would count in its base
         harness.sync(device)
         if device.type == "cuda":
             base = torch.cuda.memory_allocated(device)
@@ -85,12 +94,7 @@ def measure(shape, op, backend, batch, device, dtype, reps, rss_peak: bool) -> d
             peak = torch.cuda.max_memory_allocated(device) - base
         else:
             peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base if rss_peak else None
-
-        def no_grads(_):
-            for v in x.values():
-                if isinstance(v, torch.Tensor):
-                    v.grad = None
-        timing = time_in_rounds({op: lambda: _step(ops, op, x)}, reps, 1, device, prepare=no_grads)[op]
+        timing = time_in_rounds({op: lambda: _step(ops, op, x)}, reps, 1, device, prepare=lambda _: _no_grads(x))[op]
     return {**row, "status": "ok", "ms": 1e3 * statistics.median(timing.seconds),
             "peak_mib": None if peak is None else max(peak, 0) / 2 ** 20}
 
@@ -139,14 +143,22 @@ def run(args):
     ctx = mp.get_context("spawn")
     with Records(result_stem(args.out, "fused-ops", env["machine"]), "fused-ops", header) as records:
         for shape in args.shapes:
+            inputs, no_inputs = None, None
+            if args.processes == "one":
+                try:
+                    inputs = _inputs(shape, args.batch, device, getattr(torch, args.dtype))
+                except Exception as exc:    # noqa: BLE001 - every row of the shape says why
+                    no_inputs = f"its inputs could not be made: {type(exc).__name__}: {exc}"
             for op in OPS:
                 for backend in args.backends:
                     what = (shape, op, backend, args.batch, args.device, args.dtype, args.reps)
                     if args.processes == "each":
                         row = _in_fresh_process(ctx, *what)
+                    elif no_inputs:
+                        row = _failed(shape, op, backend, no_inputs)
                     else:
                         try:
-                            row = measure(*what, rss_peak=False)
+                            row = measure(*what, rss_peak=False, inputs=inputs)
                         except Exception as exc:    # noqa: BLE001 - recorded; the next measurement runs
                             traceback.print_exc()
                             row = _failed(shape, op, backend, f"{type(exc).__name__}: {exc}")

@@ -491,7 +491,7 @@ def gpu_suite_markdown(report: dict) -> str:
     done = {r["step"] for r in rows}
     not_reached = [p["step"] for p in report["plan"] if p["step"] not in done]
     if not_reached and not report["complete"]:
-        md += [f"| {name} | not reached (the run stopped) | | | |" for name in not_reached]
+        md += [f"| {name} | not reached: the run stopped before it | | | |" for name in not_reached]
     listed = [f"- {r['step']}: {_step_records_line(folder, rec)}" for r in rows for rec in r["records"]]
     if listed:
         md += ["", "Records of each step (`<step>/*.jsonl`; reports beside them):", "", *listed]

@@ -139,6 +139,7 @@ def test_a_cache_a_killed_run_left_in_use_is_set_aside(tmp_path):
     (["--device", "cpu", "--out", "x", "--budget", "soon"], "--budget takes whole seconds"),
     (["--device", "cpu", "--out", "x", "--wheels", "/nonexistent"], "is not a folder"),
     (["--device", "cpu", "--out", "x", "--only", "headline,kernels"], "no step kernels"),
+    (["--device", "cpu", "--out", "x", "--cap", "sweep=soon"], "--cap takes STEP=SECONDS"),
 ])
 def test_bad_usage_is_an_error_with_exit_status_2(args, message):
     res = run_suite(*args, timeout=60)
@@ -157,17 +158,16 @@ def test_a_spent_budget_skips_steps_with_the_reason(tmp_path):
 
 @pytest.mark.slow
 def test_a_step_out_of_time_keeps_its_records_and_is_marked_timed_out(tmp_path):
-    """The rehearsal of a step that cannot finish: the sweep (batches up to 512, its own time
-    budget 20 s x the load factor after its imports) gets about 10 s + 9 s x the load factor and
+    """The rehearsal of a step that cannot finish: the sweep (batches up to 512, which its own time
+    budget of 10 s x the load factor ends after the imports) gets 5 s + 6 s x the load factor and
     is stopped; every row it reported is in its records, which the summary lists as stopped, and
     its cache is set aside."""
-    factor = suite.load_factor("cpu")
-    budget = round(12 * factor) + suite.RENDER_CAP + 10
-    res = run_suite("--device", "cpu", "--out", tmp_path, "--only", "sweep", "--budget", budget,
-                    "--bundle", tmp_path / "back", timeout=budget + 120)
+    cap = round(5 + 6 * suite.load_factor("cpu"))
+    res = run_suite("--device", "cpu", "--out", tmp_path, "--only", "sweep", "--cap", f"sweep={cap}",
+                    "--bundle", tmp_path / "back", timeout=cap + 600)
     assert res.returncode == 1, res.stdout[-3000:] + res.stderr[-2000:]
     step = steps_of(tmp_path)["sweep"]
-    assert step["status"] == "timed out" and "stopped at its limit" in step["note"], step
+    assert step["status"] == "timed out" and f"stopped at its limit of {cap} s" in step["note"], step
     (rec,) = step["records"]
     assert rec["bench"] == "throughput" and not rec["complete"] and rec["rows"] >= 1, rec
     _, rows, end = records(tmp_path / rec["file"])
@@ -270,5 +270,5 @@ def test_the_summary_of_a_run_stopped_from_outside_lists_what_it_did_not_reach(t
              "note": "stopped at its limit of 50 s during throughput.py",
              "records": [{"file": "smoke/throughput-x.jsonl", "bench": "throughput", "rows": 0, "complete": False}]})
     md = render.render(rec.path).read_text()        # no end record: the run was stopped
-    assert "| smoke | timed out | 50 | 50 |" in md and "| headline | not reached (the run stopped) |" in md
+    assert "| smoke | timed out | 50 | 50 |" in md and "| headline | not reached: the run stopped before it |" in md
     assert "stopped before it finished" in md and "not installed: av" in md
