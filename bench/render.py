@@ -458,15 +458,17 @@ def _suite_throughput_rows(folder: Path, files: list) -> list[str]:
             continue
         s = throughput_summary(report)
         ac = report.get("official_checkpointing")
+        run = f"{Path(f).parent.name}: {report['tag']}" if report["tag"] else Path(f).parent.name
         for r in s["rows"]:
             if report["batch"] == "sweep" and r["status"] == "ok" and s["results"].get(r["name"]) is not r:
                 continue        # a sweep: each implementation's best batch only
             what = f"{_label(r, report)}" + (f" (ckpt {ac})" if r["kind"] == "official" else "")
             if r["status"] != "ok":
-                lines.append(f"| {report['model']} | {report['tag']} | {what} | {r['batch']} | {r['status']} | | | | |")
+                lines.append(f"| {report['model']} | {run} | {what} | {r['batch']} | {r['status']} | | | | |")
                 continue
-            vs = "" if r["vs"] is None else f"{r['vs']:.2f}x"
-            lines.append(f"| {report['model']} | {report['tag']} | {what} | {r['batch']} | {r['clips_per_s']:.1f} "
+            # a run without a baseline row compares its rows with its first: no ratio to show here
+            vs = "" if r["vs"] is None or s["base"] not in ("official", "re-statement") else f"{r['vs']:.2f}x"
+            lines.append(f"| {report['model']} | {run} | {what} | {r['batch']} | {r['clips_per_s']:.1f} "
                          f"| {_fmt(r['mfu'], '.1f', 100, 'n/a')} | {_fmt(r['peak_mem_per_clip_gib'], '.3f', none='n/a')} "
                          f"| {_fmt(r.get('first_step_s'), '.1f', none='')} | {vs} |")
     return lines
@@ -499,7 +501,7 @@ def gpu_suite_markdown(report: dict) -> str:
     table = _suite_throughput_rows(folder, files)
     if table:
         md += ["", "## Pre-training throughput", "",
-               "| model | run | implementation | batch | clips/s | MFU % | peak GiB / clip | first step (s) | vs baseline |",
+               "| model | step: run | implementation | batch | clips/s | MFU % | peak GiB / clip | first step (s) | vs baseline |",
                "|---|---|---|---|---:|---:|---:|---:|---:|", *table, "",
                "vs baseline: the baseline's step time (the official code with `--official-repo`, else the "
                "re-statement) over the row's, at the same batch in the same run; a sweep shows each "
