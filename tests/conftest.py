@@ -27,6 +27,15 @@ def tiny_synthetic(tmp_path_factory):
     return ds
 
 
+@pytest.fixture(autouse=True)
+def _float32_matmul_flags():
+    """A training stage sets torch's process-wide TF32 flags on CUDA (`stages/build.py`): each
+    test starts from the flags the session started with, so no test runs on another's setting."""
+    flags = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
+
+
 def pytest_collection_modifyitems(config, items):
     """GPU tests skip cleanly, with a reason, where no CUDA device exists."""
     if torch.cuda.is_available():
