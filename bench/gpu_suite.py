@@ -1,20 +1,21 @@
 """The GPU plan for one loan, run by `bash bench/gpu_suite.sh` (docs/gpu-suite.md): set-up, then
-eight steps in order, each under a time cap, each writing its records as it measures.
+seven steps in order, each under a time cap, each writing its records as it measures.
 
     bash bench/gpu_suite.sh --out /tmp/suite --bundle "$OUT" --wheels .whl \\
         --official-repo .official/VideoMAEv2          # the first call on a lent GPU
-    bash bench/gpu_suite.sh --out /tmp/suite --bundle "$OUT" --only compiled-g --budget 200 ...  # a step again
+    bash bench/gpu_suite.sh --out /tmp/suite --bundle "$OUT" --only pytest --budget 200 ...  # a step again
     bash bench/gpu_suite.sh --device cpu --out /tmp/suite    # the rehearsal: the same steps at small shapes
     bash bench/gpu_suite.sh --list                           # the plan: steps, caps, commands
 
 Steps: smoke (the fused ops' Triton kernels against the float64 reference in bf16 at ViT-B's
 and ViT-g's patch sizes over several row tiles, the attention backends at head dims 64/80/88,
 one ViT-B step), headline (ViT-B and ViT-g in bf16, the official code against ours, eager, with
-and without activation checkpointing), compiled (ours under torch.compile, ViT-B), sweep (ViT-B
-over batch sizes), pytest (`pytest -m gpu`), fused-ops (the kernel benchmark), decoding (the
-loader benchmark, when PyAV is there) and compiled-g (ViT-g under torch.compile: last, because a
-whole-model compile of 44 blocks is the step most likely to run out of time; it also gets the
-time the earlier steps left unused).
+and without activation checkpointing), compiled (ours under torch.compile, ViT-B and ViT-g, with
+and without checkpointing: each transformer block is compiled as a region, one graph per block
+kind, so a ViT-g row compiles an encoder and a decoder block, not 44), sweep (ViT-B over batch
+sizes), pytest (`pytest -m gpu`; the step most likely to need more than its cap, so it also gets
+the time the earlier steps left unused), fused-ops (the kernel benchmark) and decoding (the loader
+benchmark, when PyAV is there).
 
 Time: every step has a cap; the caps and the set-up's cap add up to less than the budget, so
 every step gets its cap even when every earlier one runs out of time. A step that reaches its cap
@@ -54,7 +55,7 @@ from vmae2_fast.errors import ConfigError, MissingFileError, MissingPackageError
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "bench"
-STEPS = ("smoke", "headline", "compiled", "sweep", "pytest", "fused-ops", "decoding", "compiled-g")
+STEPS = ("smoke", "headline", "compiled", "sweep", "pytest", "fused-ops", "decoding")
 SETUP_CAP = {"cuda": 20, "cpu": 30}          # joining and installing the wheels, the package probe
 RENDER_CAP = 10                              # the summary's last rendering and bundle, after the last step
 DEFAULT_BUDGET = {"cuda": 450, "cpu": 600}   # cuda: what a device call of 480 s leaves
@@ -99,13 +100,11 @@ def plan(device: str, out: Path, official: str | None, have: dict, factor: float
     tp = ["throughput.py", "--device", device]
     if cuda:
         b, g = ["--model", "vit_b", "--batch", 64], ["--model", "vit_g", "--batch", 32]
-        g_compiled = g
         precision, timed = ["--precision", "bf16"], ["--steps", 5, "--warmup", 2]
         b_step = ["--model", "vit_b", "--batch", 8]
         sweep = ["--model", "vit_b", "--sweep", "--batches", 32, 64, 128, 256, "--time-budget", 20,
                  "--steps", 3, "--warmup", 1]
-        caps = dict(smoke=50, headline=95, compiled=50, sweep=30, pytest=80, **{"fused-ops": 20},
-                    decoding=25, **{"compiled-g": 60})
+        caps = dict(smoke=50, headline=95, compiled=100, sweep=30, pytest=90, **{"fused-ops": 20}, decoding=25)
         fused = ["--device", "cuda", "--batch", 32, "--reps", 5]
         attention = ["--device", "cuda", "--dtypes", "bf16", "--reps", 5]
         data = ["--synthetic", 16, "--synthetic-frames", 64, "--codecs", "h264", "--batch-size", 8, "--views", 2,
@@ -113,9 +112,9 @@ def plan(device: str, out: Path, official: str | None, have: dict, factor: float
         test_timeout = 90
     else:   # small shapes, fp32, the reference ops (the C++ ops would be compiled once per run's cache)
         small = ["--model", "vit_micro", "--frames", 4, "--size", 32, "--kernels", "reference"]
-        # the ViT-g stand-in differs in its batch (its own result files); compiled-g compiles the
-        # ViT-B stand-in's graph again, which the inductor cache of the compiled step answers
-        b = b_step = g_compiled = small + ["--batch", 2]
+        # the ViT-g stand-in differs in its batch (its own result files); its compiled rows compile
+        # the ViT-B stand-in's block graphs again, which the suite's inductor cache answers
+        b = b_step = small + ["--batch", 2]
         g = small + ["--batch", 1]
         precision, timed = ["--precision", "fp32"], ["--steps", 2, "--warmup", 1]
         # 64 cubes a clip and batches up to 512 would take minutes: the sweep's own time budget
@@ -123,9 +122,8 @@ def plan(device: str, out: Path, official: str | None, have: dict, factor: float
         sweep = ["--model", "vit_micro", "--frames", 8, "--size", 64, "--kernels", "reference", "--sweep",
                  "--batches", *(2 ** k for k in range(10)), "--time-budget", round(10 * factor), "--steps", 2,
                  "--warmup", 1]
-        # inductor's CPU compile of vit_micro's step: about 40 s of CPU time, most of it g++
-        caps = dict(smoke=40, headline=60, compiled=240, sweep=45, pytest=45, **{"fused-ops": 25},
-                    decoding=45, **{"compiled-g": 45})
+        # inductor's CPU compile of vit_micro's two block graphs: about 40 s of CPU time, most of it g++
+        caps = dict(smoke=40, headline=60, compiled=240, sweep=45, pytest=80, **{"fused-ops": 25}, decoding=45)
         fused = ["--device", "cpu", "--batch", 1, "--shapes", "vit_b", "--reps", 1, "--backends", "reference",
                  "--processes", "one"]
         attention = ["--device", "cpu", "--batch", 1, "--tokens", 64, "--reps", 2]
@@ -157,13 +155,14 @@ def plan(device: str, out: Path, official: str | None, have: dict, factor: float
         Step("headline", "ViT-B and ViT-g, the official code against ours, eager, with and without activation "
              "checkpointing", caps["headline"],
              [headline(m, ac) for m in (b, g) for ac in ("none", "full")]),
-        Step("compiled", "ours under torch.compile, ViT-B", caps["compiled"], [
-            _py(*tp, *b, *precision, *timed, "--impl", "fast", "--compile", "on", "--activation-checkpointing",
-                "none", "--tag", "compiled", "--out", d["compiled"])]),
+        Step("compiled", "ours under torch.compile (one graph per block kind), ViT-B and ViT-g, with and without "
+             "activation checkpointing", caps["compiled"], [
+                 _py(*tp, *m, *precision, *timed, "--impl", "fast", "--compile", "on", "--activation-checkpointing",
+                     "none", "full", "--tag", "compiled", "--out", d["compiled"]) for m in (b, g)]),
         Step("sweep", "ViT-B over batch sizes, the official code against ours", caps["sweep"], [
             _py(*tp, *sweep, *precision, "--impl", "official", "fast", *with_official, "--tag", "sweep",
                 "--out", d["sweep"])]),
-        Step("pytest", "pytest -m gpu, every test under a time limit", caps["pytest"], [
+        Step("pytest", "pytest -m gpu, every test under a time limit", caps["pytest"], takes_slack=True, commands=[
             _py("gpu_tests.py", "--out", d["pytest"], "--tag", "gpu", "--", "-m", "gpu", "tests", "-v",
                 "-p", "no:cacheprovider", "--continue-on-collection-errors", *timeout, "--durations", 20,
                 "--junitxml", d["pytest"] / "junit.xml")],
@@ -175,11 +174,6 @@ def plan(device: str, out: Path, official: str | None, have: dict, factor: float
             _py("data.py", *data, "--loaders", *loaders, "--work-dir", out / "cache" / "data", "--out", d["decoding"])],
              skip=None if have.get("av") else "PyAV is not installed: the decoding benchmark needs it to write and "
                                               "read videos; bring its cp312 wheel with --wheels (docs/gpu-suite.md)"),
-        Step("compiled-g", "ViT-g under torch.compile (whole model: one row, no checkpointing)",
-             caps["compiled-g"], [
-                 _py(*tp, *g_compiled, *precision, "--steps", 3, "--warmup", 1, "--impl", "fast", "--compile", "on",
-                     "--activation-checkpointing", "none", "--tag", "compiled", "--out", d["compiled-g"])],
-             takes_slack=True),
     ]
     assert tuple(s.name for s in steps) == STEPS
     return steps

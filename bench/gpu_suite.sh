@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # The GPU plan for one loan, as one command (docs/gpu-suite.md): set-up, then smoke, headline,
-# compiled, sweep, pytest, fused-ops, decoding and compiled-g, each under a time cap, each writing
+# compiled, sweep, pytest, fused-ops and decoding, each under a time cap, each writing
 # its records as it measures; a summary in <out>/suite.md. The steps are run by bench/gpu_suite.py
 # (`--help` there says every flag) with the Python found here: `$PYTHON`, else python3.
 #
 #   bash bench/gpu_suite.sh --out /tmp/suite --bundle "$OUT" --wheels .whl --official-repo .official/VideoMAEv2
-#   bash bench/gpu_suite.sh --out /tmp/suite --bundle "$OUT" --only compiled-g --budget 200 ...
+#   bash bench/gpu_suite.sh --out /tmp/suite --bundle "$OUT" --only pytest --budget 200 ...
 #   bash bench/gpu_suite.sh --device cpu --out /tmp/suite      # the rehearsal, at small shapes
 #
 # It never installs torch: it uses the torch it finds, runs this checkout from its source folder

@@ -1,7 +1,8 @@
 """bench/gpu_suite.sh, the GPU plan for one loan, and its CPU rehearsal: the plan's time arithmetic,
-one call that runs every step at small shapes and writes each step's records and a summary where
-the caller says, a step stopped at its cap that keeps its records and is marked `timed out`, the
-suite's own caches set aside after a kill, and skips that name the missing package."""
+every step's command accepted by its script, a step stopped at its cap that keeps its records and is
+marked `timed out`, the suite's own caches set aside after a kill, and skips that name the missing
+package. The full rehearsal (`bash bench/gpu_suite.sh --device cpu --out DIR`, every step at small
+shapes: minutes of inductor's C++ compile) is run by hand, not here (docs/gpu-suite.md)."""
 import json
 import os
 import subprocess
@@ -12,8 +13,6 @@ from pathlib import Path
 import pytest
 
 from bench_scripts import script
-from hidden_packages import hide
-from needs import module
 
 ROOT = Path(__file__).resolve().parents[1]
 SUITE = ROOT / "bench" / "gpu_suite.sh"
@@ -50,10 +49,13 @@ def test_the_cuda_plan_fits_its_budget_and_the_device_call():
     assert [s.name for s in steps] == list(suite.STEPS)
     total = sum(s.cap for s in steps) + suite.SETUP_CAP["cuda"] + suite.RENDER_CAP
     assert total <= suite.DEFAULT_BUDGET["cuda"] <= DEVICE_CALL_S - 20, total
-    # ViT-g is compiled whole once, last, and is the only step given what the others left
-    assert [s.name for s in steps if s.takes_slack] == ["compiled-g"] == [steps[-1].name]
-    compiled_g = [c for s in steps for c in s.commands if "vit_g" in c and "on" in c]
-    assert len(compiled_g) == 1 and compiled_g[0][compiled_g[0].index("--activation-checkpointing") + 1] == "none"
+    # pytest, the step expected to need more than its cap, is the one given what the others left
+    assert [s.name for s in steps if s.takes_slack] == ["pytest"]
+    # compiled per block: one step compiles both models, each with and without checkpointing
+    compiled = [c for s in steps for c in s.commands if "--compile" in c and c[c.index("--compile") + 1] == "on"]
+    assert [s.name for s in steps if any(c in s.commands for c in compiled)] == ["compiled"]
+    assert {(c[c.index("--model") + 1], tuple(c[c.index("--activation-checkpointing") + 1:][:2]))
+            for c in compiled} == {("vit_b", ("none", "full")), ("vit_g", ("none", "full"))}
 
 
 def test_the_cuda_plan_runs_what_the_review_asked_for():
@@ -79,6 +81,52 @@ def test_without_pyav_or_pytest_the_steps_that_need_them_say_so():
     assert "PyAV is not installed" in steps["decoding"].skip and "pytest is not installed" in steps["pytest"].skip
     assert steps["smoke"].skip is None and not any("gpu_tests.py" in str(c[1]) for c in steps["smoke"].commands)
     assert not any("--official-repo" in c for s in steps.values() for c in s.commands)
+
+
+def parsed_commands(monkeypatch, steps) -> dict:
+    """Each step's commands as their scripts parse them, nothing run: a flag a script does not take
+    (or a value it refuses) exits 2 here instead of minutes into a device call."""
+    parsed = []
+    monkeypatch.setattr(script("harness"), "main", lambda parser, run, argv=None: parsed.append(parser.parse_args(argv)))
+    gpu_tests = script("gpu_tests")
+    monkeypatch.setattr(gpu_tests, "run", lambda args: (parsed.append(args), (None, 0))[1])
+    monkeypatch.setattr(render, "render", lambda path: None)
+    out = {}
+    for st in steps:
+        out[st.name] = []
+        for argv in st.commands:
+            assert Path(argv[0]) == Path(sys.executable) and Path(argv[1]).parent == ROOT / "bench", argv
+            before = len(parsed)
+            assert script(Path(argv[1]).stem).main([str(x) for x in argv[2:]]) in (0, None), argv
+            assert len(parsed) == before + 1, argv
+            out[st.name].append(parsed[-1])
+    return out
+
+
+@pytest.mark.parametrize("device", ["cuda", "cpu"])
+def test_every_command_of_the_plan_is_accepted_by_its_script(monkeypatch, tmp_path, device):
+    steps = suite.plan(device, tmp_path, str(tmp_path) if device == "cuda" else None,
+                       {**HAVE_ALL, "nvidia.dali": True})
+    args = parsed_commands(monkeypatch, steps)
+    assert {s: len(a) for s, a in args.items()} == {s.name: len(s.commands) for s in steps}
+    for a in args["compiled"]:
+        assert a.compile == [True] and a.fast_checkpointing == ["none", "full"] and a.impl == ["fast"]
+    for a in args["headline"]:
+        assert a.compile == [False] and a.impl == ["official", "fast"]
+        assert a.official_checkpointing == a.fast_checkpointing[0]
+    assert [a.model for a in args["compiled"]] == (["vit_b", "vit_g"] if device == "cuda" else ["vit_micro"] * 2)
+    assert all(a.out.startswith(str(tmp_path / name)) for name, found in args.items() for a in found)
+
+
+def test_the_smoke_tests_named_by_the_plan_exist():
+    """The smoke step names its GPU tests by id: a renamed case would make pytest run nothing."""
+    (cmd,) = [c for s in suite.plan("cuda", Path("/o"), None, HAVE_ALL) if s.name == "smoke"
+              for c in s.commands if "gpu_tests.py" in str(c[1])]
+    ids = [str(x) for x in cmd if str(x).startswith("tests/")]
+    res = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", *ids],
+                         capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    assert len(ids) == 6 and set(ids) <= set(res.stdout.split()), res.stdout[-2000:]
 
 
 def test_the_cpu_caps_scale_with_the_load(monkeypatch):
@@ -180,79 +228,6 @@ def test_a_step_out_of_time_keeps_its_records_and_is_marked_timed_out(tmp_path):
     assert "| sweep | timed out |" in summary and "stopped before it finished" in summary
     assert list(tmp_path.glob("cache.discarded-*")) and not (tmp_path / "cache" / ".in-use").exists()
     assert sorted(p.name for p in (tmp_path / "back").iterdir()) == ["gpu-suite.tar.gz", "suite.md"]
-
-
-@pytest.mark.slow
-def test_cpu_mode_runs_every_step_within_its_budget_and_writes_where_told(tmp_path):
-    out = tmp_path / "results"
-    t0 = time.monotonic()
-    res = run_suite("--device", "cpu", "--out", out, env_extra={"PYTHONPATH": hide(tmp_path / "shim", "av")},
-                    timeout=suite.DEFAULT_BUDGET["cpu"] * suite.MAX_LOAD_FACTOR + 120)
-    took = time.monotonic() - t0
-    assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-2000:]
-    header, _, end = records(out / "suite.jsonl")
-    assert end is not None and took < header["budget_s"] + 30
-    steps = steps_of(out)
-    assert {k: v["status"] for k, v in steps.items()} == {
-        "set-up": "ok", "smoke": "ok", "headline": "ok", "compiled": "ok", "sweep": "ok", "pytest": "ok",
-        "fused-ops": "ok", "decoding": "skipped", "compiled-g": "ok"}
-    assert "PyAV is not installed" in steps["decoding"]["note"]
-    for name, step in steps.items():
-        assert step["seconds"] <= step["limit_s"] + suite.KILL_GRACE
-        if name not in ("set-up", "decoding"):
-            assert step["records"] and all(r["complete"] and r["rows"] > 0 for r in step["records"]), step
-
-    # smoke: the GPU op tests are collected and skip with their reason; attention at 64/80/88
-    smoke = {r["bench"]: r for r in steps["smoke"]["records"]}
-    _, tests, _ = records(out / smoke["pytest"]["file"])
-    assert len(tests) == 6 and {t["outcome"] for t in tests} == {"skipped"}
-    assert all("CUDA" in t["message"] for t in tests)
-    _, attention, _ = records(out / smoke["attention"]["file"])
-    assert [c["head_dim"] for c in attention] == [64, 80, 88]
-    assert all(c["backends"]["math"]["runs"] and c["backends"]["math"]["out_rel_err"] < 1e-5 for c in attention)
-
-    # headline: two models x two checkpointing settings, each a baseline row and ours
-    files = [r["file"] for r in steps["headline"]["records"]]
-    assert len(files) == 4
-    for f in files:
-        header, rows, _ = records(out / f)
-        ac = header["tag"].rsplit("-", 1)[1]
-        assert [r["name"] for r in rows] == ["re-statement", "fast"]
-        assert rows[1]["settings"]["activation_checkpointing"] == ac and not rows[1]["settings"]["compile"]
-        assert all(r["status"] == "ok" and r["clips_per_s"] > 0 for r in rows)
-    (compiled,) = steps["compiled"]["records"]
-    assert records(out / compiled["file"])[1][0]["settings"]["compile"] is True
-    (sweep,) = steps["sweep"]["records"]
-    assert len({r["batch"] for r in records(out / sweep["file"])[1]}) >= 2
-    assert {r["name"] for r in records(out / sweep["file"])[1]} == {"re-statement", "fast"}     # no hf row
-
-    # pytest -m gpu: every GPU test collected and skipped on a CPU, files needing PyAV skipped too
-    (tests_rec,) = steps["pytest"]["records"]
-    _, tests, _ = records(out / tests_rec["file"])
-    assert tests and {t["outcome"] for t in tests} == {"skipped"}
-    assert any(t["phase"] == "collect" and "PyAV" in t["message"] and "test_nvdec.py" in t["nodeid"] for t in tests)
-    assert (out / "pytest" / "junit.xml").exists()
-    (fused,) = steps["fused-ops"]["records"]
-    assert records(out / fused["file"])[0]["processes"] == "one"
-
-    summary = (out / "suite.md").read_text()
-    assert "| decoding | skipped |" in summary and "## Pre-training throughput" in summary
-    assert not (out / "cache" / ".in-use").exists() and not list(out.glob("cache.discarded-*"))
-
-
-@pytest.mark.slow
-def test_cpu_mode_measures_decoding_where_pyav_is_installed(tmp_path):
-    module("av")        # a dependency of the package: on CI its absence is a failure
-    res = run_suite("--device", "cpu", "--out", tmp_path, "--only", "decoding",
-                    timeout=600 * suite.MAX_LOAD_FACTOR)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
-    step = steps_of(tmp_path)["decoding"]
-    assert step["status"] == "ok"
-    (rec,) = step["records"]
-    rows = [r for r in records(tmp_path / rec["file"])[1] if r["kind"] == "loader" and "skipped" not in r]
-    assert {r["codec"] for r in rows} == {"vp9"} and {r["loader"] for r in rows} >= {"pyav"}
-    assert all(r["clips_per_s"] > 0 for r in rows)
-    assert list((tmp_path / "decoding").glob("data-*.png")) and list((tmp_path / "decoding").glob("data-*.md"))
 
 
 def test_the_summary_of_a_run_stopped_from_outside_lists_what_it_did_not_reach(tmp_path):
