@@ -129,3 +129,13 @@ def test_validation_and_test_views_are_pixels(tiny_synthetic):
     assert 0 <= views.min() and views.max() < 255.01 and views.max() > 1    # pixels, not normalised
     host = torch.stack([normalize(v.permute(1, 0, 2, 3)) for v in views])
     assert torch.equal(normalize_on_device(views), host)
+
+
+def test_a_fake_batch_is_normalised_without_memory():
+    """The memory planner traces the step with fake tensors: the host path's NumPy buffer would be
+    a real allocation of the planned batch (90 GiB for ViT-g's) that the trace cannot see."""
+    from torch._subclasses.fake_tensor import FakeTensorMode, is_fake
+    with FakeTensorMode():
+        video = torch.empty(1024, 3, 16, 1024, 1024, dtype=torch.uint8)     # 48 GiB as float32
+        out = normalize_on_device(video, torch.float32)
+    assert is_fake(out) and out.shape == video.shape and out.dtype == torch.float32

@@ -79,7 +79,7 @@ def normalize_on_device(video: torch.Tensor, dtype: torch.dtype = torch.float32,
         raise ValueError(f"expected a clip batch (N, 3, T, H, W), got {tuple(video.shape)}")
     if not (video.dtype == torch.uint8 or video.is_floating_point()):
         raise ValueError(f"expected uint8 or float pixels, got {video.dtype}")
-    if video.device.type == "cpu":
+    if video.device.type == "cpu" and not is_fake(video):
         out = _normalize_on_host(video, dtype)
     else:
         out = torch.empty(video.shape, dtype=dtype, device=video.device)
@@ -96,6 +96,13 @@ def normalize_on_device(video: torch.Tensor, dtype: torch.dtype = torch.float32,
         else:
             box.copy_(noise.to(out.device, non_blocking=True))
     return out
+
+
+def is_fake(t: torch.Tensor) -> bool:
+    """A tensor of torch's fake mode (the memory planner traces a step with them): it has no
+    memory, so the host path's NumPy buffer would be a real allocation of the planned size."""
+    from torch._subclasses.fake_tensor import is_fake as _is_fake
+    return _is_fake(t)
 
 
 def host_empty(shape, dtype: torch.dtype) -> torch.Tensor:
