@@ -245,7 +245,7 @@ BUGS = [
         ("tests/test_gpu_suite.py::test_the_cuda_plan_fits_its_budget_and_the_device_call",),
         "the GPU plan's caps outgrow its budget: the last steps get what is left"),
     Bug("suite-flag-a-script-does-not-take", "bench/gpu_suite.py",
-        edit('"none", "full", "--tag", "compiled"', '"none", "full", "--tags", "compiled"'),
+        edit('"none", "full", "--tag", f"{prefix}compiled"', '"none", "full", "--tags", f"{prefix}compiled"'),
         ("tests/test_gpu_suite.py::test_every_command_of_the_plan_is_accepted_by_its_script",),
         "a step's command has a flag its script refuses: the step fails minutes into a device call"),
     Bug("suite-kill-leaves-children", "bench/gpu_suite.py",

@@ -116,6 +116,10 @@ def test_every_command_of_the_plan_is_accepted_by_its_script(monkeypatch, tmp_pa
         assert a.official_checkpointing == a.fast_checkpointing[0]
     assert [a.model for a in args["compiled"]] == (["vit_b", "vit_g"] if device == "cuda" else ["vit_micro"] * 2)
     assert all(a.out.startswith(str(tmp_path / name)) for name, found in args.items() for a in found)
+    # no two throughput runs write the same result files (the name is the model, clip, batch and tag)
+    runs = [(a.out, a.model, a.frames, a.size, a.batch, a.tag) for found in args.values() for a in found
+            if hasattr(a, "fast_checkpointing")]
+    assert len(runs) == len(set(runs)) == 8, runs       # smoke 1, headline 4, compiled 2, sweep 1
 
 
 def test_the_smoke_tests_named_by_the_plan_exist():
