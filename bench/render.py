@@ -152,7 +152,8 @@ def _settings(r: dict) -> str:
     s = r["settings"]
     if r["kind"] == "fast":
         return (f"{'compile' if s['compile'] else 'eager'}, checkpointing {s['activation_checkpointing']}, "
-                f"attention {s['attention']}, parallelism {s['parallelism']}")
+                f"attention {s['attention']}, parallelism {s['parallelism']}"
+                + (", FP8 encoder GEMMs" if s.get("fp8") else ""))
     if r["kind"] == "hf":
         return "transformers VideoMAEForPreTraining, encoder masking only"
     return f"checkpointing {s.get('checkpointing', 'none')}"
