@@ -69,6 +69,8 @@ class RunConfig:
     save_every: int = 5                # epochs between numbered checkpoints (and the last one)
     save_every_steps: int = 0          # also checkpoint-last.pth every N optimiser steps (0: off)
     keep_last: int = 0                 # keep only the newest K numbered checkpoints (0: all)
+    async_checkpoint: bool = False     # write checkpoints in the background while training goes on
+    dist_timeout: float = 1800.0       # seconds a collective may wait for the other processes
     log_every: int = 20                # optimiser steps between log lines (the only host syncs)
     tensorboard: bool = False
     progress: bool = True
@@ -107,6 +109,8 @@ class RunConfig:
         one_of("fsdp_param_dtype", self.fsdp_param_dtype, FSDP_PARAM_DTYPES)
         if self.clip_grad is not None and self.clip_grad <= 0:
             raise ValueError("--clip-grad must be positive (omit it to disable clipping)")
+        if self.dist_timeout <= 0:
+            raise ValueError(f"--dist-timeout must be a positive number of seconds, got {self.dist_timeout:g}")
         if not 0 <= self.max_bad_fraction <= 1:
             raise ValueError(f"--max-bad-fraction must be in [0, 1], got {self.max_bad_fraction}")
         for name in ("num_workers", "keep_last", "save_every_steps", "max_steps", "warmup_epochs",

@@ -1,7 +1,7 @@
 """Process-group set-up from torchrun's environment (or Slurm's, under a bare ``srun``), and small
 helpers that are no-ops alone.
 
-Two launches reach the same process group (README "Several nodes"):
+Two launches reach the same process group (docs/reliability.md "Several nodes"):
 * ``torchrun`` on every node (``srun`` one task per node, c10d rendezvous): torchrun sets
   RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT, as on one node;
 * ``srun`` one task per GPU without torchrun (the official scripts' way): the task's SLURM_PROCID,
@@ -11,12 +11,21 @@ Two launches reach the same process group (README "Several nodes"):
 from __future__ import annotations
 
 import datetime
+import json
 import os
+import re
 import subprocess
+import time
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+from ..errors import RunStopped
+
+# The longest a collective may wait for the other processes (--dist-timeout). A rank writing a
+# synchronous checkpoint keeps the others waiting for the length of the write: keep it above that.
+DEFAULT_TIMEOUT_S = 1800.0
 
 
 @dataclass
@@ -54,11 +63,14 @@ def slurm_environment(env=os.environ) -> dict:
     return out
 
 
-def init_distributed(device_type: str) -> DistInfo:
+def init_distributed(device_type: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> DistInfo:
     """Join the process group torchrun describes (RANK/WORLD_SIZE/LOCAL_RANK), or the one a bare
     ``srun`` step of several tasks describes (`slurm_environment`); alone, do nothing.
 
-    NCCL on CUDA, gloo on the CPU (which is how the multi-process tests run here).
+    NCCL on CUDA, gloo on the CPU (which is how the multi-process tests run here). A collective
+    that waits longer than `timeout_s` (``--dist-timeout``) fails instead of hanging: gloo raises
+    it in the waiting process (`CollectiveTimeout` names the late rank), NCCL's watchdog ends the
+    process with the collective and its rank.
     """
     os.environ.update(slurm_environment())
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -69,7 +81,7 @@ def init_distributed(device_type: str) -> DistInfo:
         backend = "nccl" if device_type == "cuda" else "gloo"
         if device_type == "cuda":
             torch.cuda.set_device(local)
-        dist.init_process_group(backend, timeout=datetime.timedelta(minutes=30))
+        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
     return DistInfo(rank, world, local)
 
 
@@ -96,3 +108,72 @@ def all_gather_objects(obj, info: DistInfo) -> list:
 def cleanup(info: DistInfo) -> None:
     if info.enabled and dist.is_initialized():
         dist.destroy_process_group()
+
+
+class CollectiveTimeout(RunStopped):
+    """A collective waited longer than --dist-timeout: a rank is stuck (I/O, a dead device) or gone."""
+
+
+# gloo: "Timed out waiting 5000ms for recv operation"; NCCL: "Watchdog caught collective operation timeout"
+_TIMEOUT = re.compile(r"timed out|timeout", re.IGNORECASE)
+
+
+def is_collective_timeout(exc: BaseException) -> bool:
+    return isinstance(exc, RuntimeError) and bool(_TIMEOUT.search(str(exc)))
+
+
+class Progress:
+    """Where each rank last was, kept in the process group's store (torchrun's agent store, or
+    rank 0's under a bare srun; it lives outside the collectives), so that a rank whose
+    collective timed out can name the rank that did not come. Every rank marks the same points
+    in the same order; a mark is one small write to the store."""
+
+    def __init__(self, info: DistInfo):
+        self.info, self.seq, self.store = info, 0, None
+        if info.enabled and dist.is_initialized():
+            from torch.distributed.distributed_c10d import _get_default_store
+            self.store = _get_default_store()
+        # a restarted group (torchrun --max-restarts) may share the store with the earlier attempt
+        self.prefix = f"vmae2_fast/progress/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/"
+
+    def mark(self, where: str) -> None:
+        if self.store is not None:
+            self.seq += 1
+            self.store.set(self.prefix + str(self.info.rank), json.dumps([self.seq, where, time.time()]))
+
+    def where(self) -> dict[int, tuple[int, str, float]]:
+        """Each rank's last mark (ranks that never marked are left out)."""
+        if self.store is None:
+            return {}
+        keys = [self.prefix + str(r) for r in range(self.info.world_size)]
+        out = {}
+        for r, key in enumerate(keys):
+            try:
+                if self.store.check([key]):
+                    out[r] = tuple(json.loads(self.store.get(key)))
+            except (RuntimeError, ValueError):   # the store is gone too: say what we can
+                break
+        return out
+
+    def timeout_error(self, exc: BaseException, timeout_s: float) -> CollectiveTimeout:
+        """The error of a timed-out collective, naming the ranks behind this one."""
+        marks = self.where()
+        now = time.time()
+        me = self.info.rank
+        ahead = max((m[0] for m in marks.values()), default=0)
+        late = [r for r in range(self.info.world_size) if marks.get(r, (0,))[0] < ahead]
+        if late:
+            said = "; ".join(
+                f"rank {r} " + (f"last reached '{marks[r][1]}' {now - marks[r][2]:.0f} s ago" if r in marks
+                                else "never reached the first step")
+                for r in late)
+            where = next(m[1] for m in marks.values() if m[0] == ahead)
+            who = (f"rank{'s' if len(late) > 1 else ''} {', '.join(map(str, late))} did not come ({said}; "
+                   f"the others are at '{where}'): stuck (I/O, a dead device) or gone; see its log")
+        else:
+            where = marks.get(me, (0, "the start", now))[1]
+            who = (f"every rank reached '{where}' and one of them is stuck inside it (I/O, a dead device)")
+        return CollectiveTimeout(
+            f"rank {me}: a collective waited longer than --dist-timeout {timeout_s:g} s: {who}. "
+            f"({str(exc).splitlines()[0][:200]}) Run the same command again to resume from the newest "
+            "checkpoint (under torchrun --max-restarts the group restarts by itself)")
