@@ -81,8 +81,27 @@ def init_distributed(device_type: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> 
         backend = "nccl" if device_type == "cuda" else "gloo"
         if device_type == "cuda":
             torch.cuda.set_device(local)
-        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
+        timeout = datetime.timedelta(seconds=timeout_s)
+        store = _attempt_store(world, timeout)
+        if store is None:
+            dist.init_process_group(backend, timeout=timeout)
+        else:
+            dist.init_process_group(backend, timeout=timeout, store=store, rank=rank, world_size=world)
     return DistInfo(rank, world, local)
+
+
+def _attempt_store(world: int, timeout: datetime.timedelta):
+    """Under torchrun, the agent's store seen through a prefix of this attempt of the group
+    (``TORCHELASTIC_RESTART_COUNT``); None elsewhere. torchrun keeps one store for all the
+    attempts of a group (``--max-restarts``) and gives each the same MASTER_PORT, while the keys
+    the process group writes there (gloo's peer addresses, NCCL's unique id) name no attempt: a
+    restarted group would read the dead attempt's addresses and fail to connect (torch 2.13:
+    "Gloo connectFullMesh failed ... Connection refused")."""
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
+                          is_master=False, timeout=timeout)
+    return dist.PrefixStore(f"vmae2_fast/attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/", store)
 
 
 def barrier(info: DistInfo) -> None:
@@ -133,8 +152,7 @@ class Progress:
         if info.enabled and dist.is_initialized():
             from torch.distributed.distributed_c10d import _get_default_store
             self.store = _get_default_store()
-        # a restarted group (torchrun --max-restarts) may share the store with the earlier attempt
-        self.prefix = f"vmae2_fast/progress/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/"
+        self.prefix = "vmae2_fast/progress/"   # the store is this attempt's (`_attempt_store`)
 
     def mark(self, where: str) -> None:
         if self.store is not None:
