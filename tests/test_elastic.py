@@ -9,10 +9,15 @@ Faults (tests/fault_worker.py, first attempt only): rank 1 SIGKILLed between two
 SIGKILLed halfway through writing a checkpoint file with --async-checkpoint (the file is written by
 the background writer while training goes on), under DDP and FSDP2. Rank 0 holds the output
 folder's lock (train/run_lock.py); the restarted group takes it back from its own earlier attempt.
+
+A rank that hangs instead of dying (stuck in I/O) ends the run after --dist-timeout, with an error
+that names it.
 """
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -36,10 +41,19 @@ def flags(ds, out, processes, **extra):
 
 
 def torchrun(argv, fault, max_restarts=1, timeout=600):
+    """Two processes under torchrun with `fault` planted; the whole process tree is killed if it
+    outlives `timeout` (a hang fails the test, and leaves nothing running)."""
     env = dict(os.environ, OMP_NUM_THREADS="1", VMAE2_TEST_FAULT=fault)
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                           "--max-restarts", str(max_restarts), "--monitor-interval", "0.2", str(WORKER), *argv],
-                          env=env, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                             "--max-restarts", str(max_restarts), "--monitor-interval", "0.2", str(WORKER), *argv],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"torchrun still running after {timeout} s: {out[-2000:]}{err[-2000:]}")
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 @pytest.fixture(scope="module")
@@ -82,3 +96,20 @@ def test_a_killed_rank_restarts_the_group_which_resumes_exactly(tiny_synthetic, 
     assert a.keys() == b.keys() and not bad, bad
     assert not (out / "run.lock").exists()                                       # released at the end
     assert not list(out.glob(".*.tmp"))                                          # the half-written file cleaned up
+
+
+@pytest.mark.slow
+def test_a_stalled_rank_ends_the_run_with_an_error_naming_it(tiny_synthetic, tmp_path):
+    """Rank 1 stuck (a sleep standing for a hung read) before step 3: rank 0's collective gives up
+    after --dist-timeout, and the run ends with an error naming rank 1, not after the stall."""
+    stall_s, timeout_s = 300, 15
+    t0 = time.perf_counter()
+    res = torchrun(flags(tiny_synthetic, tmp_path / "run", 2, dist_timeout=timeout_s),
+                   f"stall-at-step:1:2:{stall_s}", max_restarts=0, timeout=stall_s - 60)
+    took = time.perf_counter() - t0
+    assert res.returncode != 0 and "fault: rank 1 stalls before step 3" in res.stdout
+    error = next((line for line in res.stderr.splitlines() if line.startswith("error: rank 0: a collective")), None)
+    assert error is not None, res.stderr[-3000:]
+    assert f"--dist-timeout {timeout_s} s: rank 1 did not come" in error
+    assert "rank 1 last reached 'reading the batches of global step 3'" in error, error
+    assert took < stall_s - 60
