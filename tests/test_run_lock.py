@@ -77,20 +77,29 @@ def test_a_reused_pid_does_not_keep_a_lock(tmp_path, live_pid):
     RunLock.acquire(tmp_path, env={}).release()
 
 
-def test_an_elastic_restart_takes_its_own_lock_back(tmp_path, live_pid):
+def test_an_elastic_restart_takes_its_own_lock_back_from_another_node(tmp_path, live_pid):
+    """The holder lived on another node (its pid cannot be asked there); the same job means an
+    earlier attempt of this one, as a job runs one attempt at a time."""
     job = {"TORCHELASTIC_RUN_ID": "job-7", "TORCHELASTIC_RESTART_COUNT": "1"}
-    plant(tmp_path, pid=live_pid, host="node-b", job="job-7", attempt=[0, 0])   # the previous attempt
+    plant(tmp_path, pid=live_pid, host="node-b", job="job-7")
     RunLock.acquire(tmp_path, env=job).release()
-    plant(tmp_path, pid=live_pid, host="node-b", job="job-7", attempt=[0, 1])   # this attempt: another run
+    plant(tmp_path, pid=live_pid, host="node-b", job="job-8")                   # another job
     with pytest.raises(OutputDirError):
         RunLock.acquire(tmp_path, env=job)
-    plant(tmp_path, pid=live_pid, host="node-b", job="none-of-ours", attempt=[0, 0])
+    plant(tmp_path, pid=live_pid, job="job-7")         # a live process of this host is never displaced
     with pytest.raises(OutputDirError):
         RunLock.acquire(tmp_path, env=job)
     # torchrun's default --rdzv-id is "none", shared by unrelated jobs: no identity
-    plant(tmp_path, pid=live_pid, job="", attempt=[0, 0])
+    plant(tmp_path, pid=live_pid, host="node-b", job="")
     with pytest.raises(OutputDirError):
-        RunLock.acquire(tmp_path, env={"TORCHELASTIC_RUN_ID": "none", "TORCHELASTIC_RESTART_COUNT": "1"})
+        RunLock.acquire(tmp_path, env={"TORCHELASTIC_RUN_ID": "none"})
+    # a requeued Slurm job restarts its steps from 0; another step of a running job is another run
+    slurm = {"SLURM_JOB_ID": "5", "SLURM_STEP_ID": "0"}
+    plant(tmp_path, pid=live_pid, host="node-b", job="slurm-5.0")
+    RunLock.acquire(tmp_path, env=slurm).release()
+    plant(tmp_path, pid=live_pid, host="node-b", job="slurm-5.1")
+    with pytest.raises(OutputDirError):
+        RunLock.acquire(tmp_path, env=slurm)
 
 
 def test_another_hosts_lock_is_stale_only_without_heartbeat(tmp_path):

@@ -16,6 +16,7 @@ import os
 import re
 import subprocess
 import time
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -91,13 +92,24 @@ def init_distributed(device_type: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> 
 
 
 def _attempt_store(world: int, timeout: datetime.timedelta):
-    """Under torchrun, the agent's store seen through a prefix of this attempt of the group
-    (``TORCHELASTIC_RESTART_COUNT``); None elsewhere. torchrun keeps one store for all the
-    attempts of a group (``--max-restarts``) and gives each the same MASTER_PORT, while the keys
-    the process group writes there (gloo's peer addresses, NCCL's unique id) name no attempt: a
-    restarted group would read the dead attempt's addresses and fail to connect (torch 2.13:
-    "Gloo connectFullMesh failed ... Connection refused")."""
+    """Under a one-node torchrun, the agent's store seen through a prefix of this attempt of the
+    group (``TORCHELASTIC_RESTART_COUNT``); None elsewhere.
+
+    torchrun (2.13) keeps one store for all the attempts of a group (``--max-restarts``) and gives
+    each the same MASTER_PORT, while the keys the process group writes there (gloo's peer
+    addresses, NCCL's unique id) name no attempt: a restarted group reads the dead attempt's
+    addresses and fails to connect ("Gloo connectFullMesh failed ... Connection refused") or
+    hangs. With one agent its restart count numbers the attempts. With several, each agent counts
+    its own restarts (one whose workers did not fail restarts them without counting), so no
+    prefix is common to the group: there ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1`` in torchrun's
+    environment gives every attempt a store of its own (scripts/slurm/multinode.sbatch sets it)."""
     if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    if os.environ.get("GROUP_WORLD_SIZE", "1") != "1":
+        if int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0")) > 0 and os.environ.get("RANK") == "0":
+            warnings.warn("torchrun --max-restarts on several nodes restarts a failed group on the "
+                          "store of the dead attempt, where it fails to connect (torch 2.13): launch "
+                          "torchrun with TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 in its environment")
         return None
     store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
                           is_master=False, timeout=timeout)

@@ -8,14 +8,14 @@ torchrun rank 0 holds it for the whole group (`hold_output_dir`).
 
 A run that finds the folder held stops before any compute with ``error: ...`` naming the holder,
 unless the lock is stale, which is taken over with a warning:
-- same host, and the holder's process is gone (or its pid now belongs to a younger process);
-- the same job (torchrun's run id, i.e. ``--rdzv-id``, or Slurm's job id) at another attempt: an
-  elastic restart (``TORCHELASTIC_RESTART_COUNT``) or a requeued Slurm job
-  (``SLURM_RESTART_COUNT``) takes the lock of its own earlier attempt back; torchrun starts a new
-  attempt only once every worker of the previous one has stopped, and Slurm requeues a job only
-  once it has ended;
-- another host, and the holder has not refreshed the lock for `STALE_AFTER_S`: the holder's
-  process touches the file every `HEARTBEAT_S` (a pid on another host cannot be asked).
+- same host: the holder's process is gone (or its pid now belongs to a younger process);
+- another host, the same job (torchrun's run id, i.e. ``--rdzv-id``; else Slurm's job and step):
+  an elastic restart, or a requeued Slurm job, takes back the lock of its own earlier attempt,
+  whose rank 0 may have lived on another node. Safe because a job runs one attempt at a time:
+  torchrun starts the next only once every worker of the previous one has stopped, Slurm requeues
+  a job only once it has ended, and the rank 0 of this attempt is the process asking;
+- another host, another job: the holder has not refreshed the lock for `STALE_AFTER_S` (its
+  process touches the file every `HEARTBEAT_S`; a pid on another host cannot be asked).
 """
 from __future__ import annotations
 
@@ -42,14 +42,19 @@ HEARTBEAT_S = 30.0          # how often the holder touches the lock
 STALE_AFTER_S = 600.0       # a lock of another host untouched this long has lost its holder
 
 
-def _process_start(pid: int) -> int | None:
-    """The start time of process `pid` in clock ticks since boot (Linux), to tell a reused pid
-    from the holder; None where /proc is not there."""
+def _proc_stat(pid: int) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command name (Linux); None without /proc."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return None
-    return int(stat.rsplit(")", 1)[1].split()[19])   # field 22, counted after the command name
+
+
+def _process_start(pid: int) -> int | None:
+    """The start time of process `pid` in clock ticks since boot, to tell a reused pid from the
+    holder; None where /proc is not there."""
+    stat = _proc_stat(pid)
+    return int(stat[19]) if stat else None          # field 22 of /proc/PID/stat
 
 
 def _alive(pid: int, started: int | None) -> bool:
@@ -59,17 +64,21 @@ def _alive(pid: int, started: int | None) -> bool:
         return False
     except PermissionError:            # exists, owned by another user
         return True
-    now = _process_start(pid)
-    return started is None or now is None or now == started
+    stat = _proc_stat(pid)
+    if stat is None:
+        return True
+    return stat[0] != "Z" and (started is None or int(stat[19]) == started)   # a zombie has ended
 
 
 def job_identity(env=os.environ) -> tuple[str, list[int]]:
     """(the job this process belongs to, its attempt): torchrun's run id (the ``--rdzv-id``, a
-    random id under ``--standalone``) or Slurm's job id, and [Slurm requeues, torchrun restarts].
-    Empty for a run that is neither."""
+    random id under ``--standalone``), else Slurm's job and step ids; and, for the record,
+    [Slurm requeues, torchrun restarts of this node's agent]. Empty for a run that is neither."""
     run_id = env.get("TORCHELASTIC_RUN_ID", "")
     # "none" is torchrun's --rdzv-id when none is given: shared by unrelated jobs, so no identity
-    job = (run_id if run_id not in ("", "none") else "") or env.get("SLURM_JOB_ID", "")
+    job = run_id if run_id not in ("", "none") else ""
+    if not job and env.get("SLURM_JOB_ID"):
+        job = f"slurm-{env['SLURM_JOB_ID']}.{env.get('SLURM_STEP_ID', 'batch')}"
     attempt = [int(env.get("SLURM_RESTART_COUNT", 0) or 0), int(env.get("TORCHELASTIC_RESTART_COUNT", 0) or 0)]
     return job, attempt
 
@@ -135,13 +144,13 @@ class RunLock:
 
 def _stale_because(held: dict, path: Path, me: dict) -> str | None:
     """Why a lock held by `held` may be taken by `me`, or None when its holder may be running."""
-    if held.get("job") and held.get("job") == me["job"] and held.get("attempt") != me["attempt"]:
-        return f"an earlier attempt of the same job (attempt {held.get('attempt')}, now {me['attempt']})"
     if held.get("host") == me["host"]:
         pid = held.get("pid")
         if not isinstance(pid, int) or not _alive(pid, held.get("process_start")):
             return "its process is gone"
         return None
+    if held.get("job") and held.get("job") == me["job"]:
+        return f"an earlier attempt of the same job {me['job']}"
     try:
         idle = time.time() - path.stat().st_mtime
     except FileNotFoundError:
