@@ -1,5 +1,6 @@
 """Test helper (not a test): the stage-1 CLI under torchrun, with one planted fault, in the first
-attempt of the group only (``TORCHELASTIC_RESTART_COUNT`` 0), so that a restarted group runs clean.
+attempt of the group only (``TORCHELASTIC_RESTART_COUNT`` 0, or, with VMAE2_TEST_FAULT_ONCE=PATH,
+in the process that creates the file PATH), so that a restarted group runs clean. RANK may be *.
 
     torchrun ... tests/fault_worker.py FLAGS...        with VMAE2_TEST_FAULT set to one of
     kill-at-step:RANK:STEP   rank RANK SIGKILLs itself when it is about to run optimiser step STEP + 1
@@ -29,7 +30,16 @@ def die():
 
 def plant(fault: str) -> None:
     kind, rank, arg, *rest = fault.split(":")
-    if int(os.environ.get("RANK", "0")) != int(rank) or os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0":
+    if rank != "*" and int(os.environ.get("RANK", "0")) != int(rank):
+        return
+    rank = os.environ.get("RANK", "0")
+    once = os.environ.get("VMAE2_TEST_FAULT_ONCE")
+    if once:                        # a marker file: the first process to create it plants the fault
+        try:
+            os.close(os.open(once, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            return
+    elif os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0":
         return
     arg = int(arg)
     if kind == "kill-at-step":

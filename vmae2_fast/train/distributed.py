@@ -146,11 +146,18 @@ class CollectiveTimeout(RunStopped):
 
 
 # gloo: "Timed out waiting 5000ms for recv operation"; NCCL: "Watchdog caught collective operation timeout"
-_TIMEOUT = re.compile(r"timed out|timeout", re.IGNORECASE)
+_TIMEOUT = re.compile(r"timed out waiting \d+ ?ms for \w+ operation|collective operation timeout", re.IGNORECASE)
+# gloo, when the other end of a collective has died
+_PEER_GONE = re.compile(r"connection (closed|reset) by peer", re.IGNORECASE)
 
 
-def is_collective_timeout(exc: BaseException) -> bool:
-    return isinstance(exc, RuntimeError) and bool(_TIMEOUT.search(str(exc)))
+def collective_failure(exc: BaseException) -> str | None:
+    """``"timeout"`` (a collective waited longer than --dist-timeout), ``"peer gone"`` (another
+    process of the group died), or None for any other error."""
+    if not isinstance(exc, RuntimeError):
+        return None
+    text = str(exc)
+    return "timeout" if _TIMEOUT.search(text) else "peer gone" if _PEER_GONE.search(text) else None
 
 
 class Progress:
@@ -184,6 +191,14 @@ class Progress:
             except (RuntimeError, ValueError):   # the store is gone too: say what we can
                 break
         return out
+
+    def peer_gone_error(self, exc: BaseException) -> RunStopped:
+        """The error of a collective whose other end died (its own log says why)."""
+        return RunStopped(
+            f"rank {self.info.rank}: another process of the group died during a collective "
+            f"({str(exc).splitlines()[0][:200]}); see the log of the first rank that failed. Run the "
+            "same command again to resume from the newest checkpoint (under torchrun --max-restarts "
+            "the group restarts by itself)")
 
     def timeout_error(self, exc: BaseException, timeout_s: float) -> CollectiveTimeout:
         """The error of a timed-out collective, naming the ranks behind this one."""

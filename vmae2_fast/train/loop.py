@@ -23,7 +23,7 @@ from ..models.weights import CheckpointError, read_checkpoint
 from .checkpoint import capture_rng_state, restore_rng_state
 from .checkpoint_writer import LAST, CheckpointWriter
 from .distributed import (DEFAULT_TIMEOUT_S, DistInfo, Progress, all_gather_objects, all_reduce_sum,
-                          is_collective_timeout)
+                          collective_failure)
 from .metrics import JsonlLogger, TensorBoardLogger
 from .optim import set_lr_and_wd
 from .parallelize import full_tensor, grad_sync, is_sharded
@@ -290,10 +290,13 @@ class Trainer:
                     self._recover(exc)
                     continue
                 except RuntimeError as exc:         # a worker's death, raised wherever we were
-                    if is_collective_timeout(exc):
-                        raise self.progress.timeout_error(exc, self.s.dist_timeout) from exc
                     fault = getattr(self.make_loader, "data_plane_error", lambda e: None)(exc)
                     if fault is None:
+                        failed = collective_failure(exc) if self.dist.enabled else None
+                        if failed == "timeout":     # a rank hangs: say which
+                            raise self.progress.timeout_error(exc, self.s.dist_timeout) from exc
+                        if failed == "peer gone":
+                            raise self.progress.peer_gone_error(exc) from exc
                         raise
                     self._recover(fault)
                     continue
