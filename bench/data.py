@@ -20,13 +20,13 @@ video), sampled frames/s (T per video: what the clip holds) and **decoded frames
 the decoder must decode to produce the clips, counted from the frame indices each video drew and
 the keyframe positions of its file: from the keyframe at or before the first sampled frame to the
 last (DALI seeks), or from frame 0 for PyAV (`video_io.decode_frames` decodes from the start).
-Writes bench/results/data-<machine>.json, .md and .png (decoded frames/s per row).
+Writes bench/results/data-<machine>.jsonl (one record per row, written when it is measured),
+.md and .png (decoded frames/s per row; render.py).
 """
 from __future__ import annotations
 
 import argparse
 import bisect
-import json
 import os
 import sys
 import time
@@ -36,19 +36,20 @@ import av
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_name, machine_slug, report_main  # noqa: E402
+import harness
+from harness import Records, add_out_flag, environment, result_stem
 
-from vmae2_fast.data import ensure_synthetic_dataset  # noqa: E402
-from vmae2_fast.data.clip_sampling import pretrain_frame_indices  # noqa: E402
-from vmae2_fast.data.dali.pipeline import DaliVideoLoader, dali_status  # noqa: E402
-from vmae2_fast.data.index import dali_cannot_decode  # noqa: E402
-from vmae2_fast.data.lists import VideoEntry  # noqa: E402
-from vmae2_fast.data.loaders import PyAVLoader  # noqa: E402
-from vmae2_fast.data.pyav.pretrain import PretrainVideoDataset, pretrain_collate  # noqa: E402
-from vmae2_fast.data.tools.reencode import reencode_list  # noqa: E402
-from vmae2_fast.data.sampler import GlobalBatchSampler  # noqa: E402
-from vmae2_fast.data.tools.transcode import EncodeSettings  # noqa: E402
+from vmae2_fast.data import ensure_synthetic_dataset
+from vmae2_fast.data.clip_sampling import pretrain_frame_indices
+from vmae2_fast.data.dali.pipeline import DaliVideoLoader, dali_status
+from vmae2_fast.data.index import dali_cannot_decode
+from vmae2_fast.data.lists import VideoEntry
+from vmae2_fast.data.loaders import PyAVLoader
+from vmae2_fast.data.pyav.pretrain import PretrainVideoDataset, pretrain_collate
+from vmae2_fast.data.tools.reencode import reencode_list
+from vmae2_fast.data.sampler import GlobalBatchSampler
+from vmae2_fast.data.tools.transcode import EncodeSettings
+from vmae2_fast.errors import MissingFileError
 
 VIDEO_EXT = (".mp4", ".webm", ".mkv", ".avi", ".mov")
 SEED = 0
@@ -58,7 +59,7 @@ def list_folder(folder: str, out_dir: Path, max_videos: int) -> tuple:
     files = sorted(os.path.relpath(os.path.join(d, f), folder) for d, _, fs in os.walk(folder)
                    for f in fs if f.lower().endswith(VIDEO_EXT))[:max_videos]
     if not files:
-        raise ValueError(f"no videos ({', '.join(VIDEO_EXT)}) under {folder}")
+        raise MissingFileError(f"no videos ({', '.join(VIDEO_EXT)}) under {folder}")
     out_dir.mkdir(parents=True, exist_ok=True)
     lst = out_dir / f"bench-{abs(hash(os.path.abspath(folder))) % 10**8}.txt"
     lst.write_text("".join(f"{f} 0 -1\n" for f in files))
@@ -124,28 +125,31 @@ def sources(args, work: Path) -> tuple:
     return ds.pretrain_list, ds.root
 
 
-def pyav_rows(videos, keys, args, device) -> dict:
-    rows = {}
+def pyav_rows(videos, keys, args, device):
+    """One row per --workers value, each yielded when it is measured."""
     common = dict(num_frames=args.frames, sampling_rate=args.rate, input_size=args.size)
     ds = PretrainVideoDataset([VideoEntry(v.path, 0, v.frames) for v in videos], num_sample=args.views,
                               seed=SEED, **common)
     for w in args.workers:
         cfg = argparse.Namespace(batch_size=args.batch_size, seed=SEED, num_workers=w)
         loader = PyAVLoader(ds, pretrain_collate, cfg, argparse.Namespace(world_size=1, rank=0), device)
-        rows[f"pyav, {w} worker{'s' * (w != 1)}"] = dict(
-            time_loader(loader, videos, keys, args, seeks=False), loader="pyav", workers=w)
-    return rows
+        yield dict(time_loader(loader, videos, keys, args, seeks=False), name=f"pyav, {w} worker{'s' * (w != 1)}",
+                   loader="pyav", workers=w)
 
 
-def dali_rows(name: str, dev: str, videos, keys, args, device) -> dict:
+def dali_rows(name: str, dev: str, videos, keys, args, device):
+    """One row per (pipelines, threads) of --dali-instances x --workers, each yielded when it is
+    measured; one `skipped` row when DALI cannot run here."""
     ok, info = dali_status()
     if not ok or (dev == "gpu" and not torch.cuda.is_available()):
-        return {name: {"loader": name, "skipped": info if not ok else "no CUDA device"}}
+        yield {"name": name, "loader": name, "skipped": info if not ok else "no CUDA device"}
+        return
     refused = {dali_cannot_decode(v, dev) for v in videos} - {None}
     if refused:
-        return {name: {"loader": name, "skipped": f"DALI on the {dev} cannot decode them: "
-                                                  f"{', '.join(sorted(refused))}"}}
-    rows, seen = {}, set()
+        yield {"name": name, "loader": name, "skipped": f"DALI on the {dev} cannot decode them: "
+                                                        f"{', '.join(sorted(refused))}"}
+        return
+    seen = set()
     for n in args.dali_instances:
         for w in args.workers:
             threads = max(1, w // n)
@@ -156,101 +160,43 @@ def dali_rows(name: str, dev: str, videos, keys, args, device) -> dict:
                                  device=dev, device_id=0 if dev == "gpu" else None, num_threads=threads,
                                  decoder_instances=n, num_frames=args.frames, sampling_rate=args.rate,
                                  input_size=args.size, target_device=device if dev == "gpu" else None)
-            rows[f"{name}, {n} pipeline{'s' * (n != 1)} x {threads} thread{'s' * (threads != 1)}"] = dict(
-                time_loader(dl, videos, keys, args, seeks=True), loader=name, instances=n,
-                threads_per_instance=threads)
-    return rows
+            yield dict(time_loader(dl, videos, keys, args, seeks=True),
+                       name=f"{name}, {n} pipeline{'s' * (n != 1)} x {threads} thread{'s' * (threads != 1)}",
+                       loader=name, instances=n, threads_per_instance=threads)
 
 
-def run(args) -> dict:
+def run(args):
     work = Path(args.work_dir)
     lst, root = sources(args, work)
-    load_before = os.getloadavg()[0]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    results, meta = {}, {}
-    for codec in args.codecs:
-        out_root = work / f"reencoded-{codec}-gop{args.gop}-{abs(hash((lst, root))) % 10**8}"
-        res = reencode_list(lst, root, str(out_root), EncodeSettings(codec=codec, gop=args.gop),
-                            workers=os.cpu_count() or 1, progress=False)
-        videos = res.index.videos
-        keys = {v.path: keyframes(v.path) for v in videos}
-        meta[codec] = {"videos": len(videos), "failed": len(res.failed),
-                       "resolution": sorted({f"{v.width}x{v.height}" for v in videos})[:4],
-                       "frames_per_video": round(float(np.mean([v.frames for v in videos])), 1),
-                       "keyframe_interval": round(float(np.mean([np.diff(k).mean() for k in keys.values()
-                                                                   if len(k) > 1] or [0])), 1)}
-        rows = {}
-        if "pyav" in args.loaders:
-            rows.update(pyav_rows(videos, keys, args, device))
-        for name, dev in (("dali-cpu", "cpu"), ("dali-gpu", "gpu")):
-            if name in args.loaders:
-                rows.update(dali_rows(name, dev, videos, keys, args, device))
-        results[codec] = rows
+    env = environment(device)
     ok, info = dali_status()
-    return {"machine": machine_name(), "cpu_cores": os.cpu_count(), "torch": torch.__version__,
-            "dali": info if ok else None, "source": args.videos or "synthetic", "codecs": meta,
-            "load_avg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
-            "settings": {"batch_size": args.batch_size, "views": args.views, "frames": args.frames,
-                         "rate": args.rate, "size": args.size, "workers": args.workers,
-                         "epochs": args.epochs, "dali_instances": args.dali_instances, "gop": args.gop},
-            "results": results}
-
-
-def chart(report: dict, path: Path) -> None:
-    """Horizontal bars of decoded frames/s, one per row that ran, grouped by codec (PIL)."""
-    from PIL import Image, ImageDraw
-    bars = [(f"{codec}: {name}", r["decoded_frames_per_s"]) for codec, rows in report["results"].items()
-            for name, r in rows.items() if "skipped" not in r]
-    if not bars:
-        return
-    label_w, bar_w, row_h, top = 330, 420, 26, 44
-    img = Image.new("RGB", (label_w + bar_w + 110, top + row_h * len(bars) + 16), "white")
-    d = ImageDraw.Draw(img)
-    d.text((10, 10), f"decoded frames/s on {report['machine']} (load {report['load_avg_1m'][0]})", fill="black")
-    peak = max(v for _, v in bars)
-    colours = {"h264": (66, 133, 244), "vp9": (219, 68, 55)}
-    for k, (label, value) in enumerate(bars):
-        y = top + k * row_h
-        d.text((10, y + 6), label, fill="black")
-        length = max(1, int(bar_w * value / peak))
-        d.rectangle([label_w, y + 4, label_w + length, y + row_h - 4],
-                    fill=colours.get(label.split(":")[0], (15, 157, 88)))
-        d.text((label_w + length + 6, y + 6), f"{value:,.0f}", fill="black")
-    img.save(path)
-
-
-def write(report: dict, out_dir: Path) -> Path:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"data-{machine_slug(report['machine'])}"
-    path.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-    chart(report, path.with_suffix(".png"))
-    s = report["settings"]
-    md = [f"# Data-loader throughput on {report['machine']}", "",
-          f"Source: {report['source']}, re-encoded per codec (GOP {s['gop']}); batch {s['batch_size']} "
-          f"videos x {s['views']} views of {s['frames']} frames (stride {s['rate']}) at {s['size']}x{s['size']}; "
-          f"{s['epochs']} timed epochs after a warm-up epoch; torch {report['torch']}, DALI "
-          f"{report['dali']}; 1-minute load average {report['load_avg_1m'][0]} before / "
-          f"{report['load_avg_1m'][1]} after, on {report['cpu_cores']} cores.", "",
-          "Decoded frames: what the decoder decodes to produce the clips (from the keyframe before the "
-          "first sampled frame for DALI, from frame 0 for PyAV); sampled frames: the T frames a clip holds.",
-          ""]
-    for codec, rows in report["results"].items():
-        m = report["codecs"][codec]
-        md += [f"## {codec}: {m['videos']} videos, {', '.join(m['resolution'])}, {m['frames_per_video']} "
-               f"frames each, a keyframe every {m['keyframe_interval']} frames", "",
-               "| loader | decoded frames/s | decoded per video | sampled frames/s | videos/s | clips/s "
-               "| start-up (s) |", "|---|---|---|---|---|---|---|"]
-        for name, r in rows.items():
-            if "skipped" in r:
-                md.append(f"| {name} | not run: {r['skipped']} | | | | | |")
-            else:
-                md.append(f"| {name} | {r['decoded_frames_per_s']:,.0f} | {r['decoded_per_video']} | "
-                          f"{r['sampled_frames_per_s']:,.0f} | {r['videos_per_s']:.1f} | {r['clips_per_s']:.1f} "
-                          f"| {r['startup_s']:.2f} |")
-        md.append("")
-    md.append(f"Chart: `{path.with_suffix('.png').name}`.")
-    path.with_suffix(".md").write_text("\n".join(md) + "\n")
-    return path
+    header = {**env, "dali": info if ok else None, "source": args.videos or "synthetic",
+              "settings": {"batch_size": args.batch_size, "views": args.views, "frames": args.frames,
+                           "rate": args.rate, "size": args.size, "workers": args.workers,
+                           "epochs": args.epochs, "dali_instances": args.dali_instances, "gop": args.gop}}
+    with Records(result_stem(args.out, "data", env["machine"]), "data", header) as records:
+        for codec in args.codecs:
+            out_root = work / f"reencoded-{codec}-gop{args.gop}-{abs(hash((lst, root))) % 10**8}"
+            res = reencode_list(lst, root, str(out_root), EncodeSettings(codec=codec, gop=args.gop),
+                                workers=os.cpu_count() or 1, progress=False)
+            videos = res.index.videos
+            keys = {v.path: keyframes(v.path) for v in videos}
+            records.add({"codec": codec, "kind": "copies", "copies": {
+                "videos": len(videos), "failed": len(res.failed),
+                "resolution": sorted({f"{v.width}x{v.height}" for v in videos})[:4],
+                "frames_per_video": round(float(np.mean([v.frames for v in videos])), 1),
+                "keyframe_interval": round(float(np.mean([np.diff(k).mean() for k in keys.values()
+                                                          if len(k) > 1] or [0])), 1)}})
+            measured = []
+            if "pyav" in args.loaders:
+                measured.append(pyav_rows(videos, keys, args, device))
+            measured += [dali_rows(name, dev, videos, keys, args, device)
+                         for name, dev in (("dali-cpu", "cpu"), ("dali-gpu", "gpu")) if name in args.loaders]
+            for rows in measured:
+                for r in rows:
+                    records.add({"codec": codec, "kind": "loader", **r})
+    return records.path
 
 
 def main(argv=None):
@@ -274,8 +220,8 @@ def main(argv=None):
                    help="time each DALI loader with each of these numbers of pipelines")
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--work-dir", default=os.path.join(os.path.expanduser("~"), ".cache", "vmae2_fast", "bench"))
-    p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
-    return report_main(p, run, write, argv)
+    add_out_flag(p)
+    return harness.main(p, run, argv)
 
 
 if __name__ == "__main__":

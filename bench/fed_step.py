@@ -1,13 +1,13 @@
 """Fed-step benchmark: the real pre-training step fed by the real loader, and how long it waits.
 
-    python bench/throughput.py --data LIST --data-root DIR --decoder pyav [--workers 2]
-    python bench/throughput.py --data LIST --data-root DIR --decoder dali --device cuda \\
+    python bench/fed_step.py --data LIST --data-root DIR --decoder pyav [--workers 2]
+    python bench/fed_step.py --data LIST --data-root DIR --decoder dali --device cuda \\
         --model vit_b --batch 32 --num-sample 4 --precision bf16
 
-(``bench/throughput.py`` hands over to this file when ``--data`` is given.) What runs is what a
-``python -m vmae2_fast.pretrain`` run runs: the stage's config (`PretrainConfig`), the list and
-its index (`loaders.load_list`), the loader (`loaders.pretrain_loader`: PyAV workers, or DALI),
-the stage (`PretrainStage`: masks on the device, normalisation on the device, masked MSE) and
+The step's flags are bench/throughput.py's (model, clip, batch, mask ratios, precision). What
+runs is what a ``python -m vmae2_fast.pretrain`` run runs: the stage's config (`PretrainConfig`),
+the list and its index (`loaders.load_list`), the loader (`loaders.pretrain_loader`: PyAV
+workers, or DALI), the stage (`PretrainStage`: masks on the device, normalisation on the device, masked MSE) and
 the loop's step (`Trainer.train_step`: autocast, backward, clipping, fused AdamW). Three phases in
 one process, each after its own warm-up:
 
@@ -19,36 +19,46 @@ one process, each after its own warm-up:
 A fed rate close to ``min(loader, step)`` with a small wait fraction means the loader keeps up
 (decoding, cropping and the copy overlap the step); a large wait fraction means the GPU idles on
 data. A clip is one view; a step has ``--batch`` videos x ``--num-sample`` views. On a GPU the
-report gives MFU (`vmae2_fast.flops`). Writes bench/results/fed-step-<machine>-<model>-
-<precision>-<decoder>.json and .md.
+report gives MFU (`vmae2_fast.flops`). Needs PyAV (it reads videos). Writes
+bench/results/fed-step-<machine>-<model>-<precision>-<decoder>.jsonl (one record per phase,
+written when the phase is timed) and .md (render.py).
 """
 from __future__ import annotations
 
+import argparse
 import itertools
-import json
 import os
+import sys
 import tempfile
 import time
-from pathlib import Path
 
 import torch
 
-from common import machine_name, machine_slug
+import harness
+from harness import Records, environment, result_stem, sync
+from step_common import add_step_flags
 
 from vmae2_fast import ops
 from vmae2_fast.config import PretrainConfig
 from vmae2_fast.data.loaders import DECODERS, choose_decoder, load_list, pretrain_loader
+from vmae2_fast.errors import MissingPackageError
+from vmae2_fast.models.vit import checkpoint_policy
 from vmae2_fast.stages.build import build_trainer
 from vmae2_fast.stages.pretrain import PretrainStage, build_model
 from vmae2_fast.train.distributed import DistInfo
 
-__all__ = ["add_fed_step_flags", "fed_step_or", "run", "write"]
+__all__ = ["build_parser", "run", "main"]
 
 
-def add_fed_step_flags(p) -> None:
-    """The flags of the fed-step mode (the step's own flags are bench/throughput.py's)."""
-    g = p.add_argument_group("fed step (bench/fed_step.py): the step fed by the real loader")
-    g.add_argument("--data", metavar="LIST", help="a pre-training list: time the step fed by its loader")
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_step_flags(p)
+    p.add_argument("--activation-checkpointing", type=checkpoint_policy, default="none", metavar="none|full|K",
+                   help="the run's activation checkpointing")
+    p.add_argument("--steps", type=int, default=5, help="timed steps per phase")
+    p.add_argument("--warmup", type=int, default=2)
+    g = p.add_argument_group("data: the loader a pre-training run builds")
+    g.add_argument("--data", metavar="LIST", required=True, help="a pre-training list")
     g.add_argument("--data-root", default="", help="folder the list's paths are relative to")
     g.add_argument("--decoder", choices=DECODERS, default="auto")
     g.add_argument("--workers", type=int, default=os.cpu_count() or 2,
@@ -56,17 +66,7 @@ def add_fed_step_flags(p) -> None:
     g.add_argument("--dali-instances", type=int, default=1)
     g.add_argument("--num-sample", type=int, default=1, help="views per video (repeated augmentation)")
     g.add_argument("--rate", type=int, default=4, help="frame sampling rate")
-
-
-def fed_step_or(run_step, write_step):
-    """(run, write) that run the fed-step mode when ``--data`` is given, else the step-only ones."""
-    return ((lambda args: run(args) if args.data else run_step(args)),
-            (lambda report, out: write(report, out) if "fed" in report else write_step(report, out)))
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    return p
 
 
 def _endless(loader):
@@ -96,7 +96,7 @@ def _time_loader(loader, n: int, device) -> float:
         t0 = time.perf_counter()
         for _ in range(n):
             next(it)
-        _sync(device)
+        sync(device)
         return time.perf_counter() - t0
     finally:
         it.close()
@@ -108,14 +108,14 @@ def _time_fed(trainer, loader, n: int, warmup: int, device) -> tuple[float, list
     try:
         for _ in range(warmup):
             trainer.train_step([next(it)])
-        _sync(device)
+        sync(device)
         waits, t0 = [], time.perf_counter()
         for _ in range(n):
             tw = time.perf_counter()
             batch = next(it)
             waits.append(time.perf_counter() - tw)
             trainer.train_step([batch])
-        _sync(device)
+        sync(device)
         return time.perf_counter() - t0, waits
     finally:
         it.close()
@@ -126,7 +126,7 @@ def _mfu(args, model, device, clips_per_s: float):
         return None
     from vmae2_fast.flops import mfu, peak_flops, train_flops
     flops = train_flops(model, args.mask_ratio, args.decoder_mask_ratio, args.frames, args.size,
-                        checkpointing="full" if args.activation_checkpointing else "none")
+                        checkpointing=args.activation_checkpointing)
     try:
         peak = peak_flops(torch.cuda.get_device_name(device),
                           {"bf16": "bf16", "fp16": "fp16"}.get(args.precision, "fp32"))
@@ -135,9 +135,19 @@ def _mfu(args, model, device, clips_per_s: float):
     return mfu(clips_per_s, flops.model, peak)
 
 
-def run(args) -> dict:
+def _needs_pyav() -> None:
+    try:
+        import av  # noqa: F401  (the package imports PyAV only where it reads a video)
+    except ModuleNotFoundError as exc:
+        if exc.name != "av":
+            raise
+        raise MissingPackageError("the fed step reads videos with PyAV, which is not installed: pip install av") from None
+
+
+def run(args):
+    _needs_pyav()
     device = torch.device(args.device)
-    load_before = os.getloadavg()[0]
+    env = environment(device)
     with tempfile.TemporaryDirectory() as tmp:
         cfg = _config(args, tmp)
         dist = DistInfo()
@@ -150,66 +160,44 @@ def run(args) -> dict:
         stage = PretrainStage(model, cfg, device, dist)
         trainer, info = build_trainer(cfg, stage, model, loader, device, dist, cfg.to_dict())
         clips = args.batch * args.num_sample
-
-        loader_s = _time_loader(loader, args.steps, device)
-        it = _endless(loader)
-        batch = next(it)                            # one batch, kept (on the device) for phase 2
-        it.close()
-        for _ in range(args.warmup):
-            trainer.train_step([batch])
-        _sync(device)
-        t0 = time.perf_counter()
-        for _ in range(args.steps):
-            trainer.train_step([batch])
-        _sync(device)
-        step_s = time.perf_counter() - t0
-        fed_s, waits = _time_fed(trainer, loader, args.steps, args.warmup, device)
-
-    rate = lambda seconds: clips * args.steps / seconds     # noqa: E731
-    fed = {"clips_per_s": rate(fed_s), "step_s": fed_s / args.steps,
-           "data_wait_frac": sum(waits) / fed_s, "max_wait_s": max(waits),
-           "mfu": _mfu(args, model, device, rate(fed_s))}
-    return {
-        "machine": machine_name(device), "device": str(device), "torch": torch.__version__,
-        "threads": torch.get_num_threads() if device.type == "cpu" else None,
-        "load_avg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
-        "model": args.model, "clip": f"{args.frames}x{args.size}x{args.size}", "rate": args.rate,
-        "batch_videos": args.batch, "views": args.num_sample, "clips_per_step": clips,
-        "precision": info["precision"], "fused_ops": ops.active_backend(), "decoder": decoder,
-        "decoder_requested": args.decoder, "workers": args.workers,
-        "dali_instances": args.dali_instances, "videos": len(entries),
-        "data": os.path.join(os.path.basename(os.path.dirname(os.path.abspath(args.data))),
-                             os.path.basename(args.data)),
-        "steps": args.steps, "warmup": args.warmup,
-        "loader": {"clips_per_s": rate(loader_s), "videos_per_s": args.batch * args.steps / loader_s},
-        "step": {"clips_per_s": rate(step_s), "step_s": step_s / args.steps,
-                 "mfu": _mfu(args, model, device, rate(step_s))},
-        "fed": fed,
-    }
+        rate = lambda seconds: clips * args.steps / seconds     # noqa: E731
+        header = {
+            **env, "model": args.model, "clip": f"{args.frames}x{args.size}x{args.size}", "rate": args.rate,
+            "batch_videos": args.batch, "views": args.num_sample, "clips_per_step": clips,
+            "precision": info["precision"], "fused_ops": ops.active_backend(), "decoder": decoder,
+            "decoder_requested": args.decoder, "workers": args.workers,
+            "dali_instances": args.dali_instances, "videos": len(entries),
+            "data": os.path.join(os.path.basename(os.path.dirname(os.path.abspath(args.data))),
+                                 os.path.basename(args.data)),
+            "steps": args.steps, "warmup": args.warmup}
+        stem = result_stem(args.out, "fed-step", env["machine"], args.model, info["precision"], decoder)
+        with Records(stem, "fed-step", header) as records:
+            loader_s = _time_loader(loader, args.steps, device)
+            records.add({"phase": "loader", "clips_per_s": rate(loader_s),
+                         "videos_per_s": args.batch * args.steps / loader_s})
+            it = _endless(loader)
+            batch = next(it)                            # one batch, kept (on the device) for the step alone
+            it.close()
+            for _ in range(args.warmup):
+                trainer.train_step([batch])
+            sync(device)
+            t0 = time.perf_counter()
+            for _ in range(args.steps):
+                trainer.train_step([batch])
+            sync(device)
+            step_s = time.perf_counter() - t0
+            records.add({"phase": "step", "clips_per_s": rate(step_s), "step_s": step_s / args.steps,
+                         "mfu": _mfu(args, model, device, rate(step_s))})
+            fed_s, waits = _time_fed(trainer, loader, args.steps, args.warmup, device)
+            records.add({"phase": "fed", "clips_per_s": rate(fed_s), "step_s": fed_s / args.steps,
+                         "data_wait_frac": sum(waits) / fed_s, "max_wait_s": max(waits),
+                         "mfu": _mfu(args, model, device, rate(fed_s))})
+    return records.path
 
 
-def write(report: dict, out_dir: Path) -> Path:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stem = out_dir / (f"fed-step-{machine_slug(report['machine'])}-{report['model']}-"
-                      f"{report['precision']}-{report['decoder']}")
-    stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-    pct = lambda x: "n/a" if x is None else f"{100 * x:.1f} %"     # noqa: E731
-    lo, st, fed = report["loader"], report["step"], report["fed"]
-    threads = f", {report['threads']} intra-op threads" if report["threads"] else ""
-    md = [f"# Fed pre-training step on {report['machine']}: {report['model']}, decoder {report['decoder']}",
-          "",
-          f"{report['model']}, clips {report['clip']} (frame stride {report['rate']}), {report['batch_videos']} "
-          f"videos x {report['views']} views = {report['clips_per_step']} clips a step, {report['precision']}, "
-          f"fused ops `{report['fused_ops']}`; data `{report['data']}` ({report['videos']} videos), decoder "
-          f"{report['decoder']} (requested {report['decoder_requested']}), {report['workers']} workers / threads, "
-          f"{report['dali_instances']} DALI pipeline(s); {report['steps']} timed steps per phase after "
-          f"{report['warmup']} warm-up; torch {report['torch']}{threads}; 1-minute load average "
-          f"{report['load_avg_1m'][0]} before / {report['load_avg_1m'][1]} after.", "",
-          "| phase | clips/s | step (s) | waiting for data | MFU |", "|---|---|---|---|---|",
-          f"| loader alone | {lo['clips_per_s']:.1f} | - | - | - |",
-          f"| step alone (one resident batch) | {st['clips_per_s']:.1f} | {st['step_s']:.3f} | - | {pct(st['mfu'])} |",
-          f"| **step fed by the loader** | **{fed['clips_per_s']:.1f}** | {fed['step_s']:.3f} | "
-          f"{pct(fed['data_wait_frac'])} (longest {fed['max_wait_s']:.3f} s) | {pct(fed['mfu'])} |",
-          "", "The loader keeps up when the fed rate is close to min(loader, step) and the wait is small."]
-    stem.with_suffix(".md").write_text("\n".join(md) + "\n")
-    return stem
+def main(argv=None) -> int:
+    return harness.main(build_parser(), run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -20,8 +20,9 @@
 # so the call ends in time even when a step hangs; a step that runs out of time is reported as
 # such. The caps are estimates (no GPU was at hand when they were set): adjust with --budget or
 # split the steps over several calls with --only. Writes into the folder: one result file set per
-# step (JSON, Markdown, PNG), logs/<step>.log, environment.txt, suite.json and suite.md (each
-# step's status, time and note). Exit status: 0 when no step failed, 1 otherwise, 2 for bad usage.
+# step (records as JSON lines, written as each measurement completes, so that a step stopped at
+# its cap keeps what it measured; Markdown; PNG), logs/<step>.log, environment.txt, suite.json
+# and suite.md (each step's status, time and note). Exit status: 0 when no step failed, 1 otherwise, 2 for bad usage.
 set -uo pipefail
 
 usage() { sed -n '2,/^[^#]/p' "$0" | grep '^#' | sed 's/^# \{0,1\}//'; }   # the comment above
@@ -93,7 +94,9 @@ step() {
     if [ "$rc" -eq 0 ]; then
         record "$name" ok "$took" "${NOTE:-}"
     elif [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
-        record "$name" "timed out" "$took" "stopped after its cap of ${cap} s"
+        # the records it measured are on disk (written as each completes): their report says the run stopped
+        "$PY" bench/render.py "$DEST" >> "$DEST/logs/$name.log" 2>&1
+        record "$name" "timed out" "$took" "stopped after its cap of ${cap} s; the measurements it finished are in its report"
     else
         record "$name" failed "$took" "exit status $rc"
         tail -n 15 "$DEST/logs/$name.log" | sed 's/^/    /'
@@ -222,7 +225,7 @@ EOF
 else
     skip pytest-gpu "pytest is not installed: bring its wheels (pytest, pluggy, iniconfig) with --wheels"
 fi
-step kernels "${CAPS[1]}" "$PY" bench/kernels.py "${KERNELS[@]}" --out-dir "$DEST"
+step kernels "${CAPS[1]}" "$PY" bench/fused_ops.py "${KERNELS[@]}" --out "$DEST"
 step attention "${CAPS[2]}" "$PY" bench/attention_check.py "${ATTENTION[@]}" --out "$DEST"
 [ "$DEVICE" = cpu ] || has flash_attn || say "flash-attn is not installed: the attention check lists flash-attn2/3 as not running (pip install 'vmae2_fast[flash]')"
 IMPLS=(official fast)
@@ -244,7 +247,7 @@ if has av; then
     step data 90 "$PY" bench/data.py "${DATA[@]}" --loaders "${LOADERS[@]}" \
         --work-dir "$VMAE2_FAST_CACHE/bench-suite" --out "$DEST"
 else
-    skip data "PyAV is not installed: the decoding benchmark and the fed step (bench/throughput.py --data) need it; bring its cp312 wheel with --wheels"
+    skip data "PyAV is not installed: the decoding benchmark and the fed step (bench/fed_step.py) need it; bring its cp312 wheel with --wheels"
 fi
 
 # --- the summary ----------------------------------------------------------------------------------

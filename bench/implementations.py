@@ -6,9 +6,10 @@ device and returns its step function (forward, loss, backward, optimiser update)
 deferred so that a run can hold one implementation at a time (a ViT-g and its AdamW state take
 16 GB each) or all of them at once (interleaved timing on a noisy CPU).
 
-- `official_impls`: the baseline. With `--official-repo`, the user's checkout of the official code
-  as it runs (`official_code.py`), and the re-statement beside it; without, the re-statement
-  `vmae2_fast.testing.baseline` (same operations, dtypes and order as the official code);
+- `baseline_impls`: the baseline rows. `re-statement`: our re-statement of the official
+  computation, `vmae2_fast.testing.baseline` (same operations, dtypes and order); with
+  `--official-repo`, also `official`: the user's checkout of the official code as it runs
+  (`official_code.py`);
 - `fast_impls`: vmae2_fast as a run trains (masks drawn on the device, the fused ops, fused
   AdamW, the model wrapped by `train.parallelize`), one row per combination of `--attention`,
   `--compile`, `--activation-checkpointing` and `--parallelism`;
@@ -25,14 +26,16 @@ from typing import Callable
 import numpy as np
 import torch
 
+from official_code import OfficialMasks, build_official_model
 from step_common import BETAS, LR, WEIGHT_DECAY, official_adamw
 
+from vmae2_fast.errors import MissingPackageError
 from vmae2_fast.masking import DualMasking
 from vmae2_fast.models import build_pretrain_model
 from vmae2_fast.models.zoo import model_spec
 from vmae2_fast.testing import baseline
 
-__all__ = ["Impl", "official_impls", "fast_impls", "hf_impl", "fast_settings", "row_names", "grid_of"]
+__all__ = ["Impl", "baseline_meta", "baseline_impls", "fast_impls", "hf_impl", "fast_settings", "row_names", "grid_of"]
 
 
 @dataclass
@@ -59,9 +62,17 @@ def _our_model(args, init_state, device, **kw):
     return model.to(device).train()
 
 
-def official_impls(args, init_state, video, device, autocast, n_steps: int) -> tuple[list[Impl], dict]:
-    """The baseline's rows (`official`, and `re-statement` beside the official code) and what the
-    report says about the baseline."""
+def baseline_meta(code) -> dict:
+    """What a report says about its baseline; `code`: the loaded official checkout, or None."""
+    if code is None:
+        return {"baseline": "re-statement", "official_code": None}
+    return {"baseline": "official-code",
+            "official_code": {"repo": str(code.repo), "commit": code.commit, "timm": code.timm}}
+
+
+def baseline_impls(args, code, init_state, video, device, autocast, n_steps: int) -> list[Impl]:
+    """The baseline rows: `re-statement`, and `official` when `code` (the user's checkout, loaded
+    by official_code.load_official_code) is given."""
     spec = model_spec(args.model)
     with_cp = args.official_checkpointing == "full"
     counted = dict(decoder_mask_ratio=args.decoder_mask_ratio, count="fvcore",
@@ -88,12 +99,8 @@ def official_impls(args, init_state, video, device, autocast, n_steps: int) -> t
                        {"checkpointing": "none" if not with_cp else "none (the re-statement cannot checkpoint: "
                                                                     "give --official-repo)"},
                        {**counted, "checkpointing": "none"})
-    if not args.official_repo:
-        restatement.name = "official"
-        return [restatement], {"baseline": "re-statement", "official_code": None}
-
-    from official_code import OfficialMasks, build_official_model, load_official_code
-    code = load_official_code(args.official_repo)
+    if code is None:
+        return [restatement]
 
     def build_official():
         official = build_official_model(code, args.model, img_size=args.size, num_frames=args.frames,
@@ -113,10 +120,8 @@ def official_impls(args, init_state, video, device, autocast, n_steps: int) -> t
             opt.zero_grad()
         return step
 
-    meta = {"baseline": "official-code",
-            "official_code": {"repo": str(code.repo), "commit": code.commit, "timm": code.timm}}
     official = Impl("official", "official", build_official, {"checkpointing": args.official_checkpointing}, counted)
-    return [official, restatement], meta
+    return [official, restatement]
 
 
 def grid_of(args):
@@ -134,7 +139,9 @@ def fast_settings(args) -> list[dict]:
 
 def row_names(args) -> set:
     """The rows a run of these flags times (every fast combination is its own row)."""
-    names = {"official", "re-statement"} if "official" in args.impl else set()
+    names = set()
+    if "official" in args.impl:     # the baseline rows: the official code only from a checkout
+        names = {"official", "re-statement"} if args.official_repo else {"re-statement"}
     if "fast" in args.impl:
         combos = fast_settings(args)
         names |= {_fast_name(s, len(combos) > 1) for s in combos}
@@ -221,7 +228,7 @@ def hf_impl(args, video, device, autocast, n_steps: int) -> Impl:
     try:
         config = hf_config(args)
     except ImportError as exc:
-        raise ValueError(f"--impl hf needs transformers ({exc}): pip install 'transformers>=4.46,<6'") from None
+        raise MissingPackageError(f"--impl hf needs transformers ({exc}): pip install 'transformers>=4.46,<6'") from None
 
     def build():
         import transformers

@@ -55,6 +55,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from vmae2_fast.errors import MissingFileError, UserError
 from vmae2_fast.models.zoo import model_spec
 
 # --------------------------------------------------------------------------------------------
@@ -172,7 +173,7 @@ STEP_INPUTS = ("batch", "model", "device", "patch_size", "normlize_target", "los
 _load_count = itertools.count()
 
 
-class OfficialCheckoutError(ValueError):
+class OfficialCheckoutError(UserError):
     """The checkout cannot be run here: its step layout changed, or a dependency is missing."""
 
 
@@ -206,7 +207,7 @@ def _is_loss_scaler_none(test: ast.expr) -> bool:
 def engine_step_statements(source: str, filename: str = "engine_for_pretraining.py") -> list[ast.stmt]:
     """The statements of `train_one_epoch`'s loop from the batch unpacking to the loss.
 
-    Raises ValueError naming what was not found when the file's layout differs.
+    Raises OfficialCheckoutError naming what was not found when the file's layout differs.
     """
     tree = ast.parse(source, filename)
     fn = next((n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "train_one_epoch"), None)
@@ -298,7 +299,7 @@ def load_official_code(repo) -> OfficialCode:
     repo = Path(repo).expanduser().resolve()
     missing = [f for f in REQUIRED_FILES if not (repo / f).is_file()]
     if missing:
-        raise FileNotFoundError(f"{repo} lacks {', '.join(missing)}: --official-repo must point at a checkout "
+        raise MissingFileError(f"{repo} lacks {', '.join(missing)}: --official-repo must point at a checkout "
                                 "of github.com/OpenGVLab/VideoMAEv2 (the folder holding engine_for_pretraining.py)")
     prefix = f"videomaev2_official_{next(_load_count)}"
     engine_path = repo / "engine_for_pretraining.py"

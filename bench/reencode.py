@@ -12,12 +12,12 @@
    ``video_io.decode_frames`` does) and seeking to the keyframe before the clip first.
 
 The clip is synthetic (smooth moving waves, a moving block, light noise): real footage costs
-the encoder more per frame. Writes bench/results/reencode-<machine>.json and .md.
+the encoder more per frame. Writes bench/results/reencode-<machine>.jsonl (one record per row,
+written when it is measured) and .md (render.py).
 """
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import statistics
 import sys
@@ -29,12 +29,12 @@ import av
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_name  # noqa: E402
+import harness
+from harness import Records, add_out_flag, environment, result_stem, time_in_rounds
 
-from vmae2_fast.data import ensure_synthetic_dataset  # noqa: E402
-from vmae2_fast.data.tools.reencode import reencode_list  # noqa: E402
-from vmae2_fast.data.tools.transcode import EncodeSettings  # noqa: E402
+from vmae2_fast.data import ensure_synthetic_dataset
+from vmae2_fast.data.tools.reencode import reencode_list
+from vmae2_fast.data.tools.transcode import EncodeSettings
 
 W, H, FPS, SECONDS = 640, 360, 30, 10
 CLIP_FRAMES, CLIP_STRIDE = 16, 4
@@ -100,83 +100,58 @@ def timed_reencode(lst: Path, root: Path, out: Path, codec: str, workers: int) -
                 bytes=sum(p.stat().st_size for p in out.rglob("*") if p.suffix in (".mp4", ".webm")))
 
 
+def run(a):
+    env = environment(torch.device("cpu"))
+    idx = clip_indices(FPS * SECONDS)
+    header = {**env, "workers": a.workers, "repeats": a.repeats,
+              "clip": dict(size=f"{W}x{H}", fps=FPS, seconds=SECONDS, indices=idx),
+              "versions": dict(av=av.__version__, ffmpeg=av.library_versions.get("libavcodec"))}
+    work = Path(tempfile.mkdtemp(prefix="bench-reencode-"))
+    try:
+        with Records(result_stem(a.out, "reencode", env["machine"]), "reencode", header) as records:
+            ds = ensure_synthetic_dataset()
+            clips = work / "clips"
+            clips.mkdir()
+            make_clip(clips / "clip_0.mp4")
+            for k in range(1, a.copies):
+                shutil.copy(clips / "clip_0.mp4", clips / f"clip_{k}.mp4")
+            (work / "clips.txt").write_text("".join(f"clip_{k}.mp4 0 -1\n" for k in range(a.copies)))
+
+            n = 0
+            for codec in ("h264", "vp9"):
+                for name, lst, root in (("embedded dataset 80x80", Path(ds.pretrain_list), Path(ds.root)),
+                                        (f"{W}x{H} clip -> 568x320", work / "clips.txt", clips)):
+                    row = timed_reencode(lst, root, work / f"out-{codec}-{n}", codec, a.workers)
+                    records.add(dict(kind="encode", input=name, **row))
+                    n += 1
+
+            # Same size, GOP 16 (isolates the GOP), and the default 320 outputs.
+            full = work / "gop16-full"
+            reencode_list(str(work / "clips.txt"), str(clips), str(full),
+                          EncodeSettings(short_side=H), workers=1, index=False, progress=False)
+            variants = [("source H.264 640x360, GOP 250", str(clips / "clip_0.mp4")),
+                        ("re-encoded H.264 640x360, GOP 16", str(full / "clip_0.mp4")),
+                        ("re-encoded H.264 568x320, GOP 16", str(work / "out-h264-1" / "clip_0.mp4")),
+                        ("re-encoded VP9 568x320, GOP 16", str(work / "out-vp9-3" / "clip_0.webm"))]
+            calls = {(v, seek): (lambda path=path, seek=seek: decode_clip(path, idx, seek))
+                     for v, path in variants for seek in (False, True)}
+            # in rounds: the machine's noise hits every row
+            timed = time_in_rounds(calls, a.repeats, 0, torch.device("cpu"))
+            for (v, seek), t in timed.items():
+                records.add(dict(kind="decode", video=v, seek=seek, frames_decoded=t.result,
+                                 ms_per_clip=round(1000 * statistics.median(t.seconds), 1)))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return records.path
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--copies", type=int, default=4, help="copies of the 640x360 clip to encode")
     ap.add_argument("--repeats", type=int, default=15, help="timed decodes per row (median)")
-    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
-    a = ap.parse_args(argv)
-    machine = machine_name(torch.device("cpu"))
-    work = Path(tempfile.mkdtemp(prefix="bench-reencode-"))
-    try:
-        ds = ensure_synthetic_dataset()
-        clips = work / "clips"
-        clips.mkdir()
-        make_clip(clips / "clip_0.mp4")
-        for k in range(1, a.copies):
-            shutil.copy(clips / "clip_0.mp4", clips / f"clip_{k}.mp4")
-        (work / "clips.txt").write_text("".join(f"clip_{k}.mp4 0 -1\n" for k in range(a.copies)))
-
-        encode = []
-        for codec in ("h264", "vp9"):
-            for name, lst, root in (("embedded dataset 80x80", Path(ds.pretrain_list), Path(ds.root)),
-                                    (f"{W}x{H} clip -> 568x320", work / "clips.txt", clips)):
-                row = timed_reencode(lst, root, work / f"out-{codec}-{len(encode)}", codec, a.workers)
-                encode.append(dict(input=name, **row))
-                print(encode[-1], flush=True)
-
-        # Same size, GOP 16 (isolates the GOP), and the default 320 outputs.
-        full = work / "gop16-full"
-        reencode_list(str(work / "clips.txt"), str(clips), str(full),
-                      EncodeSettings(short_side=H), workers=1, index=False, progress=False)
-        variants = [("source H.264 640x360, GOP 250", str(clips / "clip_0.mp4")),
-                    ("re-encoded H.264 640x360, GOP 16", str(full / "clip_0.mp4")),
-                    ("re-encoded H.264 568x320, GOP 16", str(work / "out-h264-1" / "clip_0.mp4")),
-                    ("re-encoded VP9 568x320, GOP 16", str(work / "out-vp9-3" / "clip_0.webm"))]
-        idx = clip_indices(FPS * SECONDS)
-        times = {(v, seek): [] for v, _ in variants for seek in (False, True)}
-        counts = {}
-        for _ in range(a.repeats):          # interleaved: the machine's noise hits every row
-            for v, path in variants:
-                for seek in (False, True):
-                    t0 = time.perf_counter()
-                    counts[(v, seek)] = decode_clip(path, idx, seek)
-                    times[(v, seek)].append(time.perf_counter() - t0)
-        decode = [dict(video=v, seek=seek, frames_decoded=counts[(v, seek)],
-                       ms_per_clip=round(1000 * statistics.median(times[(v, seek)]), 1))
-                  for v, _ in variants for seek in (False, True)]
-        for r in decode:
-            print(r, flush=True)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = "reencode-" + "".join(c if c.isalnum() else "-" for c in machine).strip("-").lower()
-    doc = dict(machine=machine, workers=a.workers, clip=dict(size=f"{W}x{H}", fps=FPS,
-               seconds=SECONDS, indices=idx), encode=encode, decode=decode,
-               versions=dict(av=av.__version__, ffmpeg=av.library_versions.get("libavcodec")))
-    (out / f"{stem}.json").write_text(json.dumps(doc, indent=1))
-    base = decode[0]["ms_per_clip"]
-    md = [f"# Re-encoder on {machine}", "",
-          f"`python bench/reencode.py --workers {a.workers}`; defaults: short side 320 (smaller "
-          f"videos kept), GOP 16, H.264 crf 23 preset fast, VP9 crf 32 (good, cpu-used 4); "
-          f"{a.workers} worker processes. PyAV {av.__version__}.", "",
-          "| codec | input | videos | frames | s | frames/s | files/s | output MB |",
-          "|---|---|---|---|---|---|---|---|"]
-    md += [f"| {r['codec']} | {r['input']} | {r['videos']} | {r['frames']} | {r['seconds']} | "
-           f"{r['frames_per_s']} | {r['files_per_s']} | {r['bytes'] / 1e6:.2f} |" for r in encode]
-    md += ["", f"PyAV decode of one {CLIP_FRAMES}x{CLIP_STRIDE} clip (frames {idx[0]}..{idx[-1]}) "
-           f"of the {SECONDS} s clip, one thread, median of {a.repeats}:", "",
-           "| video | access | frames decoded | ms per clip | vs source from start |",
-           "|---|---|---|---|---|"]
-    md += [f"| {r['video']} | {'seek to keyframe' if r['seek'] else 'from frame 0'} | "
-           f"{r['frames_decoded']} | {r['ms_per_clip']} | {base / r['ms_per_clip']:.2f}x |"
-           for r in decode]
-    (out / f"{stem}.md").write_text("\n".join(md) + "\n")
-    print("\n".join(md))
-    return 0
+    add_out_flag(ap)
+    return harness.main(ap, run, argv)
 
 
 if __name__ == "__main__":

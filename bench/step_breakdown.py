@@ -24,32 +24,29 @@ estimate of what a part costs (a sum of medians would add up the noise).
 
     python bench/step_breakdown.py --official-repo ~/src/VideoMAEv2       # CPU: ViT-S, 2 clips 16x224^2
 
-Writes bench/results/step-breakdown-<machine>-<model>-<precision>[-<frames>x<size>-b<batch>].json and .md.
+Writes bench/results/step-breakdown-<machine>-<model>-<precision>[-<frames>x<size>-b<batch>].jsonl
+(one record per implementation) and .md (render.py).
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
-import json
-import os
 import sys
-import time
-from pathlib import Path
 
 import torch
 from torch import nn
+
+import harness
+from harness import Records, environment, result_stem, time_in_rounds
+from official_code import OfficialMasks, build_official_model, load_official_code
+from step_common import (BETAS, LR, WEIGHT_DECAY, add_official_repo_flag, add_step_flags, autocast_for,
+                         official_adamw, step_name_parts)
 
 from vmae2_fast import ops
 from vmae2_fast.masking import DualMasking
 from vmae2_fast.models import build_pretrain_model
 from vmae2_fast.models.zoo import model_spec
 from vmae2_fast.train.optim import build_adamw
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from official_code import OfficialMasks, build_official_model, load_official_code  # noqa: E402
-from common import report_main  # noqa: E402
-from step_common import (BETAS, LR, WEIGHT_DECAY, add_step_flags, autocast_for, environment,  # noqa: E402
-                         official_adamw, result_stem, sync)
 
 ROWS = ("embedding", "encoder attention projections", "encoder attention core", "encoder MLP",
         "encoder norms", "bridge + head", "decoder attention projections", "decoder attention core",
@@ -143,24 +140,20 @@ def add_optimiser(parts: Parts, model: nn.Module, opt):
 
 
 def time_parts(impls: dict, models: list, reps: int, device) -> dict:
-    """{impl: {part: fastest seconds of one call}}; parts interleaved across implementations.
-    Every part starts with no gradients on the models (as a step after zero_grad(set_to_none)),
-    except the optimiser's, whose set-up puts them there; set-ups are not timed."""
-    out = {name: {part: [] for part in parts} for name, parts in impls.items()}
-    for rep in range(reps + 1):  # the first repetition warms up
-        for name, parts in impls.items():
-            for part, (fn, _, setup) in parts.items():
-                for m in models:
-                    m.zero_grad(set_to_none=True)
-                if setup is not None:
-                    setup()
-                sync(device)
-                t0 = time.perf_counter()
-                fn()
-                sync(device)
-                if rep:
-                    out[name][part].append(time.perf_counter() - t0)
-    return {name: {part: min(t) for part, t in d.items()} for name, d in out.items()}
+    """{impl: {part: fastest seconds of one call}}; every part of every implementation timed in
+    rounds (harness.time_in_rounds; the first round warms up). Every part starts with no
+    gradients on the models (as a step after zero_grad(set_to_none)), except the optimiser's,
+    whose set-up puts them there; set-ups are not timed."""
+    calls = {(name, part): fn for name, parts in impls.items() for part, (fn, _, _) in parts.items()}
+
+    def prepare(key):
+        for m in models:
+            m.zero_grad(set_to_none=True)
+        setup = impls[key[0]][key[1]][2]
+        if setup is not None:
+            setup()
+    timed = time_in_rounds(calls, reps, 1, device, prepare=prepare)
+    return {name: {part: min(timed[(name, part)].seconds) for part in parts} for name, parts in impls.items()}
 
 
 def rows(parts: Parts, once: dict, full_step: float) -> dict:
@@ -181,9 +174,9 @@ def rows(parts: Parts, once: dict, full_step: float) -> dict:
     return r
 
 
-def run(args) -> dict:
+def run(args):
     device = torch.device(args.device)
-    load_before = os.getloadavg()[0]
+    env = environment(device)
     torch.manual_seed(0)
     model = build_pretrain_model(args.model, img_size=args.size, num_frames=args.frames).to(device)
     autocast = autocast_for(device, args.precision)
@@ -191,8 +184,8 @@ def run(args) -> dict:
     vis, dec = DualMasking(model.grid, args.mask_ratio, args.decoder_mask_ratio, device=device)(
         args.batch, torch.Generator(device=device).manual_seed(0))
     impls, steps = {}, {}
-    if args.official_repo:
-        code = load_official_code(args.official_repo)
+    code = load_official_code(args.official_repo) if args.official_repo else None
+    if code is not None:
         official = build_official_model(code, args.model, img_size=args.size, num_frames=args.frames)
         official.load_state_dict(model.state_dict(), strict=True)
         official.to(device).train()
@@ -222,46 +215,27 @@ def run(args) -> dict:
     steps["ours"] = step_ours
     for name, fn in steps.items():
         impls[name].add("full step", fn)
-    once = time_parts(impls, [model] + ([official] if args.official_repo else []), args.reps, device)
-    table = {name: rows(impls[name], {k: v for k, v in once[name].items() if k != "full step"},
-                        once[name]["full step"]) for name in impls}
-    return {**environment(device, load_before),
-            "baseline": "official-code" if args.official_repo else None,
-            "official_code": {"repo": str(code.repo), "commit": code.commit, "timm": code.timm}
-            if args.official_repo else None,
-            "model": args.model, "clip": f"{args.frames}x{args.size}x{args.size}", "batch": args.batch,
-            "precision": args.precision, "fused_ops": ops.active_backend(), "reps": args.reps,
-            "num_visible": vis.shape[1], "num_decoded": dec.shape[1], "seconds_per_step": table}
+    header = {**env, "baseline": "official-code" if code else None,
+              "official_code": {"repo": str(code.repo), "commit": code.commit, "timm": code.timm} if code else None,
+              "model": args.model, "clip": f"{args.frames}x{args.size}x{args.size}", "batch": args.batch,
+              "precision": args.precision, "fused_ops": ops.active_backend(), "reps": args.reps,
+              "num_visible": vis.shape[1], "num_decoded": dec.shape[1]}
+    stem = result_stem(args.out, "step-breakdown", env["machine"], *step_name_parts(args))
+    with Records(stem, "step-breakdown", header) as records:
+        # the parts of both implementations are interleaved: they complete together
+        once = time_parts(impls, [model] + ([official] if code else []), args.reps, device)
+        for name in impls:
+            records.add({"name": name, "seconds_per_step": rows(
+                impls[name], {k: v for k, v in once[name].items() if k != "full step"}, once[name]["full step"])})
+    return records.path
 
 
-def write(report: dict, out_dir: Path) -> Path:
-    stem = result_stem(report, out_dir, "step-breakdown")
-    stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-    t = report["seconds_per_step"]
-    names = list(t)
-    threads = f", {report['threads']} thread{'s' * (report['threads'] != 1)}" if report["threads"] else ""
-    md = [f"# Where a pre-training step's time goes on {report['machine']}", "",
-          f"{report['model']}, clips {report['clip']}, batch {report['batch']} ({report['num_visible']} visible, "
-          f"{report['num_decoded']} decoded tokens per clip), {report['precision']}, fused ops "
-          f"`{report['fused_ops']}`, torch {report['torch']}{threads}, fastest of {report['reps']} interleaved "
-          f"repetitions, 1-minute load average {report['load_avg_1m'][0]} before / {report['load_avg_1m'][1]} "
-          "after. Each part is timed alone (forward + backward), in milliseconds per training step.", "",
-          "| part | " + " | ".join(f"{n} (ms)" for n in names) + (" | official / ours |" if len(names) == 2 else " |"),
-          "|---" * (len(names) + 1 + (len(names) == 2)) + "|"]
-    for row in t[names[0]]:
-        cells = [f"{1e3 * t[n][row]:.0f}" for n in names]
-        ratio = [f"{t['official'][row] / t['ours'][row]:.2f}" if t["ours"][row] > 0 and row != "not in the parts"
-                 else ""] if len(names) == 2 else []
-        md.append(f"| {row} | " + " | ".join(cells + ratio) + " |")
-    stem.with_suffix(".md").write_text("\n".join(md) + "\n")
-    return stem
-
-
-def main(argv=None):
+def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_step_flags(p)
+    add_official_repo_flag(p)
     p.add_argument("--reps", type=int, default=7)
-    return report_main(p, run, write, argv)
+    return harness.main(p, run, argv)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from bench_scripts import report
 from hidden_packages import hide
 from needs import module
 
@@ -49,20 +50,23 @@ def test_cpu_mode_runs_every_step_and_writes_where_told(tmp_path):
     suite = ET.parse(out / "pytest-gpu.xml").getroot().find("testsuite")
     assert int(suite.get("skipped")) == int(suite.get("tests")) > 0 and int(suite.get("failures")) == 0
 
-    reports = {p.name: json.loads(p.read_text()) for p in out.glob("throughput-*.json")}
-    (sweep,) = [r for r in reports.values() if r["batch"] == "sweep"]
-    assert sweep["batches"] == [1, 2, 4] and {"official", "fast"} <= set(sweep["results"])
-    (eager,) = [r for r in reports.values() if r["tag"] == "eager"]
-    (compiled,) = [r for r in reports.values() if r["tag"] == "compile"]
-    assert set(eager["results"]) == {"official", "fast eager ac=none", "fast eager ac=full"}
-    assert set(compiled["results"]) == {"official", "fast compile ac=none", "fast compile ac=full"}
+    reports = [report(out, p.name) for p in out.glob("throughput-*.jsonl")]
+    assert all(r["end"] is not None for r in reports)
+    (sweep,) = [r for r in reports if r["batch"] == "sweep"]
+    assert sorted({x["batch"] for x in sweep["rows"]}) == [1, 2, 4]
+    assert {"re-statement", "fast"} <= {x["name"] for x in sweep["rows"]}
+    (eager,) = [r for r in reports if r["tag"] == "eager"]
+    (compiled,) = [r for r in reports if r["tag"] == "compile"]
+    assert [x["name"] for x in eager["rows"]] == ["re-statement", "fast eager ac=none", "fast eager ac=full"]
+    assert [x["name"] for x in compiled["rows"]] == ["re-statement", "fast compile ac=none", "fast compile ac=full"]
     for r in (sweep, eager, compiled):
-        assert all(x["clips_per_s"] > 0 and x["vs_official"] > 0 for x in r["results"].values())
-    for name in ("throughput-*.png", "throughput-*.md", "kernels-*.json", "attention-*.md"):
+        assert all(x["status"] == "ok" and x["clips_per_s"] > 0 for x in r["rows"])
+        assert "| vs re-statement |" in r["path"].with_suffix(".md").read_text()
+    for name in ("throughput-*.png", "throughput-*.md", "fused-ops-*.jsonl", "fused-ops-*.md", "attention-*.md"):
         assert list(out.glob(name)), name
-    attention = json.loads(next(out.glob("attention-*.json")).read_text())
-    assert [c["head_dim"] for c in attention["checks"]] == [64, 80, 88]
-    for c in attention["checks"]:       # the explicit computation runs everywhere and is exact to fp32
+    attention = report(out, "attention-*.jsonl")
+    assert [c["head_dim"] for c in attention["rows"]] == [64, 80, 88]
+    for c in attention["rows"]:         # the explicit computation runs everywhere and is exact to fp32
         assert c["backends"]["math"]["runs"] and c["backends"]["math"]["out_rel_err"] < 1e-5
         assert not c["backends"]["flash-attn2"]["runs"]      # CUDA only: listed with its reason
     assert (out / "logs" / "vit_g-compile.log").stat().st_size > 0 and "| data | skipped |" in (out / "suite.md").read_text()
@@ -75,9 +79,10 @@ def test_cpu_mode_measures_decoding_where_pyav_is_installed(tmp_path):
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
     (step,) = json.loads((tmp_path / "suite.json").read_text())["steps"]
     assert step["status"] == "ok"
-    rows = json.loads(next(tmp_path.glob("data-*.json")).read_text())["results"]["vp9"]
-    assert all(r["clips_per_s"] > 0 for r in rows.values()) and {r["loader"] for r in rows.values()} >= {"pyav"}
-    assert list(tmp_path.glob("data-*.png"))
+    rows = [r for r in report(tmp_path, "data-*.jsonl")["rows"] if r["kind"] == "loader" and "skipped" not in r]
+    assert {r["codec"] for r in rows} == {"vp9"} and {r["loader"] for r in rows} >= {"pyav"}
+    assert all(r["clips_per_s"] > 0 for r in rows)
+    assert list(tmp_path.glob("data-*.png")) and list(tmp_path.glob("data-*.md"))
 
 
 def test_a_spent_budget_skips_steps_with_the_reason(tmp_path):

@@ -284,3 +284,62 @@ def test_every_module_imports_without_pyav(tmp_path):
     # the re-encoder and its transcoder are video tools through and through: they import av at once
     assert set(needs) <= {"vmae2_fast.data.tools.transcode", "vmae2_fast.data.tools.reencode"}, needs
     assert "vmae2_fast.data" in modules and "vmae2_fast.stages.pretrain" in modules
+
+
+def sys_path_edits(source: str) -> list:
+    """The lines of `source` that change sys.path: a call of one of its methods (insert, append,
+    extend...), an assignment to it or to an item of it, `site.addsitedir`."""
+    lines = []
+    for node in ast.walk(ast.parse(source)):
+        targets = []
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            owner = node.func.value
+            if ast.unparse(owner) == "sys.path" and node.func.attr in (
+                    "insert", "append", "extend", "remove", "pop", "clear", "__setitem__", "__iadd__"):
+                lines.append(node.lineno)
+            if ast.unparse(node.func) == "site.addsitedir":
+                lines.append(node.lineno)
+        elif isinstance(node, (ast.Assign, ast.AugAssign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+        for t in targets:
+            if ast.unparse(t.value if isinstance(t, ast.Subscript) else t) == "sys.path":
+                lines.append(node.lineno)
+    return sorted(set(lines))
+
+
+def test_bench_scripts_do_not_edit_sys_path():
+    """`python bench/x.py` puts bench/ first on sys.path: the scripts import the harness and each
+    other as they are, and a script that edits sys.path hides where its imports come from."""
+    bad = {p.name: sys_path_edits(p.read_text(encoding="utf-8")) for p in sorted((ROOT / "bench").glob("*.py"))}
+    assert {name: lines for name, lines in bad.items() if lines} == {}
+
+
+@pytest.mark.parametrize("source", [
+    "import sys\nsys.path.insert(0, 'x')\n",
+    "import sys\nsys.path.append('x')\n",
+    "import sys\nsys.path[:0] = ['x']\n",
+    "import sys\nsys.path += ['x']\n",
+    "import sys\nsys.path = ['x'] + sys.path\n",
+    "import site\nsite.addsitedir('x')\n",
+])
+def test_the_sys_path_checker_catches_an_edit(source):
+    assert sys_path_edits(source) == [2]
+
+
+def test_the_sys_path_checker_lets_reading_it_be():
+    assert sys_path_edits("import sys\nprint(sys.path[0], list(sys.path))\n") == []
+
+
+def test_bench_modules_shadow_nothing(tmp_path):
+    """A bench script runs with bench/ first on sys.path, so a bench module named like an
+    installed package (Hugging Face's `kernels`, which transformers imports) or a folder of this
+    repository would be imported in its place."""
+    import subprocess
+    import sys
+    names = sorted(p.stem for p in (ROOT / "bench").glob("*.py"))
+    code = (f"import importlib.util\nprint([n for n in {names!r} if importlib.util.find_spec(n)])")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]", f"installed modules named like bench modules: {out.stdout}"
+    top = {p.stem for p in ROOT.iterdir() if p.is_dir() or p.suffix == ".py"}
+    assert not top & set(names)

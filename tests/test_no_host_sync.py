@@ -60,9 +60,9 @@ def test_cpu_train_step_makes_no_host_sync(tmp_path, backend, kernels, precision
     assert torch.isfinite(loss) and torch.isfinite(gnorm) and clips == 4
 
 
-def test_the_guard_sees_the_old_per_call_statistics(tmp_path, backend, monkeypatch):
-    """Building the masked-MSE mean/std with torch.as_tensor on every call (the code this issue
-    replaced) is a host-to-device copy on a GPU; the CPU guard catches it inside the step."""
+def test_the_guard_sees_per_call_statistics(tmp_path, backend, monkeypatch):
+    """Building the masked-MSE mean/std with torch.as_tensor on every call (instead of the cached
+    `channel_stats`) is a host-to-device copy on a GPU; the CPU guard catches it inside the step."""
     from vmae2_fast.ops import masked_loss
     backend("reference")
     trainer, batches = pretrain_trainer(tmp_path, torch.device("cpu"))

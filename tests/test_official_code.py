@@ -4,18 +4,17 @@ import importlib
 import importlib.util
 import math
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from bench_scripts import script
 from fake_official_checkout import make_fake_checkout
 from vmae2_fast.models import build_pretrain_model
 from vmae2_fast.models.zoo import model_spec
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-import official_code as oc  # noqa: E402
+oc = script("official_code")
 
 
 # ------------------------------------------------------------------ timm stand-ins

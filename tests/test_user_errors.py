@@ -185,3 +185,36 @@ def test_every_help_lists_every_model(command, capsys):
     if "--model" in flags_text:
         assert all(name in flags_text for name in MODEL_SPECS), flags_text
     assert "--trust-checkpoint" in flags_text
+
+
+def test_only_the_user_error_family_becomes_exit_code_2(monkeypatch, capsys):
+    """A mistake found in what the user gave (errors.UserError, raised where it is found) ends
+    with `error: ...` and exit code 2; a ValueError raised by a bug keeps its traceback, so it is
+    never mistaken for the user's fault."""
+    from vmae2_fast import errors
+    from vmae2_fast.stages import pretrain as stage
+
+    def user_mistake(cfg):
+        raise errors.DataError("list.csv:3: expected 'path start total'")
+    monkeypatch.setattr(stage, "run", user_mistake)
+    assert main_for("pretrain", ["--model", "vit_micro"]) == 2
+    assert "error: list.csv:3: expected" in capsys.readouterr().err
+
+    def bug(cfg):
+        raise ValueError("operands could not be broadcast together")
+    monkeypatch.setattr(stage, "run", bug)
+    with pytest.raises(ValueError, match="broadcast"):
+        main_for("pretrain", ["--model", "vit_micro"])
+
+
+@pytest.mark.parametrize("cls", ["ConfigError", "DataError", "MissingFileError", "OutputDirError",
+                                 "CheckpointError", "CheckpointMismatchError", "BadDataError",
+                                 "MissingPackageError"])
+def test_every_user_error_is_one_family_and_keeps_its_builtin_base(cls):
+    from vmae2_fast import errors
+    err = getattr(errors, cls)("x")
+    assert isinstance(err, errors.UserError) and isinstance(err, ValueError)
+    if cls == "MissingFileError":
+        assert isinstance(err, FileNotFoundError)
+    if cls == "MissingPackageError":
+        assert isinstance(err, ImportError)

@@ -1,58 +1,22 @@
-"""What every command-line entry point shares at run time: readable logging (through tqdm, so log
-lines do not break a progress bar; a log.txt in the output folder) and the exit-code contract
-(`error: ...` and exit code 2 for a user error, a traceback only for a bug). Flags are generated
-from the configs: `vmae2_fast.config.flags`."""
+"""What every command-line entry point shares: the command table (command -> config class ->
+the function that runs it) and the exit-code contract: a user error (`errors.UserError`) or a
+clean stop (`errors.RunStopped`) prints `error: ...` and gives exit code 2; anything else keeps its
+traceback, because it is a bug. Flags are generated from the configs (`vmae2_fast.config.flags`);
+logging is set up by `vmae2_fast.logs`."""
 from __future__ import annotations
 
-import logging
 import sys
-from pathlib import Path
-
-
-class _TqdmHandler(logging.StreamHandler):
-    """Logs through tqdm.write so that log lines do not break a progress bar."""
-
-    def emit(self, record):
-        try:
-            from tqdm import tqdm
-            tqdm.write(self.format(record), file=sys.stdout)
-        except Exception:  # pragma: no cover - logging must never kill training
-            self.handleError(record)
-
-
-def setup_logging(output_dir: str | None, is_main: bool) -> None:
-    root = logging.getLogger()
-    root.handlers.clear()
-    root.setLevel(logging.INFO if is_main else logging.WARNING)
-    fmt = logging.Formatter("%(asctime)s %(levelname).1s %(message)s", "%H:%M:%S")
-    handler = _TqdmHandler()
-    handler.setFormatter(fmt)
-    root.addHandler(handler)
-    if output_dir and is_main:
-        from .train.storage import prepare_output_dir
-        prepare_output_dir(output_dir)          # a folder problem is `error: ...` before compute
-        path = Path(output_dir) / "log.txt"
-        try:
-            fh = logging.FileHandler(path)
-        except OSError as exc:
-            from .errors import OutputDirError
-            raise OutputDirError(f"cannot open {path} for writing ({exc.strerror}); pass another "
-                                 "--output-dir") from None
-        # where this process's lines start: a resumed run cuts the killed run's tail out of the
-        # log up to here (train/records.py), so the log continues from the checkpoint
-        fh.start_offset = path.stat().st_size
-        fh.setFormatter(fmt)
-        root.addHandler(fh)
 
 
 def exit_code(fn, *args) -> int:
-    """Run a CLI body; a user error (bad flag value, missing file, unusable checkpoint or output
-    folder) or a clean stop (`errors.RunStopped`: disk full, a data worker that keeps dying)
-    prints `error: ...` and gives exit code 2 instead of a traceback."""
-    from .errors import RunStopped
+    """Run a CLI body; a user error (a bad flag value, list, file, folder or checkpoint) or a
+    clean stop (disk full, a data worker that keeps dying) prints `error: ...` and gives exit
+    code 2 instead of a traceback. Any other exception propagates: a ValueError raised by a bug
+    must not look like the user's fault."""
+    from .errors import RunStopped, UserError
     try:
         fn(*args)
-    except (ValueError, FileNotFoundError, RunStopped) as e:   # CheckpointError is a ValueError
+    except (UserError, RunStopped) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -17,7 +17,7 @@ The paper's "FLOPs" are MACs per clip, counted with fvcore on the official model
   2. LayerNorm, 5 per element: ViT-B 0.042 G (V1) / 0.031 G (dual), ViT-g 0.165 / 0.146 G.
   The other ops fvcore skips are left out of both counts; all of them are memory-bound.
   fvcore count against the paper (Tables 1, 2): ViT-B V1 35.482 G (35.48), dual 25.871 G
-  (25.87; the issue's "25.03" is not what the formula gives), running cell 0.25 31.629 (31.63),
+  (25.87), running cell 0.25 31.629 (31.63),
   0.75 21.057 (21.06); ViT-g V1 264.122 (263.93), dual 241.760 (241.61). ViT-B matches to
   0.02 %; ViT-g matches better without the LayerNorm term (263.957, 241.614), as if the paper's
   ViT-g count had not seen its norms. Engine count: ViT-B 33.779 / 24.179 G, ViT-g 260.910 /
@@ -32,6 +32,7 @@ import sys
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from .errors import ConfigError
 from .masking import DualMasking, num_tokens
 from .models.classifier import VisionTransformer
 from .models.pretrain import PretrainVisionTransformer
@@ -76,9 +77,9 @@ def _stack_of(blocks, width: int) -> _Stack:
 
 def _from_spec(s: ModelSpec, frames: int, img_size: int, num_classes: int | None) -> _Shape:
     if img_size <= 0 or img_size % s.patch_size:
-        raise ValueError(f"image size {img_size} must be a positive multiple of the patch size {s.patch_size}")
+        raise ConfigError(f"image size {img_size} must be a positive multiple of the patch size {s.patch_size}")
     if frames <= 0 or frames % TUBELET:
-        raise ValueError(f"{frames} frames: must be a positive multiple of the tubelet size {TUBELET}")
+        raise ConfigError(f"{frames} frames: must be a positive multiple of the tubelet size {TUBELET}")
     grid = (frames // TUBELET, img_size // s.patch_size, img_size // s.patch_size)
     cube = IN_CHANS * TUBELET * s.patch_size ** 2
     encoder = _Stack(s.depth, s.embed_dim, int(s.embed_dim * s.mlp_ratio))
@@ -94,7 +95,7 @@ def _shape_of(model, frames, img_size, num_classes) -> _Shape:
         model = model_spec(model)
     if isinstance(model, ModelSpec):
         if num_classes is not None and num_classes < 0:
-            raise ValueError(f"number of classes must be >= 0, got {num_classes}")
+            raise ConfigError(f"number of classes must be >= 0, got {num_classes}")
         return _from_spec(model, 16 if frames is None else frames, 224 if img_size is None else img_size,
                           num_classes)
     if isinstance(model, PretrainVisionTransformer):
@@ -123,9 +124,9 @@ def _tokens(s: _Shape, encoder_mask_ratio, decoder_mask_ratio) -> tuple[int, int
     rho = s.ratios[0] if encoder_mask_ratio is None else encoder_mask_ratio
     rho_d = s.ratios[1] if decoder_mask_ratio is None else decoder_mask_ratio
     if not 0 <= rho < 1:
-        raise ValueError(f"encoder mask ratio must be in [0, 1), got {rho}")
+        raise ConfigError(f"encoder mask ratio must be in [0, 1), got {rho}")
     if not 0 <= rho_d < 1:
-        raise ValueError(f"decoder mask ratio must be in [0, 1) (0: VideoMAE V1), got {rho_d}")
+        raise ConfigError(f"decoder mask ratio must be in [0, 1) (0: VideoMAE V1), got {rho_d}")
     masks = DualMasking(s.grid, rho, rho_d)
     return masks.num_visible, masks.num_decoded
 
@@ -141,7 +142,7 @@ def macs_breakdown(model, encoder_mask_ratio: float | None = None, decoder_mask_
     encoder_to_decoder; "norm" is fvcore's LayerNorm estimate (0 in the engine count).
     """
     if count not in COUNTS:
-        raise ValueError(f"count must be one of {', '.join(COUNTS)}, got {count!r}")
+        raise ConfigError(f"count must be one of {', '.join(COUNTS)}, got {count!r}")
     s = _shape_of(model, frames, img_size, num_classes)
     n_enc, n_dec = _tokens(s, encoder_mask_ratio, decoder_mask_ratio)
     enc, dec, n = s.encoder, s.decoder, num_tokens(s.grid)
@@ -188,7 +189,7 @@ def _checkpointed(depth: int, checkpointing) -> int:
     # k: an int, or a string of digits (the CLI flag).
     k = int(checkpointing) if isinstance(checkpointing, int) or str(checkpointing).isdigit() else 0
     if k < 1 or isinstance(checkpointing, bool):
-        raise ValueError(f"checkpointing must be 'none', 'full' or a block interval k >= 1, "
+        raise ConfigError(f"checkpointing must be 'none', 'full' or a block interval k >= 1, "
                          f"got {checkpointing!r}")
     return depth // k          # blocks k, 2k, ... (1-based) of each stack, like torchtitan's ac_freq
 
@@ -236,12 +237,12 @@ _PEAKS = (
 def peak_flops(device_name: str, dtype: str = "bf16") -> float:
     """Peak FLOP/s of one GPU, matched on substrings of `torch.cuda.get_device_name()`."""
     if dtype not in _PEAKS[0][2]:
-        raise ValueError(f"dtype must be one of {', '.join(_PEAKS[0][2])}, got {dtype!r}")
+        raise ConfigError(f"dtype must be one of {', '.join(_PEAKS[0][2])}, got {dtype!r}")
     name = device_name.upper()
     for need, avoid, peaks in _PEAKS:
         if all(x in name for x in need) and not any(x in name for x in avoid):
             return peaks[dtype] * 1e12
-    raise ValueError(f"no peak FLOP/s known for {device_name!r}: the table in vmae2_fast/flops.py "
+    raise ConfigError(f"no peak FLOP/s known for {device_name!r}: the table in vmae2_fast/flops.py "
                      f"(_PEAKS) has A100, H100 SXM, H100 PCIe and H200; pass the peak yourself "
                      f"(--peak-tflops, or mfu(..., peak=...))")
 
@@ -285,7 +286,7 @@ def _report(a: argparse.Namespace) -> None:
 def _current_gpu() -> str:
     import torch
     if not torch.cuda.is_available():
-        raise ValueError("no GPU here to read the peak from: pass --gpu NAME or --peak-tflops")
+        raise ConfigError("no GPU here to read the peak from: pass --gpu NAME or --peak-tflops")
     return torch.cuda.get_device_name()
 
 

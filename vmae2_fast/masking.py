@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .errors import ConfigError
 from .ops.common import encoder_masked as encoder_masked_flags  # noqa: F401 (one definition)
 
 Grid = tuple[int, int, int]  # (T', H', W') token grid
@@ -33,7 +34,7 @@ def tube_num_visible(grid: Grid, mask_ratio: float) -> int:
     hw = grid[1] * grid[2]
     masked = int(mask_ratio * hw)
     if not 0 <= masked < hw:
-        raise ValueError(f"mask ratio {mask_ratio} leaves no visible token on a {grid[1]}x{grid[2]} grid")
+        raise ConfigError(f"mask ratio {mask_ratio} leaves no visible token on a {grid[1]}x{grid[2]} grid")
     return (hw - masked) * grid[0]
 
 
@@ -70,9 +71,9 @@ def running_cell_maps(grid: Grid, ratio: float = 0.5) -> torch.Tensor:
     t, h, w = grid
     n_masked = int(4 * ratio)
     if not 0 < n_masked < 4:
-        raise ValueError(f"running-cell ratio {ratio} must mask 1, 2 or 3 of every 4 cells")
+        raise ConfigError(f"running-cell ratio {ratio} must mask 1, 2 or 3 of every 4 cells")
     if h % 2 or w % 2:
-        raise ValueError(f"running-cell masking needs an even token grid, got {h}x{w}")
+        raise ConfigError(f"running-cell masking needs an even token grid, got {h}x{w}")
     queue = torch.tensor([1] * n_masked + [0] * (4 - n_masked), dtype=torch.bool)
     start = torch.arange(4)[:, None]                                     # (4, 1)
     ptr = start + 1 + torch.arange(t)[None, :]                           # (4, T')

@@ -13,6 +13,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from ..errors import ConfigError
+
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 DECODERS = ("auto", "dali", "pyav")
 
@@ -98,9 +100,9 @@ class RunConfig:
         for name in ("batch_size", "accum_steps", "epochs", "num_sample", "sampling_rate",
                      "dali_instances", "input_size", "num_frames", "save_every"):
             if getattr(self, name) < 1:
-                raise ValueError(f"--{flag(name)} must be at least 1, got {getattr(self, name)}")
+                raise ConfigError(f"--{flag(name)} must be at least 1, got {getattr(self, name)}")
         if self.num_frames % self.tubelet_size:
-            raise ValueError(f"--num-frames {self.num_frames} is not divisible by --tubelet-size "
+            raise ConfigError(f"--num-frames {self.num_frames} is not divisible by --tubelet-size "
                              f"{self.tubelet_size}")
         one_of("precision", self.precision, PRECISIONS)
         one_of("decoder", self.decoder, DECODERS)
@@ -108,21 +110,21 @@ class RunConfig:
         one_of("parallelism", self.parallelism, PARALLELISMS)
         one_of("fsdp_param_dtype", self.fsdp_param_dtype, FSDP_PARAM_DTYPES)
         if self.clip_grad is not None and self.clip_grad <= 0:
-            raise ValueError("--clip-grad must be positive (omit it to disable clipping)")
+            raise ConfigError("--clip-grad must be positive (omit it to disable clipping)")
         if self.dist_timeout <= 0:
-            raise ValueError(f"--dist-timeout must be a positive number of seconds, got {self.dist_timeout:g}")
+            raise ConfigError(f"--dist-timeout must be a positive number of seconds, got {self.dist_timeout:g}")
         if not 0 <= self.max_bad_fraction <= 1:
-            raise ValueError(f"--max-bad-fraction must be in [0, 1], got {self.max_bad_fraction}")
+            raise ConfigError(f"--max-bad-fraction must be in [0, 1], got {self.max_bad_fraction}")
         for name in ("num_workers", "keep_last", "save_every_steps", "max_steps", "warmup_epochs",
                      "threads", "init_values"):
             if getattr(self, name) < 0:
-                raise ValueError(f"--{flag(name)} must be >= 0, got {getattr(self, name)}")
+                raise ConfigError(f"--{flag(name)} must be >= 0, got {getattr(self, name)}")
 
         if self.cos_attn and self.qk_scale is not None:
-            raise ValueError("--cos-attn learns its own logit scale: drop --qk-scale (the official "
+            raise ConfigError("--cos-attn learns its own logit scale: drop --qk-scale (the official "
                              "code crashes on this combination)")
         if self.qk_scale is not None and self.qk_scale <= 0:
-            raise ValueError(f"--qk-scale must be positive, got {self.qk_scale}")
+            raise ConfigError(f"--qk-scale must be positive, got {self.qk_scale}")
         check_frame_template(self.fname_tmpl)
 
     def to_dict(self) -> dict:
@@ -139,17 +141,17 @@ def flag(name: str) -> str:
 
 def one_of(name: str, value, allowed) -> None:
     if value not in allowed:
-        raise ValueError(f"--{flag(name)} must be one of {', '.join(map(str, allowed))}, got {value!r}")
+        raise ConfigError(f"--{flag(name)} must be one of {', '.join(map(str, allowed))}, got {value!r}")
 
 
 def check_frame_template(template: str) -> None:
     try:
         name = template.format(1)
     except (IndexError, KeyError, ValueError) as exc:
-        raise ValueError(f"--fname-tmpl {template!r} is not a Python format string with one field "
+        raise ConfigError(f"--fname-tmpl {template!r} is not a Python format string with one field "
                          f"for the frame number, like 'img_{{:05}}.jpg' ({exc})") from None
     if name == template:
-        raise ValueError(f"--fname-tmpl {template!r} has no field for the frame number; use e.g. "
+        raise ConfigError(f"--fname-tmpl {template!r} has no field for the frame number; use e.g. "
                          "'img_{:05}.jpg'")
 
 
@@ -158,5 +160,5 @@ def replace(cfg, **overrides):
     names = {f.name for f in dataclasses.fields(cfg)}
     unknown = sorted(set(overrides) - names)
     if unknown:
-        raise ValueError(f"unknown config field(s) {unknown}; valid: {sorted(names)}")
+        raise ConfigError(f"unknown config field(s) {unknown}; valid: {sorted(names)}")
     return dataclasses.replace(cfg, **overrides)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+from ..errors import ConfigError
 from .base import RunConfig
 
 
@@ -67,23 +68,23 @@ class FinetuneConfig(RunConfig):
     def check(self) -> None:
         super().check()
         if not 0 <= self.smoothing < 1:
-            raise ValueError(f"--smoothing must be in [0, 1), got {self.smoothing}")
+            raise ConfigError(f"--smoothing must be in [0, 1), got {self.smoothing}")
         if not 0 < self.layer_decay <= 1:
-            raise ValueError(f"--layer-decay must be in (0, 1], got {self.layer_decay}")
+            raise ConfigError(f"--layer-decay must be in (0, 1], got {self.layer_decay}")
         mixing = self.mixup_prob > 0 and (self.mixup > 0 or self.cutmix > 0)
         if mixing and (self.batch_size * self.num_sample) % 2:
-            raise ValueError(f"mixup pairs clip i with clip B-1-i and needs an even number of clips "
+            raise ConfigError(f"mixup pairs clip i with clip B-1-i and needs an even number of clips "
                              f"per batch; --batch-size {self.batch_size} x --num-sample "
                              f"{self.num_sample} is odd")
         if self.dataset:
             from .datasets import dataset_info
             dataset_info(self.dataset)
         if not 0 <= self.model_ema_decay < 1:
-            raise ValueError(f"--model-ema-decay must be in [0, 1), got {self.model_ema_decay}")
+            raise ConfigError(f"--model-ema-decay must be in [0, 1), got {self.model_ema_decay}")
         if self.num_classes < 0:
-            raise ValueError("--num-classes must be >= 0 (0 takes it from the lists)")
+            raise ConfigError("--num-classes must be >= 0 (0 takes it from the lists)")
         if self.parallelism == "fsdp":      # validation, best-checkpoint saves and the EMA are per process
-            raise ValueError("--parallelism fsdp is implemented for pre-training only; the "
+            raise ConfigError("--parallelism fsdp is implemented for pre-training only; the "
                              "classification stages run with --parallelism ddp")
 
 
@@ -106,4 +107,4 @@ class DistillConfig(FinetuneConfig):
     def check(self) -> None:
         super().check()
         if self.distill_temperature <= 0:
-            raise ValueError(f"--distill-temperature must be positive, got {self.distill_temperature}")
+            raise ConfigError(f"--distill-temperature must be positive, got {self.distill_temperature}")

@@ -17,6 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+from ..errors import ConfigError
+
 
 @dataclass(frozen=True)
 class DatasetInfo:
@@ -45,7 +47,7 @@ DATASETS: dict[str, DatasetInfo] = {
 
 def dataset_info(name: str) -> DatasetInfo:
     if name not in DATASETS:
-        raise ValueError(f"unknown --dataset {name!r}; choose one of {', '.join(DATASETS)} (or leave "
+        raise ConfigError(f"unknown --dataset {name!r}; choose one of {', '.join(DATASETS)} (or leave "
                          "it empty for your own data with --num-classes)")
     return DATASETS[name]
 

@@ -9,6 +9,7 @@ import logging
 import typing
 from typing import Callable, Mapping, Optional
 
+from ..errors import ConfigError
 from .base import replace
 
 __all__ = ["add_config_flags", "common_help", "given_flags", "parse_config"]
@@ -117,7 +118,7 @@ def _apply_preset(cfg, cls, flags: dict, presets, names: set):
     if name == "none":
         return cfg
     if name not in presets:
-        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join([*presets, 'none'])}")
+        raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join([*presets, 'none'])}")
     model = flags.get("preset_model") or flags.get("model", cfg.model)
     try:
         overrides = presets[name](model)

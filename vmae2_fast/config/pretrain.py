@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+from ..errors import ConfigError
 from .base import RunConfig, one_of
 
 KERNELS = ("auto", "triton", "cpp", "reference")
@@ -48,7 +49,7 @@ class PretrainConfig(RunConfig):
     def check(self) -> None:
         super().check()
         if not 0 < self.mask_ratio < 1:
-            raise ValueError(f"--mask-ratio must be in (0, 1), got {self.mask_ratio}")
+            raise ConfigError(f"--mask-ratio must be in (0, 1), got {self.mask_ratio}")
         if not 0 <= self.decoder_mask_ratio < 1:
-            raise ValueError(f"--decoder-mask-ratio must be in [0, 1), got {self.decoder_mask_ratio}")
+            raise ConfigError(f"--decoder-mask-ratio must be in [0, 1), got {self.decoder_mask_ratio}")
         one_of("kernels", self.kernels, KERNELS)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..errors import ConfigError
 from .base import DECODERS, one_of
 
 
 def _required(cfg, *names) -> None:
     for name in names:
         if not getattr(cfg, name):
-            raise ValueError(f"--{name.replace('_', '-')} is required")
+            raise ConfigError(f"--{name.replace('_', '-')} is required")
 
 
 @dataclass
@@ -45,9 +46,9 @@ class EvaluateConfig:
         from ..models.attention_backends import BACKENDS as ATTENTION_BACKENDS
         one_of("attention", self.attention, ATTENTION_BACKENDS)
         if (self.num_segments or 1) < 1 or (self.num_crops or 1) < 1:
-            raise ValueError("--num-segments and --num-crops must be at least 1")
+            raise ConfigError("--num-segments and --num-crops must be at least 1")
         if self.batch_views < 1 or self.dali_instances < 1 or self.num_workers < 0:
-            raise ValueError("--batch-views and --dali-instances must be at least 1, --num-workers >= 0")
+            raise ConfigError("--batch-views and --dali-instances must be at least 1, --num-workers >= 0")
         one_of("decoder", self.decoder, DECODERS)
         one_of("precision", self.precision, ("auto", "bf16", "fp32"))
 
@@ -71,7 +72,7 @@ class FeaturesConfig:
     def check(self) -> None:
         _required(self, "checkpoint", "videos", "out")
         if min(self.window, self.stride, self.frame_stride, self.batch_size) < 1:
-            raise ValueError("--window, --stride, --frame-stride and --batch-size must be at least 1")
+            raise ConfigError("--window, --stride, --frame-stride and --batch-size must be at least 1")
 
 
 @dataclass

@@ -29,6 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
+from ..errors import DataError, MissingFileError
 from .lists import VideoEntry, detect_kind, read_list
 from .media import DEFAULT_START, DEFAULT_TEMPLATE, frame_file, scan_frame_folder
 
@@ -48,7 +49,7 @@ DALI_PIX_FMTS = frozenset({"yuv420p", "yuvj420p", "nv12", ""})
 _MJPEG_PIX_FMTS = frozenset({"yuvj422p", "yuv422p"})
 
 
-class StaleIndexError(ValueError):
+class StaleIndexError(DataError):
     """The index no longer describes the list or the files; the message says how to rebuild."""
 
 
@@ -255,11 +256,11 @@ def load_index(list_file: str, data_root: str = "", kind: str = "auto", check_fi
     changed)."""
     path = path or index_path(list_file)
     if not os.path.isfile(list_file):
-        raise FileNotFoundError(f"annotation list not found: {list_file}")
+        raise MissingFileError(f"annotation list not found: {list_file}")
     kind = kind if kind != "auto" else detect_kind(list_file, labels)
     hint = rebuild_hint(list_file, data_root, fname_tmpl, start_idx, kind)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"no index for {list_file} (expected {path}); build it with: {hint}")
+        raise MissingFileError(f"no index for {list_file} (expected {path}); build it with: {hint}")
     with open(path, "r", encoding="utf-8") as f:
         doc = json.load(f)
     why = None

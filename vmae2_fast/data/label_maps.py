@@ -20,6 +20,8 @@ import logging
 import os
 from typing import Dict, Iterable, List, Optional, Sequence
 
+from ..errors import DataError
+
 log = logging.getLogger("vmae2_fast")
 
 __all__ = ["normalize_name", "head_map_from_names", "find_head_map", "kinetics_head_map", "map_file_name"]
@@ -47,7 +49,7 @@ def head_map_from_names(k710_names: Sequence[str], names: Sequence[str],
         ids.setdefault(canon(n), i)
     missing = [n for n in names if canon(n) not in ids]
     if missing:
-        raise ValueError(f"{len(missing)} of {len(names)} classes are not K710 classes (first: "
+        raise DataError(f"{len(missing)} of {len(names)} classes are not K710 classes (first: "
                          f"{', '.join(missing[:5])}); give the variant spellings with --merge")
     return [ids[canon(n)] for n in names]
 
@@ -80,7 +82,7 @@ def kinetics_head_map(subset: int, folders: Iterable[Optional[str]], k710_names:
         log.info("K710 head rows for Kinetics-%d generated from the class names: %s", subset, path)
         return path
     searched = ", ".join(f for f in folders if f) or "(no folder)"
-    raise ValueError(
+    raise DataError(
         f"the checkpoint has a 710-class (K710) head and --dataset says Kinetics-{subset}: its rows "
         f"are reused through {map_file_name(subset)}, which is not in {searched} and cannot be "
         f"generated (the checkpoint or the data has no class names). Build it with `python -m "

@@ -22,6 +22,8 @@ import os
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
+from ..errors import DataError, MissingFileError
+
 __all__ = ["VideoEntry", "KINDS", "read_list", "read_cls_list", "detect_kind"]
 
 KINDS = ("auto", "pretrain", "cls", "rawframes", "csv")
@@ -52,7 +54,7 @@ def _first_line(list_file: str) -> tuple[int, str]:
         for lineno, raw in enumerate(f, start=1):
             if raw.strip():
                 return lineno, raw.strip()
-    raise ValueError(f"annotation list {list_file} is empty")
+    raise DataError(f"annotation list {list_file} is empty")
 
 
 def detect_kind(list_file: str, labels: bool = False) -> str:
@@ -67,7 +69,7 @@ def detect_kind(list_file: str, labels: bool = False) -> str:
         return "rawframes"
     if n in (3, 4):
         return "pretrain"
-    raise ValueError(f"{list_file}:{lineno}: cannot tell the list format from this first line {line!r} "
+    raise DataError(f"{list_file}:{lineno}: cannot tell the list format from this first line {line!r} "
                      f"(expected 'path label', 'path start total', 'frame_dir total label' or a CSV)")
 
 
@@ -83,7 +85,7 @@ def _int(where: str, line: str, value: str, what: str) -> int:
     try:
         return int(value)
     except ValueError:
-        raise ValueError(f"{where}: {what} must be an integer: {line!r}") from None
+        raise DataError(f"{where}: {what} must be an integer: {line!r}") from None
 
 
 def _read_csv(list_file: str, root: str, default_start: int = 0) -> List[VideoEntry]:
@@ -95,7 +97,7 @@ def _read_csv(list_file: str, root: str, default_start: int = 0) -> List[VideoEn
     # A first row without any integer is a header; a header must name the path column.
     named = not any(is_int(c) for c in header)
     if named and not any(c in PATH_COLUMNS for c in header):
-        raise ValueError(f"{list_file}: the CSV header {rows[0][1]} has no path column "
+        raise DataError(f"{list_file}: the CSV header {rows[0][1]} has no path column "
                          f"(one of {', '.join(PATH_COLUMNS)})")
     if named:
         col = {c: i for i, c in enumerate(header)}
@@ -109,7 +111,7 @@ def _read_csv(list_file: str, root: str, default_start: int = 0) -> List[VideoEn
         line, where = ",".join(row), f"{list_file}:{lineno}"
         if not named:                      # headerless: path,label or path,start,total
             if len(cells) not in (2, 3):
-                raise ValueError(f"{where}: expected 'path,label' or 'path,start,total' (a CSV "
+                raise DataError(f"{where}: expected 'path,label' or 'path,start,total' (a CSV "
                                  f"without header), got {len(cells)} field(s): {line!r}")
             e = VideoEntry(_join(root, cells[0]), start=default_start, rel=cells[0])
             if len(cells) == 2:
@@ -145,7 +147,7 @@ def _read_plain(list_file: str, root: str, kind: str, default_start: int = 0) ->
                 continue
             fields, where = line.split(), f"{list_file}:{lineno}"
             if len(fields) not in want:
-                raise ValueError(f"{where}: expected '{shape}' ({kind} list), got {len(fields)} "
+                raise DataError(f"{where}: expected '{shape}' ({kind} list), got {len(fields)} "
                                  f"field(s): {line!r}")
             e = VideoEntry(_join(root, fields[0]), start=default_start, rel=fields[0])
             if kind == "pretrain":
@@ -172,18 +174,18 @@ def read_list(list_file, data_root: str = "", kind: str = "auto", *,
     if kind not in KINDS:
         raise ValueError(f"unknown list kind {kind!r}; one of {', '.join(KINDS)}")
     if not os.path.isfile(list_file):
-        raise FileNotFoundError(f"annotation list not found: {list_file}")
+        raise MissingFileError(f"annotation list not found: {list_file}")
     if kind == "auto":
         kind = detect_kind(list_file, labels)
     out = (_read_csv(list_file, data_root, start_idx) if kind == "csv"
            else _read_plain(list_file, data_root, kind, start_idx))
     if not out:
-        raise ValueError(f"annotation list {list_file} is empty")
+        raise DataError(f"annotation list {list_file} is empty")
     for e in out:
         if e.label is not None and e.label < 0:
-            raise ValueError(f"{list_file}: label must be >= 0 ({e.rel} has {e.label})")
+            raise DataError(f"{list_file}: label must be >= 0 ({e.rel} has {e.label})")
         if labels and e.label is None:
-            raise ValueError(f"{list_file}: {e.rel} has no label; a classification list needs "
+            raise DataError(f"{list_file}: {e.rel} has no label; a classification list needs "
                              "'path label' lines (or a label column)")
     return out
 

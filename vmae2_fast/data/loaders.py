@@ -29,7 +29,7 @@ from typing import List, Optional
 
 import torch
 
-from ..errors import BadDataError, DataPlaneError
+from ..errors import BadDataError, ConfigError, DataError, DataPlaneError, MissingFileError
 from .device_feed import to_device_ahead
 from .index import VideoIndex, build_index, index_path, load_index, rebuild_hint, reencode_hint
 from .lists import VideoEntry, detect_kind, read_list
@@ -47,11 +47,11 @@ def choose_decoder(requested: str, device: torch.device, log_choice: bool = True
     """``auto``: DALI when training on a GPU and DALI imports, PyAV otherwise; logs the choice."""
     from .dali.pipeline import dali_status
     if requested not in DECODERS:
-        raise ValueError(f"--decoder must be one of {', '.join(DECODERS)}, got {requested!r}")
+        raise ConfigError(f"--decoder must be one of {', '.join(DECODERS)}, got {requested!r}")
     ok, info = dali_status()
     if requested == "dali":
         if not ok:
-            raise ValueError(f"--decoder dali: {info}; install it with "
+            raise ConfigError(f"--decoder dali: {info}; install it with "
                              f"`pip install nvidia-dali-cuda130` or use --decoder pyav")
         choice, why = "dali", f"requested (DALI {info}, decoding on the {_dali_dev(device)})"
     elif requested == "pyav":
@@ -94,7 +94,7 @@ def apply_index(list_file: str, data_root: str, *, required: bool, build: bool =
         if required:
             hint = rebuild_hint(list_file, data_root, layout.template, layout.start_idx,
                                 detect_kind(list_file, labels))
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"--decoder dali needs the frame counts of every video: build the index with `{hint}`")
         return None
     return load_index(list_file, data_root, **opts)
@@ -116,7 +116,7 @@ def load_list(list_file: str, data_root: str, *, decoder: str, labels: bool, bui
         log.warning("%d videos of %s are excluded by its index (unreadable, truncated, ...)",
                     len(index.excluded), list_file)
     if not index.videos:
-        raise ValueError(f"no usable video is left in {list_file}: its index excludes all "
+        raise DataError(f"no usable video is left in {list_file}: its index excludes all "
                          f"{len(index.excluded)} (first: {index.excluded[0]})")
     return [VideoEntry(v.path, v.start, v.frames, v.label, v.rel) for v in index.videos], index
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch.utils.data import Dataset
 
+from ..errors import DataError
+
 
 class GlobalBatchSampler:
     def __init__(self, dataset_len: int, batch_size: int, world_size: int = 1, rank: int = 0,
@@ -24,7 +26,7 @@ class GlobalBatchSampler:
         self.global_batch = batch_size * world_size
         self.steps_per_epoch = dataset_len // self.global_batch   # drop_last, as the official loader
         if self.steps_per_epoch == 0:
-            raise ValueError(f"the dataset has {dataset_len} videos, fewer than one global batch "
+            raise DataError(f"the dataset has {dataset_len} videos, fewer than one global batch "
                              f"({batch_size} per process x {world_size} processes); lower --batch-size")
         self.epoch = 0
         self.start_step = 0

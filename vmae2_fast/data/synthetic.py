@@ -28,6 +28,8 @@ from typing import List, Optional
 
 import numpy as np
 
+from ..errors import DataError
+
 __all__ = ["CLASS_NAMES", "SyntheticDataset", "ensure_synthetic_dataset",
            "render_synthetic_video", "synthetic_video_frames", "write_video"]
 
@@ -265,7 +267,7 @@ def ensure_synthetic_dataset(root: Optional[str] = None, *, videos_per_class_tra
         if marker is None:
             return None
         if marker != params:
-            raise ValueError(f"{root} holds a synthetic dataset made with other parameters "
+            raise DataError(f"{root} holds a synthetic dataset made with other parameters "
                              f"({marker}); pass another root or root=None")
         return _describe(root, params)
 

@@ -18,6 +18,7 @@ import json
 from pathlib import Path
 
 from ..config import ExportConfig
+from ..errors import CheckpointError, ConfigError, DataError, MissingPackageError
 
 __all__ = ["hf_config", "to_hf_state_dict", "export_to_hf", "export", "import_transformers"]
 
@@ -27,7 +28,7 @@ def import_transformers():
     try:
         import transformers
     except ModuleNotFoundError as exc:
-        raise ModuleNotFoundError(f"{exc}; the Hugging Face export needs transformers: "
+        raise MissingPackageError(f"{exc}; the Hugging Face export needs transformers: "
                                   "pip install 'transformers>=4.46,<6' safetensors") from exc
     return transformers
 
@@ -48,7 +49,7 @@ def hf_config(model, class_names=None) -> dict:
     n = model.num_classes
     names = list(class_names) if class_names else [f"class_{i}" for i in range(n)]
     if len(names) != n:
-        raise ValueError(f"{len(names)} class names for a {n}-class model")
+        raise DataError(f"{len(names)} class names for a {n}-class model")
     return {
         "model_type": "videomae", "architectures": ["VideoMAEForVideoClassification"],
         "image_size": pe.img_size, "patch_size": pe.patch_size, "num_channels": pe.proj.in_channels,
@@ -96,7 +97,7 @@ def export_to_hf(model, out_dir, class_names=None, layout: str = "auto") -> Path
     try:
         from safetensors.torch import save_file
     except ImportError as exc:
-        raise ImportError("exporting needs safetensors: pip install safetensors") from exc
+        raise MissingPackageError("exporting needs safetensors: pip install safetensors") from exc
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(hf_config(model, class_names), indent=2))
@@ -119,12 +120,12 @@ def export(cfg: ExportConfig) -> Path:
     ckpt = raw.get("config") if isinstance(raw.get("config"), dict) else {}
     unsupported = {k: v for k, v in ckpt.items() if k in UNSUPPORTED and v != UNSUPPORTED[k]}
     if unsupported:
-        raise ValueError(f"{cfg.checkpoint} was trained with {unsupported}, which transformers' "
+        raise CheckpointError(f"{cfg.checkpoint} was trained with {unsupported}, which transformers' "
                          "VideoMAE cannot express; it exports only the released architecture")
     sd, _ = normalize_keys(extract_state_dict(raw)[0])
     n = cfg.num_classes or (sd["head.weight"].shape[0] if "head.weight" in sd else 0)
     if n <= 0:
-        raise ValueError("the checkpoint has no classification head; pass --num-classes")
+        raise ConfigError("the checkpoint has no classification head; pass --num-classes")
     model = build_classifier(cfg.model, n, img_size=cfg.input_size or ckpt.get("input_size", 224),
                              num_frames=cfg.num_frames or ckpt.get("num_frames", 16),
                              tubelet_size=ckpt.get("tubelet_size", 2))

@@ -33,6 +33,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..errors import ConfigError
 from .attention_backends import (BACKENDS, EXTERNAL, SDPA_KERNELS, AttentionBackendError, choose_auto,
                                  describe, external_function, sdpa_kernel_context, why_not)
 
@@ -63,7 +64,7 @@ def attention(q, k, v, dropout_p: float = 0.0, backend: str = "sdpa", scale: flo
     if backend == "auto":
         raise ValueError("attention backend 'auto' is resolved by set_attention_backend(model, 'auto', "
                          "device, dtype) before the model runs")
-    raise ValueError(f"unknown attention backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    raise ConfigError(f"unknown attention backend {backend!r}; choose one of {', '.join(BACKENDS)}")
 
 
 class Attention(nn.Module):
@@ -127,7 +128,7 @@ def set_attention_backend(model: nn.Module, backend: str, device=None, dtype=Non
     raises AttentionBackendError (a ValueError) with the reason, before any compute.
     """
     if backend not in BACKENDS:
-        raise ValueError(f"unknown attention backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        raise ConfigError(f"unknown attention backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     modules = [m for m in model.modules() if isinstance(m, Attention)]
     if not modules:
         return model

@@ -23,6 +23,8 @@ import warnings
 import torch
 import torch.nn.functional as F
 
+from ..errors import ConfigError
+
 BACKENDS = ("auto", "sdpa", "sdpa-flash", "sdpa-efficient", "sdpa-cudnn", "sdpa-math", "math",
             "flash-attn2", "flash-attn3", "xformers")
 SDPA_KERNELS = {"sdpa-flash": "FLASH_ATTENTION", "sdpa-efficient": "EFFICIENT_ATTENTION",
@@ -37,7 +39,7 @@ INSTALL = {
 }
 
 
-class AttentionBackendError(ValueError):
+class AttentionBackendError(ConfigError):
     """A named attention backend cannot run here (the message says why and what to choose)."""
 
 
@@ -95,7 +97,7 @@ def why_not(name: str, device: torch.device, dtype: torch.dtype, head_dim: int,
     if name in ("sdpa", "math"):
         return None                               # always run (sdpa: torch picks the kernel)
     if name not in BACKENDS or name == "auto":
-        raise ValueError(f"unknown attention backend {name!r}; choose one of {', '.join(BACKENDS)}")
+        raise ConfigError(f"unknown attention backend {name!r}; choose one of {', '.join(BACKENDS)}")
     if name in EXTERNAL:
         if device.type != "cuda":
             return f"{name} runs on CUDA devices only, not {device.type}"

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 
+from ..errors import ConfigError
 from .classifier import VisionTransformer
 from .pretrain import PretrainVisionTransformer
 
@@ -59,7 +60,7 @@ def from_official_config(cfg: dict):
             continue
         elif key in _INERT:
             if value not in _INERT[key]:
-                raise ValueError(f"official option {key}={value!r} is not supported")
+                raise ConfigError(f"official option {key}={value!r} is not supported")
         else:
             ignored.append(key)
     if ignored:

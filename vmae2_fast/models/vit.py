@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
+from ..errors import ConfigError
 from .attention import Attention
 
 
@@ -54,9 +55,9 @@ class PatchEmbed(nn.Module):
                  tubelet_size=2):
         super().__init__()
         if img_size % patch_size:
-            raise ValueError(f"input size {img_size} is not divisible by the patch size {patch_size}")
+            raise ConfigError(f"input size {img_size} is not divisible by the patch size {patch_size}")
         if num_frames % tubelet_size:
-            raise ValueError(f"{num_frames} frames are not divisible by the tubelet size {tubelet_size}")
+            raise ConfigError(f"{num_frames} frames are not divisible by the tubelet size {tubelet_size}")
         self.img_size = img_size
         self.patch_size = patch_size
         self.tubelet_size = tubelet_size
@@ -144,7 +145,7 @@ def checkpoint_interval(policy) -> int:
             return int(text in _ALL)
         k = int(text) if text.isdigit() else -1
     if k < 0:
-        raise ValueError(f"--activation-checkpointing must be none, full or K (every K-th block), "
+        raise ConfigError(f"--activation-checkpointing must be none, full or K (every K-th block), "
                          f"got {policy!r}")
     return k
 

@@ -42,6 +42,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from ..errors import CheckpointError, CheckpointMismatchError
 from .vit import sinusoid_table
 
 log = logging.getLogger("vmae2_fast")
@@ -64,15 +65,6 @@ class DeepSpeedLossScaler:
 SAFE_GLOBALS = [argparse.Namespace,
                 (DeepSpeedLossScaler, "deepspeed.runtime.fp16.loss_scaler.DynamicLossScaler"),
                 (DeepSpeedLossScaler, "deepspeed.runtime.fp16.loss_scaler.LossScaler")]
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file is missing, unreadable or unsafe, or does not fit the model; the message
-    says what to do."""
-
-
-class CheckpointMismatchError(CheckpointError):
-    """The checkpoint does not fit the model (size, class count); the message says how to fix it."""
 
 
 def _unreadable(path: Path, exc: BaseException) -> CheckpointError:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..errors import ConfigError
 from .classifier import VisionTransformer
 from .pretrain import PretrainVisionTransformer
 
@@ -53,7 +54,7 @@ def model_options(source) -> dict:
 def model_spec(name: str) -> ModelSpec:
     key = ALIASES.get(name, name)
     if key not in MODEL_SPECS:
-        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_SPECS)}")
+        raise ConfigError(f"unknown model {name!r}; choose one of {', '.join(MODEL_SPECS)}")
     return MODEL_SPECS[key]
 
 

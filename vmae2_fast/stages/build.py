@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..cli import setup_logging
+from ..logs import setup_logging
+from ..errors import ConfigError
 from ..train.distributed import DEFAULT_TIMEOUT_S, DistInfo, barrier, cleanup, init_distributed
 from ..train.loop import LoopSettings, Trainer, resolve_precision
 from ..train.optim import build_adamw
@@ -36,7 +37,7 @@ def pick_device(name: str, dist: DistInfo | None = None) -> torch.device:
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise ValueError("--device cuda was requested but no CUDA device is available")
+            raise ConfigError("--device cuda was requested but no CUDA device is available")
         if name == "cuda" and dist is not None:
             name = f"cuda:{dist.local_rank}"
     return torch.device(name)
@@ -111,7 +112,7 @@ def build_trainer(cfg, stage, model: torch.nn.Module, loader, device: torch.devi
     precision = resolve_precision(cfg.precision, device)
     steps_per_epoch = loader.steps_per_epoch // cfg.accum_steps
     if steps_per_epoch == 0:
-        raise ValueError(f"{loader.steps_per_epoch} micro-batches per epoch is fewer than "
+        raise ConfigError(f"{loader.steps_per_epoch} micro-batches per epoch is fewer than "
                          f"--accum-steps {cfg.accum_steps}")
     lr, lr_schedule, wd_schedule, total_batch = run_schedules(cfg, steps_per_epoch, dist.world_size)
     settings = LoopSettings(

@@ -20,6 +20,7 @@ from ..config import FinetuneConfig
 from ..data.label_maps import kinetics_head_map
 from ..data.loaders import choose_decoder, eval_loader, finetune_loader, frame_layout, load_list
 from ..data.pixels import normalize_on_device
+from ..errors import CheckpointMismatchError, ConfigError, DataError
 from ..models import build_classifier, count_parameters
 from ..models.zoo import model_options
 from ..models.weights import checkpoint_class_names, load_classifier_weights
@@ -42,7 +43,7 @@ def resolve_lists(cfg, dist: DistInfo) -> tuple[str, str, str, list | None]:
     root = cfg.data_root
     if cfg.train_list or cfg.val_list:
         if not (cfg.train_list and cfg.val_list):
-            raise ValueError("pass both --train-list and --val-list (or --data FOLDER with train.csv "
+            raise ConfigError("pass both --train-list and --val-list (or --data FOLDER with train.csv "
                              "and val.csv)")
         train, val, folder = cfg.train_list, cfg.val_list, os.path.dirname(cfg.train_list)
     elif cfg.data:
@@ -68,15 +69,15 @@ def check_lists(train_items, val_items, num_classes: int, names, train_path, val
     for path, items in ((train_path, train_items), (val_path, val_items)):
         for e in items:
             if e.label >= num_classes:
-                raise ValueError(f"{path}: label {e.label} of {e.path} is outside the {num_classes} "
+                raise DataError(f"{path}: label {e.label} of {e.path} is outside the {num_classes} "
                                  f"classes (labels must be 0..{num_classes - 1}); fix the list or pass "
                                  f"--num-classes {max(max_label, e.label) + 1}")
     if implied != num_classes:
-        raise ValueError(f"--num-classes is {num_classes} but {train_path} uses labels 0..{max_label} "
+        raise DataError(f"--num-classes is {num_classes} but {train_path} uses labels 0..{max_label} "
                          f"({implied} classes); pass --num-classes {implied}, or use the list that "
                          "goes with this class set")
     if names is not None and len(names) != num_classes:
-        raise ValueError(f"classes.txt names {len(names)} classes but the lists have {num_classes}")
+        raise DataError(f"classes.txt names {len(names)} classes but the lists have {num_classes}")
     return num_classes
 
 
@@ -91,7 +92,7 @@ def kinetics_rows(cfg, num_classes: int, names, train_path: str):
         if rows != 710 or num_classes == 710 or subset is None:
             return None
         if subset != num_classes:
-            raise ValueError(f"--dataset {cfg.dataset} has {subset} classes, the run {num_classes}")
+            raise DataError(f"--dataset {cfg.dataset} has {subset} classes, the run {num_classes}")
         folders = [cfg.data, os.path.dirname(train_path), ckpt_cfg.get("data"),
                    os.path.dirname(os.path.abspath(cfg.init))]
         return kinetics_head_map(subset, folders, ckpt_cfg.get("class_names"), names, cfg.output_dir)
@@ -217,17 +218,17 @@ def build_model(cfg, num_classes: int, model_name: str | None = None, drop_path=
 
 def load_teacher(cfg, num_classes: int, class_names, device, precision: str):
     if not cfg.teacher:
-        raise ValueError("distillation needs --teacher CHECKPOINT (a classifier over the same classes)")
+        raise ConfigError("distillation needs --teacher CHECKPOINT (a classifier over the same classes)")
     t_names = checkpoint_class_names(cfg.teacher, trust_code=cfg.trust_checkpoint)
     if t_names is not None and class_names is not None and list(t_names) != list(class_names):
-        raise ValueError(f"the teacher {cfg.teacher} was trained on another class set "
+        raise CheckpointMismatchError(f"the teacher {cfg.teacher} was trained on another class set "
                          f"({len(t_names)} classes: {', '.join(t_names[:4])}, ...) than the data "
                          f"({len(class_names)}: {', '.join(class_names[:4])}, ...); distil on the "
                          "teacher's classes")
     teacher = build_model(cfg, num_classes, cfg.teacher_model, drop_path=0.0, device=device)
     report = load_classifier_weights(teacher, cfg.teacher, trust_code=cfg.trust_checkpoint)
     if report.head != "loaded":
-        raise ValueError(f"the teacher {cfg.teacher} has no {num_classes}-class head (its head "
+        raise CheckpointMismatchError(f"the teacher {cfg.teacher} has no {num_classes}-class head (its head "
                          f"status: {report.head}); the teacher must classify the same "
                          f"{num_classes} classes as the student")
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
@@ -264,7 +265,7 @@ def run(cfg: FinetuneConfig) -> dict:
                                                                                    train_path),
                                     trust_code=cfg.trust_checkpoint)
         elif cfg.head_map:
-            raise ValueError("--head-map needs --init (the checkpoint whose head it selects from)")
+            raise ConfigError("--head-map needs --init (the checkpoint whose head it selects from)")
         run_config = {**cfg.to_dict(), "num_classes": num_classes, "class_names": names, "stage": stage}
         teacher = load_teacher(cfg, num_classes, names, device, precision) if stage == "distill" else None
         model = model.to(device)

@@ -20,7 +20,7 @@ from ..config import EvaluateConfig
 from ..config.datasets import DATASETS
 from ..data.loaders import choose_decoder, eval_loader, frame_layout, load_list
 from ..data.pixels import normalize_on_device
-from ..errors import DataPlaneError, RunStopped
+from ..errors import BadDataError, ConfigError, DataError, DataPlaneError, RunStopped
 from ..models import build_classifier
 from ..models.zoo import model_options
 from ..models.weights import CheckpointMismatchError, load_classifier_weights, read_checkpoint
@@ -74,7 +74,7 @@ def run(cfg: EvaluateConfig) -> dict:
     raw = read_checkpoint(cfg.checkpoint, trust_code=cfg.trust_checkpoint)
     view = _view_settings(cfg, raw.get("config") if isinstance(raw.get("config"), dict) else {})
     if not view.model:
-        raise ValueError(f"{cfg.checkpoint} does not record its model; pass --model")
+        raise ConfigError(f"{cfg.checkpoint} does not record its model; pass --model")
     with session(cfg.device, cfg.output_dir) as (device, dist):
         if cfg.data is None:
             synth = embedded_dataset(dist)
@@ -88,7 +88,7 @@ def run(cfg: EvaluateConfig) -> dict:
         num_classes = view.num_classes or max(e.label for e in entries) + 1
         bad = [e for e in entries if e.label >= num_classes]
         if bad:
-            raise ValueError(f"{list_file}: label {bad[0].label} of {bad[0].path} is outside the model's "
+            raise DataError(f"{list_file}: label {bad[0].label} of {bad[0].path} is outside the model's "
                              f"{num_classes} classes")
         model = build_classifier(view.model, num_classes, img_size=view.input_size,
                                  num_frames=view.num_frames, tubelet_size=view.tubelet_size,
@@ -119,7 +119,7 @@ def run(cfg: EvaluateConfig) -> dict:
             raise RunStopped(f"{exc}; evaluation stopped, run the same command again") from None
         rows = [r for part in all_gather_objects(rows, dist) for r in part]
         if not rows:
-            raise ValueError("no video could be decoded")
+            raise BadDataError("no video could be decoded")
         res = metrics(np.array([r["probs"] for r in rows]), np.array([r["label"] for r in rows]))
         res.update(views=f"{segments}x{crops}", wall_s=time.time() - t0)
         if dist.is_main:

@@ -12,11 +12,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..cli import setup_logging
+from ..logs import setup_logging
 from ..config import FeaturesConfig
 from ..data.media import VideoDecodeError
 from ..data.pyav.video_io import iter_frames, open_video
 from ..data.transforms import normalize
+from ..errors import ConfigError, MissingFileError
 from ..models import build_classifier
 from ..models.zoo import model_options
 from ..models.weights import extract_state_dict, load_classifier_weights, normalize_keys, read_checkpoint
@@ -68,14 +69,14 @@ def run(a: FeaturesConfig) -> dict:
     cfg = raw.get("config", {}) if isinstance(raw, dict) else {}
     model_name = a.model or cfg.get("model")
     if not model_name:
-        raise ValueError(f"{a.checkpoint} does not record its model; pass --model")
+        raise ConfigError(f"{a.checkpoint} does not record its model; pass --model")
     sd, _ = normalize_keys(extract_state_dict(raw)[0])
     del raw
     n_cls = sd["head.weight"].shape[0] if "head.weight" in sd else 0
     size = a.input_size or cfg.get("input_size", 224)
     videos = sorted(p for p in Path(a.videos).rglob("*") if p.suffix.lower() in VIDEO_EXT)
     if not videos:
-        raise FileNotFoundError(f"no videos ({', '.join(VIDEO_EXT)}) under {a.videos}")
+        raise MissingFileError(f"no videos ({', '.join(VIDEO_EXT)}) under {a.videos}")
     setup_logging(None, True)
     out = prepare_output_dir(a.out, "--out")       # before the model is built
     device = pick_device(a.device)

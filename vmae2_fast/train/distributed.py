@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from ..errors import RunStopped
+from ..errors import ConfigError, RunStopped
 
 # The longest a collective may wait for the other processes (--dist-timeout). A rank writing a
 # synchronous checkpoint keeps the others waiting for the length of the write: keep it above that.
@@ -58,7 +58,7 @@ def slurm_environment(env=os.environ) -> dict:
             addr = subprocess.run(["scontrol", "show", "hostnames", nodes], capture_output=True,
                                   text=True, check=True).stdout.split()[0]
         except (OSError, subprocess.CalledProcessError, IndexError) as exc:
-            raise ValueError(f"under srun without torchrun, set MASTER_ADDR to the first node of the "
+            raise ConfigError(f"under srun without torchrun, set MASTER_ADDR to the first node of the "
                              f"job (scontrol could not list {nodes!r}: {exc})") from None
     out["MASTER_ADDR"] = addr
     return out

@@ -18,7 +18,7 @@ from typing import Callable, Iterable, Protocol
 import torch
 import torch.nn as nn
 
-from ..errors import DataPlaneError, RunStopped
+from ..errors import ConfigError, DataPlaneError, RunStopped
 from ..models.weights import CheckpointError, read_checkpoint
 from .checkpoint import capture_rng_state, restore_rng_state
 from .checkpoint_writer import LAST, CheckpointWriter
@@ -76,7 +76,7 @@ def resolve_precision(requested: str, device: torch.device) -> str:
     if requested == "auto":
         return "bf16" if device.type == "cuda" else "fp32"
     if requested == "fp16" and device.type != "cuda":
-        raise ValueError("--precision fp16 needs a CUDA device (use fp32 or bf16 on the CPU)")
+        raise ConfigError("--precision fp16 needs a CUDA device (use fp32 or bf16 on the CPU)")
     return requested
 
 

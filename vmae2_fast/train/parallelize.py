@@ -32,6 +32,8 @@ import torch
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 
+from ..errors import ConfigError
+
 __all__ = ["parallelize", "grad_sync", "is_sharded", "full_tensor", "PARALLELISMS", "FSDP_PARAM_DTYPES"]
 
 log = logging.getLogger("vmae2_fast")
@@ -46,7 +48,7 @@ def parallelize(model: nn.Module, device: torch.device, dist, *, compile: bool =
     FSDP they are the same object). Alone (one process) nothing is wrapped, whatever
     `parallelism` says: a single process has nothing to shard or reduce."""
     if parallelism not in PARALLELISMS:
-        raise ValueError(f"--parallelism must be one of {', '.join(PARALLELISMS)}, got {parallelism!r}")
+        raise ConfigError(f"--parallelism must be one of {', '.join(PARALLELISMS)}, got {parallelism!r}")
     if parallelism == "fsdp" and dist.enabled:
         return _fsdp(model, device, compile, fsdp_param_dtype)
     wrapped = model
@@ -67,7 +69,7 @@ def _fsdp(model: nn.Module, device: torch.device, compile: bool, param_dtype: st
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
     if param_dtype not in FSDP_PARAM_DTYPES:
-        raise ValueError(f"--fsdp-param-dtype must be one of {', '.join(FSDP_PARAM_DTYPES)}, got {param_dtype!r}")
+        raise ConfigError(f"--fsdp-param-dtype must be one of {', '.join(FSDP_PARAM_DTYPES)}, got {param_dtype!r}")
     mesh = init_device_mesh(device.type, (torch.distributed.get_world_size(),))
     policy = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
               if param_dtype == "bf16" else MixedPrecisionPolicy())

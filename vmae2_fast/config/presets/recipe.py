@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ...errors import ConfigError
 
-class NoRecipeError(ValueError):
+
+class NoRecipeError(ConfigError):
     """No official recipe for this (stage, preset, model); the message lists the ones that exist."""
 
 

@@ -23,6 +23,7 @@ from typing import List, Optional, Tuple
 
 import torch
 
+from ...errors import DataError
 from ..index import IndexedVideo, dali_cannot_decode
 from ..media import VideoDecodeError
 from ..pyav.randaugment import VideoRandAugment
@@ -56,7 +57,7 @@ def route(videos: List[IndexedVideo], device: str, fallback: bool,
                     hint or "python -m vmae2_fast.data.tools.reencode LIST --data-root DIR --out-root NEW_DIR")
         videos = [v for v in videos if not why[v.path]]
     if not videos:
-        raise ValueError(f"no video that DALI can decode on the {device} is left")
+        raise DataError(f"no video that DALI can decode on the {device} is left")
     return videos, pyav_paths
 
 

@@ -56,7 +56,7 @@ from typing import Iterator, List, Optional, Sequence
 import numpy as np
 import torch
 
-from ...errors import DataPlaneError
+from ...errors import DataError, DataPlaneError
 from ..batches import ClassifyBatch, EvalBatch, PretrainBatch
 from ..device_feed import to_device_ahead
 from ..index import RAWFRAMES, IndexedVideo
@@ -141,7 +141,7 @@ class DaliVideoLoader:
         self.videos, self.pyav_paths = route(list(videos), device, fallback, reencode_hint)
         kinds = {v.codec == RAWFRAMES for v in self.videos}
         if len(kinds) > 1:
-            raise ValueError("the list mixes video files and frame folders, which DALI decodes with "
+            raise DataError("the list mixes video files and frame folders, which DALI decodes with "
                              "different graphs: split the list, or use --decoder pyav")
         self.raw_frames, self.fname_tmpl = kinds == {True}, fname_tmpl
         self.mode, self.batch_size, self.seed = mode, int(batch_size), int(seed)

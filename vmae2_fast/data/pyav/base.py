@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, get_worker_info
 
+from ...errors import DataError
 from ..lists import VideoEntry
 from ..media import FrameLayout, VideoDecodeError
 from .frames import count_clip_frames
@@ -36,7 +37,7 @@ class VideoDataset(Dataset):
     def __init__(self, items: Sequence, seed: int = 0, max_retries: int = 10,
                  layout: FrameLayout | None = None):
         if len(items) == 0:
-            raise ValueError("the annotation list is empty: it needs one line per video")
+            raise DataError("the annotation list is empty: it needs one line per video")
         if max_retries < 0:
             raise ValueError(f"max_retries must be >= 0, got {max_retries}")
         if seed < 0:

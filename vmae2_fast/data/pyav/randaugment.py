@@ -15,6 +15,8 @@ from typing import List, Optional, Sequence
 import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
 
+from ...errors import ConfigError
+
 __all__ = ["VideoRandAugment", "parse_policy"]
 
 _FILL = (128, 128, 128)
@@ -70,17 +72,17 @@ def parse_policy(policy: str) -> Optional[dict]:
         return None
     parts = policy.split("-")
     if parts[0] != "rand":
-        raise ValueError(f"--aa {policy!r}: only RandAugment policies 'rand-m<M>-n<N>[-mstd<S>]"
+        raise ConfigError(f"--aa {policy!r}: only RandAugment policies 'rand-m<M>-n<N>[-mstd<S>]"
                          f"[-inc1]' (or 'none') are supported")
     out = {"m": 9.0, "n": 2, "mstd": 0.0}
     for part in parts[1:]:
         match = re.fullmatch(r"(mstd|m|n|inc)([0-9.]+)", part)
         if not match:
-            raise ValueError(f"--aa {policy!r}: cannot parse {part!r}")
+            raise ConfigError(f"--aa {policy!r}: cannot parse {part!r}")
         key, value = match.groups()
         if key == "inc":
             if value != "1":
-                raise ValueError(f"--aa {policy!r}: only the 'increasing' op set (inc1) is supported")
+                raise ConfigError(f"--aa {policy!r}: only the 'increasing' op set (inc1) is supported")
             continue
         out[key] = int(value) if key == "n" else float(value)
     return out

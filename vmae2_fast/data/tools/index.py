@@ -14,6 +14,7 @@ import sys
 import time
 from collections import Counter
 
+from ...errors import ConfigError, UserError
 from ..index import (DALI_CPU_CODECS, RAWFRAMES, VideoIndex, build_index, dali_cannot_decode,
                      index_path, reencode_hint)
 from ..lists import KINDS
@@ -72,10 +73,10 @@ def main(argv=None) -> int:
     try:
         t = time.time()
         if a.fname_tmpl.format(1) == a.fname_tmpl:
-            raise ValueError(f"--fname-tmpl {a.fname_tmpl!r} has no field for the frame number")
+            raise ConfigError(f"--fname-tmpl {a.fname_tmpl!r} has no field for the frame number")
         idx = build_index(a.list_file, a.data_root, a.kind, a.workers, a.full_decode, a.output,
                           progress=not a.no_progress, fname_tmpl=a.fname_tmpl, start_idx=a.start_idx)
-    except (ValueError, FileNotFoundError, IndexError, KeyError) as e:
+    except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(summarize(idx))

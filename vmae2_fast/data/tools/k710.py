@@ -34,6 +34,7 @@ import re
 import sys
 from typing import Dict, List
 
+from ...errors import DataError, MissingFileError, UserError
 from ..label_maps import head_map_from_names, map_file_name, normalize_name
 from ..lists import read_list
 
@@ -49,8 +50,14 @@ def youtube_id(path: str) -> str:
     return m.group(1) if m else stem
 
 
+def _user_file(path: str) -> str:
+    if not os.path.isfile(path):
+        raise MissingFileError(f"file not found: {path}")
+    return path
+
+
 def _read_labels(path: str) -> List[str]:
-    with open(path, "r", encoding="utf-8") as f:
+    with open(_user_file(path), "r", encoding="utf-8") as f:
         return [line.strip() for line in f if line.strip()]
 
 
@@ -75,12 +82,12 @@ def build_k710(sources: Dict[str, tuple], out_dir: str, prefixes: Dict[str, str]
                 k710.append(name.strip().strip('"\''))
             ids.append(names[c][0])
         if len(set(ids)) != len(ids):
-            raise ValueError(f"{sources[ds][2]}: two classes of {ds} map to the same K710 name")
+            raise DataError(f"{sources[ds][2]}: two classes of {ds} map to the same K710 name")
         local[ds] = ids
     if k710_order is not None:          # renumber into the given order; the maps follow from names
         order_ids = head_map_from_names(k710_order, k710, merge)
         if len(set(order_ids)) != len(order_ids):
-            raise ValueError("two merged K710 classes fall on the same name of --k710-order")
+            raise DataError("two merged K710 classes fall on the same name of --k710-order")
         local = {ds: [order_ids[i] for i in ids] for ds, ids in local.items()}
         k710 = list(k710_order)
     splits = {"train": [], "val": []}
@@ -92,7 +99,7 @@ def build_k710(sources: Dict[str, tuple], out_dir: str, prefixes: Dict[str, str]
                 continue
             for e in read_list(sources[ds][col], kind="cls"):
                 if e.label >= len(local[ds]):
-                    raise ValueError(f"{sources[ds][col]}: label {e.label} of {e.rel} is outside "
+                    raise DataError(f"{sources[ds][col]}: label {e.label} of {e.rel} is outside "
                                      f"the {len(local[ds])} classes of {sources[ds][2]}")
                 yid, lab = youtube_id(e.rel), local[ds][e.label]
                 if yid in seen:
@@ -136,10 +143,10 @@ def main(argv=None) -> int:
         p.error("give at least one of --k400, --k600, --k700")
     try:
         prefixes = dict(x.split("=", 1) for x in a.prefix)
-        merge = json.load(open(a.merge, encoding="utf-8")) if a.merge else None
+        merge = json.load(open(_user_file(a.merge), encoding="utf-8")) if a.merge else None
         order = _read_labels(a.k710_order) if a.k710_order else None
         stats = build_k710(sources, a.out, prefixes, merge, order)
-    except (ValueError, FileNotFoundError) as e:
+    except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(", ".join(f"{k} {v}" for k, v in stats.items()) + f"; written to {a.out}")

@@ -35,6 +35,7 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_compl
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
+from ...errors import ConfigError, DataError, MissingFileError
 from ..index import VideoIndex, build_index
 from ..lists import PATH_COLUMNS, TOTAL_COLUMNS, is_int, VideoEntry, detect_kind, read_list
 from .transcode import PRESETS, EncodeSettings, TranscodeError, transcode
@@ -161,7 +162,7 @@ def _check_settings(out_root: str, settings: EncodeSettings) -> None:
         if theirs != mine:
             diff = ", ".join(f"{k} {theirs.get(k)!r} (now {v!r})" for k, v in mine.items()
                              if theirs.get(k) != v)
-            raise ValueError(f"{out_root} holds videos re-encoded with other settings: {diff}; "
+            raise DataError(f"{out_root} holds videos re-encoded with other settings: {diff}; "
                              "pass the same settings to resume, or another --out-root")
         return
     os.makedirs(out_root, exist_ok=True)
@@ -180,12 +181,12 @@ def _plan(entries: List[VideoEntry], data_root: str, out_root: str, ext: str):
     inputs = {os.path.realpath(e.path) for e in entries}
     for e in entries:
         if os.path.isdir(e.path):
-            raise ValueError(f"{e.rel} is a folder: frame-folder lists (frame_dir total label) are "
+            raise DataError(f"{e.rel} is a folder: frame-folder lists (frame_dir total label) are "
                              "not supported by the re-encoder yet; list video files")
         dst = os.path.join(out_root, output_rel(e, data_root, ext))
         src = os.path.realpath(e.path)
         if os.path.realpath(dst) in inputs:
-            raise ValueError(f"the output of {e.rel}, {dst}, is a listed input and would be "
+            raise DataError(f"the output of {e.rel}, {dst}, is a listed input and would be "
                              "overwritten: choose an --out-root outside the data root")
         if owner.setdefault(dst, src) != src:
             failed.append({"rel": e.rel, "path": e.path,
@@ -253,26 +254,26 @@ def reencode_list(list_file, data_root: str, out_root: str,
     ``FileNotFoundError`` for bad input, before any video is touched."""
     list_file = os.fspath(list_file)
     if not os.path.isfile(list_file):
-        raise FileNotFoundError(f"annotation list not found: {list_file}")
+        raise MissingFileError(f"annotation list not found: {list_file}")
     if not out_root:
-        raise ValueError("--out-root is required")
+        raise ConfigError("--out-root is required")
     workers = (os.cpu_count() or 1) if workers is None else int(workers)
     if workers < 1:
-        raise ValueError(f"--workers must be at least 1, got {workers}")
+        raise ConfigError(f"--workers must be at least 1, got {workers}")
     if threads is not None and threads < 1:
-        raise ValueError(f"--threads must be at least 1, got {threads}")
+        raise ConfigError(f"--threads must be at least 1, got {threads}")
     data_root = os.fspath(data_root or "")
     out_root = os.path.abspath(out_root)
     if data_root and os.path.realpath(out_root) == os.path.realpath(data_root):
-        raise ValueError(f"--out-root is the data root ({data_root}): outputs would replace "
+        raise ConfigError(f"--out-root is the data root ({data_root}): outputs would replace "
                          "inputs; choose another folder")
     kind = detect_kind(list_file) if kind == "auto" else kind
     if kind == "rawframes":
-        raise ValueError("frame-folder lists (frame_dir total label) are not supported by the "
+        raise DataError("frame-folder lists (frame_dir total label) are not supported by the "
                          "re-encoder yet; list video files")
     out_list = out_list or os.path.join(out_root, os.path.basename(list_file))
     if os.path.realpath(out_list) == os.path.realpath(list_file):
-        raise ValueError(f"--out-list {out_list} is the input list; choose another name")
+        raise ConfigError(f"--out-list {out_list} is the input list; choose another name")
     entries = read_list(list_file, data_root, kind)
     jobs, job_of_entry, failed = _plan(entries, data_root, out_root, settings.ext)
     _check_settings(out_root, settings)
@@ -296,7 +297,7 @@ def reencode_list(list_file, data_root: str, out_root: str,
     with open(res.failed_file, "w", encoding="utf-8") as f:
         f.writelines(json.dumps(x) + "\n" for x in res.failed)
     if kept == 0:
-        raise ValueError(f"none of the {len(entries)} videos could be re-encoded; the reasons "
+        raise DataError(f"none of the {len(entries)} videos could be re-encoded; the reasons "
                          f"are in {res.failed_file}")
     if index:
         res.index = build_index(out_list, out_root, kind, workers=max(workers, 4),
@@ -358,7 +359,7 @@ def _parser() -> argparse.ArgumentParser:
 def _main(a: argparse.Namespace) -> None:
     from ..lists import KINDS
     if a.kind not in KINDS:
-        raise ValueError(f"unknown list kind {a.kind!r}; use one of auto, pretrain, cls, csv")
+        raise ConfigError(f"unknown list kind {a.kind!r}; use one of auto, pretrain, cls, csv")
     settings = EncodeSettings(codec=a.codec, short_side=a.short_side, upscale=a.upscale,
                               gop=a.gop, crf=a.crf, preset=a.preset)
     res = reencode_list(a.list_file, a.data_root, a.out_root, settings, out_list=a.out_list,

@@ -31,6 +31,7 @@ from typing import Optional, Tuple
 
 import av
 
+from ...errors import ConfigError
 from ..index import probe_video
 
 __all__ = ["CODECS", "PRESETS", "EncodeSettings", "TranscodeError", "output_size", "transcode",
@@ -66,17 +67,17 @@ class EncodeSettings:
 
     def __post_init__(self):
         if self.codec not in CODECS:
-            raise ValueError(f"unknown codec {self.codec!r}; use one of {', '.join(CODECS)}")
+            raise ConfigError(f"unknown codec {self.codec!r}; use one of {', '.join(CODECS)}")
         if self.short_side <= 0 or self.short_side % 2:
-            raise ValueError(f"--short-side must be a positive even number of pixels (4:2:0 video "
+            raise ConfigError(f"--short-side must be a positive even number of pixels (4:2:0 video "
                              f"needs even sizes), got {self.short_side}")
         if self.gop <= 0:
-            raise ValueError(f"--gop must be a positive number of frames, got {self.gop}")
+            raise ConfigError(f"--gop must be a positive number of frames, got {self.gop}")
         if self.crf is not None and not 0 <= self.crf <= MAX_CRF[self.codec]:
-            raise ValueError(f"--crf for {self.codec} must be in 0..{MAX_CRF[self.codec]}, "
+            raise ConfigError(f"--crf for {self.codec} must be in 0..{MAX_CRF[self.codec]}, "
                              f"got {self.crf}")
         if self.preset not in PRESETS:
-            raise ValueError(f"unknown preset {self.preset!r}; use one of {', '.join(PRESETS)}")
+            raise ConfigError(f"unknown preset {self.preset!r}; use one of {', '.join(PRESETS)}")
 
     @property
     def ext(self) -> str:
