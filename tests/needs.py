@@ -112,8 +112,8 @@ def network_namespaces() -> None:
         unavailable("network namespaces", "`ip netns add` needs root", missing=True,
                     install="run the test as root (as CI does), e.g. in a container")
     name = f"vmae2-probe-{uuid.uuid4().hex[:8]}"
-    res = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True)
+    res = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True, timeout=60)
     if res.returncode != 0:
         unavailable("network namespaces", f"`ip netns add` failed: {res.stderr.strip()}", missing=True,
                     install="a machine or container that allows network namespaces (CAP_SYS_ADMIN)")
-    subprocess.run(["ip", "netns", "del", name], capture_output=True)
+    subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=60)

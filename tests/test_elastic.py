@@ -67,9 +67,12 @@ def weights(out):
     return read_checkpoint(Path(out) / "checkpoint-last.pth")["model"]
 
 
-CASES = {   # name: (flags, fault, global step of the checkpoint the restarted group resumes from)
+# name: (flags, fault, global step of the checkpoint the restarted group resumes from). FSDP2's
+# restart is the async case (a restarted FSDP group re-reads its optimiser shards); a rank killed
+# between steps is the same event under either wrapping, so it runs once (each case is a torchrun
+# of two attempts: the suite's time).
+CASES = {
     "ddp-rank1-killed-mid-epoch": (dict(parallelism="ddp"), "kill-at-step:1:5", 4),
-    "fsdp-rank1-killed-mid-epoch": (dict(parallelism="fsdp"), "kill-at-step:1:5", 4),
     # rank 0's third file (checkpoint-last.pth of step 4): checkpoint-last.pth stays the step-3 one
     "ddp-async-rank0-killed-inside-a-save": (dict(parallelism="ddp", async_checkpoint=True), "kill-in-save:0:3", 3),
     "fsdp-async-rank0-killed-inside-a-save": (dict(parallelism="fsdp", async_checkpoint=True), "kill-in-save:0:3", 3),

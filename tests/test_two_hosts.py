@@ -31,7 +31,7 @@ WORKER = Path(__file__).with_name("fault_worker.py")
 
 
 def ip(*args):
-    subprocess.run(["ip", *args], check=True, capture_output=True, text=True)
+    subprocess.run(["ip", *args], check=True, capture_output=True, text=True, timeout=60)
 
 
 class Hosts:
@@ -61,7 +61,7 @@ class Hosts:
         return Path("/etc/netns") / self.ns[h]
 
     def pids(self, h) -> list[int]:
-        out = subprocess.run(["ip", "netns", "pids", self.ns[h]], capture_output=True, text=True).stdout
+        out = subprocess.run(["ip", "netns", "pids", self.ns[h]], capture_output=True, text=True, timeout=60).stdout
         return [int(p) for p in out.split()]
 
     def kill_all(self, h) -> int:
@@ -76,7 +76,7 @@ class Hosts:
     def remove(self):
         for h in "ab":
             self.kill_all(h)
-            subprocess.run(["ip", "netns", "del", self.ns[h]], capture_output=True)
+            subprocess.run(["ip", "netns", "del", self.ns[h]], capture_output=True, timeout=60)
             shutil.rmtree(self.etc(h), ignore_errors=True)
 
     def agent(self, h, argv, port, log, **env):
@@ -136,7 +136,7 @@ def test_losing_a_host_restarts_the_job_across_two_hosts(tiny_synthetic, tmp_pat
         for f in logs.values():
             f.close()
     assert not hosts.pids("a") and subprocess.run(["ip", "netns", "pids", hosts.ns["a"]],
-                                                  capture_output=True).returncode != 0   # removed
+                                                  capture_output=True, timeout=60).returncode != 0   # removed
     log = (out / "log.txt").read_text()
     assert "resumed from" in log and "global step 4" in log.split("resumed from")[1].splitlines()[0], log[-3000:]
     rows = train_records(out)
