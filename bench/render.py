@@ -152,7 +152,8 @@ def _settings(r: dict) -> str:
     s = r["settings"]
     if r["kind"] == "fast":
         return (f"{'compile' if s['compile'] else 'eager'}, checkpointing {s['activation_checkpointing']}, "
-                f"attention {s['attention']}, parallelism {s['parallelism']}")
+                f"attention {s['attention']}, parallelism {s['parallelism']}"
+                + (", FP8 encoder GEMMs" if s.get("fp8") else ""))
     if r["kind"] == "hf":
         return "transformers VideoMAEForPreTraining, encoder masking only"
     return f"checkpointing {s.get('checkpointing', 'none')}"
@@ -307,8 +308,11 @@ def data_markdown(report: dict) -> str:
           f"{s['epochs']} timed epochs after a warm-up epoch; torch {report['torch']}, DALI "
           f"{report['dali']}; 1-minute load average {report['load_avg_1m'][0]} before / "
           f"{report['load_avg_1m'][1]} after, on {report['cpu_cores']} cores.", "",
-          "Decoded frames: what the decoder decodes to produce the clips (from the keyframe before the "
-          "first sampled frame for DALI, from frame 0 for PyAV); sampled frames: the T frames a clip holds.",
+          ("Decoded frames: what the decoder decodes to produce the clips (from the keyframe before the "
+           "first sampled frame; PyAV may drop non-reference frames in that stretch, so its count is an "
+           "upper bound); sampled frames: the T frames a clip holds." if report.get("pyav_seeks") else
+           "Decoded frames: what the decoder decodes to produce the clips (from the keyframe before the "
+           "first sampled frame for DALI, from frame 0 for PyAV); sampled frames: the T frames a clip holds."),
           ""]
     for codec, (m, rows) in _data_sections(report).items():
         md += [f"## {codec}: {m['videos']} videos, {', '.join(m['resolution'])}, {m['frames_per_video']} "
@@ -333,6 +337,51 @@ def data_chart(report: dict, path: Path) -> None:
     bar_chart(path, f"decoded frames/s on {report['machine']} (load {report['load_avg_1m'][0]})",
               [label for label, _ in bars], [("decoded frames/s", [v for _, v in bars], "{:,.0f}")],
               {"h264": (66, 133, 244), "vp9": (219, 68, 55)}, default=(15, 157, 88))
+
+
+# --------------------------------------------------------------------------------- decode.py
+
+def decode_markdown(report: dict) -> str:
+    s = report["settings"]
+    load = report["load_avg_1m"]
+    md = [f"# Video decoding per worker on {report['machine']}", "",
+          f"One process, one thread (what one DataLoader worker does): {s['videos']} videos x {s['rounds']} "
+          f"round(s), each item one video -> {s['views']} clips of {s['frames']} frames (stride {s['rate']}) "
+          f"at {s['size']}x{s['size']}; rows interleaved item by item. 1-minute load average {load[0]} at "
+          f"the start, {load[1]} at the end. torch {report['torch']}; "
+          f"{', '.join(f'{k} {v}' for k, v in report['versions'].items() if v)}.", "",
+          "Files: camera-like synthetic clips (`vmae2_fast.testing.natural_video`: 1/f-noise scenes, camera "
+          f"pan, moving textured objects, sensor grain, a third with a cut), {s['seconds']:g} s at 30 fps, "
+          f"short side {s['short_side']}; not real footage.", ""]
+    for tag, f in report["files"].items():
+        rows = [r for r in report["rows"] if r["files"] == tag]
+        base = next((r for r in rows if r["name"].startswith("official") and r["status"] == "ok"), None)
+        md += [f"## {f['title']}", "",
+               f"{f['videos']} files, {f['frames']} frames, {f['kbps']} kb/s, {f['keyframes_per_video']} "
+               f"keyframes per file, {100 * f['b_frames']:.0f} % B-frames.", "",
+               "| loader | clips/s | vs official | clips per CPU-second | vs official | frames decoded per video "
+               "| right frames (exact) |", "|---|---|---|---|---|---|---|"]
+        for r in rows:
+            if r["status"] != "ok":
+                md.append(f"| {r['name']} | {r['status']} | | | | | |")
+                continue
+            vs = f"{r['clips_per_s'] / base['clips_per_s']:.2f}x" if base else "n/a"
+            vs_cpu = f"{r['clips_per_cpu_s'] / base['clips_per_cpu_s']:.2f}x" if base else "n/a"
+            how = " (modelled)" if r["decoded_how"].startswith("modelled") else ""
+            ex = r.get("exact")
+            ex_s = f"{ex['right_frames']}/{ex['clips']} clips, max diff {ex['max_abs_diff']}" if ex else ""
+            md.append(f"| {r['name']} | {r['clips_per_s']:.1f} | {vs} | {r['clips_per_cpu_s']:.1f} | {vs_cpu} | "
+                      f"{r['decoded_per_video']}{how} | {ex_s} |")
+        md.append("")
+    md += ["clips/s: clips over the wall-clock time of the items; clips per CPU-second: over the CPU time "
+           "the process spent in them (all its threads: decord decodes in a thread of its own). On a loaded "
+           "machine the first also counts waits for a core, which hurt a loader that hands work between "
+           "threads; the second is what an idle core would give.", "",
+           "Frames decoded per video: one decode serves the item's clips (modelled: from the decoder's seek "
+           "rule and the file's keyframes, without the decoder's reorder delay). Right frames: clips whose "
+           "every frame is nearest to a plain decode's frame at its index; max diff: the largest pixel "
+           "difference from those frames (0: the same RGB conversion as PyAV's)."]
+    return "\n".join(md) + "\n"
 
 
 # ------------------------------------------------------------------------------ fused_ops.py
@@ -421,6 +470,7 @@ LAYOUTS = {
     "fused-ops": (fused_ops_markdown, None),
     "attention": (attention_markdown, None),
     "reencode": (reencode_markdown, None),
+    "decode": (decode_markdown, None),
 }
 
 

@@ -16,7 +16,8 @@ __all__ = ["add_config_flags", "common_help", "given_flags", "parse_config"]
 
 
 def add_config_flags(parser: argparse.ArgumentParser, cls, help_text: dict[str, str] | None = None):
-    """One `--field-name` flag per dataclass field; defaults are suppressed so that only the
+    """One `--field-name` flag per dataclass field (a field with ``positional`` metadata, the
+    operands' metavar, takes the operands instead); defaults are suppressed so that only the
     flags a user typed override the preset."""
     hints = typing.get_type_hints(cls)
     help_text = help_text or {}
@@ -26,8 +27,11 @@ def add_config_flags(parser: argparse.ArgumentParser, cls, help_text: dict[str, 
         args = typing.get_args(kind)
         base = next((a for a in args if a is not type(None)), kind) if args and type(None) in args else kind
         default = f.default if f.default is not dataclasses.MISSING else None
-        h = help_text.get(f.name, "") + (f" (default: {default})" if default not in (None, "") else "")
-        if base is bool:
+        h = help_text.get(f.name, "") + (f" (default: {default})" if default not in (None, "", ()) else "")
+        if "positional" in f.metadata:  # the operands of a command (predict's INPUT...), not a flag
+            parser.add_argument(f.name, nargs="*", metavar=f.metadata["positional"],
+                                default=argparse.SUPPRESS, help=h)
+        elif base is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=h)
         elif typing.get_origin(base) is tuple:
             parser.add_argument(flag, type=float, nargs=len(typing.get_args(base)), default=argparse.SUPPRESS,
@@ -91,7 +95,9 @@ def parse_config(cls, argv=None, *, prog: str, description: str | None = None,
     add_config_flags(parser, cls, help_text)
     parser.add_argument("--print-config", action="store_true",
                         help="print the resolved config (preset, then flags) as JSON and exit")
-    ns = parser.parse_args(argv)
+    # operands may sit between flags (`predict a.mp4 --top-k 3 b.mp4`)
+    operands = any("positional" in f.metadata for f in dataclasses.fields(cls))
+    ns = parser.parse_intermixed_args(argv) if operands else parser.parse_args(argv)
     show = ns.print_config
     del ns.print_config
     flags = given_flags(ns)
@@ -129,6 +135,9 @@ def _apply_preset(cfg, cls, flags: dict, presets, names: set):
             "the default preset %r has no recipe for %s: using the plain defaults (%s)", name,
             model, str(exc).split(":", 1)[0])
         return replace(cfg, preset="none")
+    # The official scripts' --with_checkpoint is how they fit their GPUs, not part of the recipe's
+    # function: the run plans its own checkpointing (auto) unless the flag is typed.
+    overrides.pop("activation_checkpointing", None)
     return replace(cfg, **{k: v for k, v in overrides.items() if k in names})
 
 

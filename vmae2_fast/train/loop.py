@@ -24,7 +24,7 @@ from .checkpoint import capture_rng_state, restore_rng_state
 from .checkpoint_writer import LAST, CheckpointWriter
 from .distributed import (DEFAULT_TIMEOUT_S, DistInfo, Progress, all_gather_objects, all_reduce_sum,
                           collective_failure)
-from .metrics import JsonlLogger, TensorBoardLogger
+from .metrics import JsonlLogger, TensorBoardLogger, describe_interval, memory_record, throughput_record
 from .optim import set_lr_and_wd
 from .parallelize import full_tensor, grad_sync, is_sharded
 from .sharded_checkpoint import (full_model_state, load_full_model_state, load_optimizer,
@@ -70,6 +70,8 @@ class LoopSettings:
     sharded: bool = False                  # FSDP: optimiser state saved by DCP (sharded_checkpoint.py)
     async_checkpoint: bool = False         # write checkpoints in the background (checkpoint_writer.py)
     dist_timeout: float = DEFAULT_TIMEOUT_S  # the process group's collective timeout (for its message)
+    flops_per_clip: tuple | None = None    # (model, hardware) training FLOPs per clip: TFLOP/s, MFU, HFU
+    peak_flops: float | None = None        # FLOP/s of one device: MFU and HFU in the log
 
 
 def resolve_precision(requested: str, device: torch.device) -> str:
@@ -396,8 +398,8 @@ class Trainer:
                "clips_per_s": clips * self.dist.world_size / max(wall, 1e-9),
                "data_wait_frac": data_time / max(wall, 1e-9),
                "ckpt_wait_s": self.writer.take_waited()}
-        if self.device.type == "cuda":
-            rec["max_mem_gib"] = torch.cuda.max_memory_allocated(self.device) / 2 ** 30
+        rec.update(throughput_record(clips, wall, self.s.flops_per_clip, self.s.peak_flops))
+        rec.update(memory_record(self.device))
         if self.dist.is_main:
             if bar:
                 bar.set_postfix(loss=f"{loss:.4f}", lr=f"{rec['lr']:.2e}", refresh=False)
@@ -407,7 +409,8 @@ class Trainer:
                 self.tb.scalars({f"train/{k}": v for k, v in rec.items() if isinstance(v, float)},
                                 self.global_step)
             msg = (f"epoch {self.epoch} step {self.epoch_step}/{self.s.steps_per_epoch} loss {loss:.4f} "
-                   f"lr {rec['lr']:.3e} grad_norm {norm:.3f} {rec['clips_per_s']:.1f} clips/s")
+                   f"lr {rec['lr']:.3e} grad_norm {norm:.3f} {rec['clips_per_s']:.1f} clips/s"
+                   + describe_interval(rec))
             if skipped:
                 msg += f" skipped_updates {int(skipped)}"
             if self.skips.epoch:
