@@ -57,6 +57,10 @@ def common_help() -> dict[str, str]:
         "keep_last": "keep only the newest K numbered checkpoints (0: all); checkpoint-best.pth "
                      "is kept apart",
         "max_bad_fraction": "stop when more than this fraction of an epoch's videos cannot be read",
+        "async_checkpoint": "write checkpoints in the background (a host copy; FSDP: DCP async_save) "
+                            "while training goes on; at most one save in flight",
+        "dist_timeout": "seconds a collective may wait for the other processes before the run "
+                        "stops naming the late rank; keep it above a checkpoint write",
     }
 
 

@@ -18,10 +18,11 @@ import torch
 
 from ..logs import setup_logging
 from ..errors import ConfigError
-from ..train.distributed import DistInfo, barrier, cleanup, init_distributed
+from ..train.distributed import DEFAULT_TIMEOUT_S, DistInfo, barrier, cleanup, init_distributed
 from ..train.loop import LoopSettings, Trainer, resolve_precision
 from ..train.optim import build_adamw
 from ..train.parallelize import parallelize
+from ..train.run_lock import hold_output_dir
 from ..train.schedule import run_schedules
 
 log = logging.getLogger("vmae2_fast")
@@ -44,15 +45,23 @@ def pick_device(name: str, dist: DistInfo | None = None) -> torch.device:
 
 
 @contextlib.contextmanager
-def session(device_name: str, output_dir: str | None):
-    """The device, the process group torchrun describes (none alone) and logging, for one run;
-    the process group is torn down however the run ends. Yields ``(device, dist)``."""
-    dist = init_distributed(pick_device(device_name).type)
+def session(device_name: str, output_dir: str | None, *, exclusive: bool = False,
+            dist_timeout: float = DEFAULT_TIMEOUT_S):
+    """The device, the process group torchrun describes (none alone, collectives timing out after
+    `dist_timeout` s) and logging, for one run; with `exclusive` (training), the output folder
+    held for the run (`train.run_lock`: a second run on it is refused before any compute). The
+    lock and the process group are released however the run ends. Yields ``(device, dist)``."""
+    dist = init_distributed(pick_device(device_name).type, dist_timeout)
+    lock = None
     try:
         device = pick_device(device_name, dist)
         setup_logging(output_dir, dist.is_main)
+        if exclusive and output_dir:
+            lock = hold_output_dir(output_dir, dist)
         yield device, dist
     finally:
+        if lock is not None:
+            lock.release()
         cleanup(dist)
 
 
@@ -201,6 +210,7 @@ def build_trainer(cfg, stage, model: torch.nn.Module, loader, device: torch.devi
         log_every=cfg.log_every, save_every=cfg.save_every, save_every_steps=cfg.save_every_steps,
         keep_last=cfg.keep_last, max_bad_fraction=cfg.max_bad_fraction, output_dir=cfg.output_dir, progress=cfg.progress,
         tensorboard=cfg.tensorboard, max_steps=cfg.max_steps, sharded=cfg.parallelism == "fsdp",
+        async_checkpoint=cfg.async_checkpoint, dist_timeout=cfg.dist_timeout,
         **_flops_and_peak(cfg, model, device, precision, dist))
     wrapped = parallelize(model, device, dist, compile=cfg.compile, parallelism=cfg.parallelism,
                           fsdp_param_dtype=cfg.fsdp_param_dtype, fp8=cfg.fp8)
