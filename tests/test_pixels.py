@@ -131,11 +131,22 @@ def test_validation_and_test_views_are_pixels(tiny_synthetic):
     assert torch.equal(normalize_on_device(views), host)
 
 
-def test_a_fake_batch_is_normalised_without_memory():
-    """The memory planner traces the step with fake tensors: the host path's NumPy buffer would be
-    a real allocation of the planned batch (90 GiB for ViT-g's) that the trace cannot see."""
+@pytest.mark.parametrize("cached_first", [True, False])
+def test_a_fake_batch_is_normalised_without_memory(cached_first, monkeypatch):
+    """The memory planner traces the step with fake tensors (its FakeTensorMode): the host path's
+    NumPy buffer would be a real allocation of the planned batch (90 GiB for ViT-g's) that the
+    trace cannot see; and the constants made inside the trace must not be cached for real runs."""
     from torch._subclasses.fake_tensor import FakeTensorMode, is_fake
-    with FakeTensorMode():
+    import vmae2_fast.data.pixels as pixels
+    monkeypatch.setattr(pixels, "_AFFINE", {})
+    real = torch.randint(0, 256, (1, 3, 2, 4, 4), dtype=torch.uint8)
+    if cached_first:
+        want = normalize_on_device(real)
+    with FakeTensorMode(allow_non_fake_inputs=True):
         video = torch.empty(1024, 3, 16, 1024, 1024, dtype=torch.uint8)     # 48 GiB as float32
         out = normalize_on_device(video, torch.float32)
     assert is_fake(out) and out.shape == video.shape and out.dtype == torch.float32
+    got = normalize_on_device(real)                 # after the trace: real constants, same numbers
+    assert not is_fake(got) and not any(is_fake(t) for pair in pixels._AFFINE.values() for t in pair)
+    if cached_first:
+        assert torch.equal(got, want)

@@ -44,26 +44,35 @@ Erasure = Tuple[int, int, int, int, int, Optional[torch.Tensor]]
 _AFFINE: dict = {}
 
 
+def _cached(key, make) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``make()`` once per key; under a fake mode (the memory planner's trace) made afresh and never
+    cached: its fake tensors would poison the real runs of the same process."""
+    from torch._guards import detect_fake_mode
+    if detect_fake_mode() is not None:
+        return make()
+    if key not in _AFFINE:
+        _AFFINE[key] = make()
+    return _AFFINE[key]
+
+
 def norm_affine(device) -> Tuple[torch.Tensor, torch.Tensor]:
     """(scale, bias), float32 on ``device``, shaped (1, 3, 1, 1, 1) to broadcast over a clip batch,
     such that ``x * scale + bias == (x / 255 - mean) / std``. Cached per device."""
-    key = (str(device), "affine")
-    if key not in _AFFINE:
+    def make():
         mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32)
         std = torch.tensor(IMAGENET_STD, dtype=torch.float32)
         shape = (1, 3, 1, 1, 1)
-        _AFFINE[key] = ((1.0 / (255.0 * std)).view(shape).to(device), (-mean / std).view(shape).to(device))
-    return _AFFINE[key]
+        return (1.0 / (255.0 * std)).view(shape).to(device), (-mean / std).view(shape).to(device)
+    return _cached((str(device), "affine"), make)
 
 
 def norm_pixels(device) -> Tuple[torch.Tensor, torch.Tensor]:
     """(255 mean, 255 std), float32 on ``device``, shaped (1, 3, 1, 1, 1); cached per device."""
-    key = (str(device), "pixels")
-    if key not in _AFFINE:
+    def make():
         shape = (1, 3, 1, 1, 1)
-        _AFFINE[key] = (torch.tensor(IMAGENET_MEAN).view(shape).mul(255).to(device),
-                        torch.tensor(IMAGENET_STD).view(shape).mul(255).to(device))
-    return _AFFINE[key]
+        return (torch.tensor(IMAGENET_MEAN).view(shape).mul(255).to(device),
+                torch.tensor(IMAGENET_STD).view(shape).mul(255).to(device))
+    return _cached((str(device), "pixels"), make)
 
 
 def normalize_on_device(video: torch.Tensor, dtype: torch.dtype = torch.float32,
