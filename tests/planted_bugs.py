@@ -37,7 +37,7 @@ def edit(old, new):
 
 BUGS = [
     Bug("planner-allocates-the-batch", "vmae2_fast/data/pixels.py",
-        edit('if video.device.type == "cpu" and not is_fake(video):', 'if video.device.type == "cpu":'),
+        edit('return video.device.type == "cpu" and not is_fake(video)', 'return video.device.type == "cpu"'),
         ("tests/test_pixels.py::test_a_fake_batch_is_normalised_without_memory",),
         "the planner's fake batch normalised into a real NumPy buffer of the planned size"),
     Bug("fake-constants-cached", "vmae2_fast/data/pixels.py",

@@ -47,6 +47,15 @@ def pretrain_trainer(tmp_path, device, precision="fp32", checkpointing="2", comp
     return trainer, batches
 
 
+@pytest.fixture(autouse=True)
+def the_device_normalisation(monkeypatch):
+    """The CPU checks stand in for a GPU step, so the batch takes the normalisation a GPU runs:
+    the CPU path (slab by slab into NumPy's memory, `pixels._on_host`) never runs on a GPU, and
+    its host reads are the point of it."""
+    from vmae2_fast.data import pixels
+    monkeypatch.setattr(pixels, "_on_host", lambda video: False)
+
+
 @pytest.mark.parametrize("kernels", ["cpp", "reference"])
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_cpu_train_step_makes_no_host_sync(tmp_path, backend, kernels, precision):

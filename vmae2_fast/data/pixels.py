@@ -88,7 +88,7 @@ def normalize_on_device(video: torch.Tensor, dtype: torch.dtype = torch.float32,
         raise ValueError(f"expected a clip batch (N, 3, T, H, W), got {tuple(video.shape)}")
     if not (video.dtype == torch.uint8 or video.is_floating_point()):
         raise ValueError(f"expected uint8 or float pixels, got {video.dtype}")
-    if video.device.type == "cpu" and not is_fake(video):
+    if _on_host(video):
         out = _normalize_on_host(video, dtype)
     else:
         out = torch.empty(video.shape, dtype=dtype, device=video.device)
@@ -105,6 +105,12 @@ def normalize_on_device(video: torch.Tensor, dtype: torch.dtype = torch.float32,
         else:
             box.copy_(noise.to(out.device, non_blocking=True))
     return out
+
+
+def _on_host(video: torch.Tensor) -> bool:
+    """Whether the CPU path runs: a CPU batch with memory (a fake one, the memory planner's, has
+    none to fill, and NumPy would allocate it for real)."""
+    return video.device.type == "cpu" and not is_fake(video)
 
 
 def is_fake(t: torch.Tensor) -> bool:
