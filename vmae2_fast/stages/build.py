@@ -23,6 +23,7 @@ from ..train.loop import LoopSettings, Trainer, resolve_precision
 from ..train.optim import build_adamw
 from ..train.parallelize import parallelize
 from ..train.schedule import run_schedules
+from .estimate import log_step_estimate
 
 log = logging.getLogger("vmae2_fast")
 
@@ -119,6 +120,8 @@ def build_trainer(cfg, stage, model: torch.nn.Module, loader, device: torch.devi
     optimizer = build_adamw(model, lr, cfg.weight_decay, tuple(cfg.betas), cfg.opt_eps, **decay)
     trainer = Trainer(stage, wrapped, optimizer, loader, lr_schedule, wd_schedule, settings, device,
                       dist, run_config, ema=ema)
+    if device.type == "cpu" and dist.is_main:   # a large model on a CPU: say how long before step 1
+        log_step_estimate(model, cfg, steps_per_epoch, torch.bfloat16 if precision == "bf16" else torch.float32)
     if dist.is_main:
         Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
         (Path(cfg.output_dir) / "config.json").write_text(json.dumps(run_config, indent=2))
