@@ -98,3 +98,30 @@ def cpp_ops():
     unavailable("the C++ CPU ops", cpp.error() or "unknown error", missing=not has_compiler,
                 install="install a C++ compiler and ninja (apt install g++; pip install ninja)"
                 if not has_compiler else "fix the build error above (csrc/)")
+
+
+# A checkout of the official code is never part of the repository (its licence and size); the
+# tests that run it look for one here or at $VMAE2_FAST_OFFICIAL_REPO, and are marked
+# `official_checkout`: theirs is the one skip other than `gpu` that CI allows, and only for this
+# reason (conftest.py).
+OFFICIAL_REPO_ENV = "VMAE2_FAST_OFFICIAL_REPO"
+NO_OFFICIAL_CHECKOUT = "no checkout of the official code (OpenGVLab/VideoMAEv2)"
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def official_checkout(repo_root: str = REPO_ROOT):
+    """The checkout of github.com/OpenGVLab/VideoMAEv2 the official-code tests run (a Path), from
+    ${VMAE2_FAST_OFFICIAL_REPO} or <repo>/.official/VideoMAEv2. None there: skip with the reason
+    (allowed on CI for tests marked `official_checkout`); a variable naming a folder that is not a
+    checkout: fail (a set-up mistake); einops missing beside one: as any package of the suite."""
+    from pathlib import Path
+    named = os.environ.get(OFFICIAL_REPO_ENV)
+    repo = Path(named) if named else Path(repo_root) / ".official" / "VideoMAEv2"
+    if not (repo / "engine_for_pretraining.py").is_file():
+        if named:
+            pytest.fail(f"{OFFICIAL_REPO_ENV}={named} is not a checkout of OpenGVLab/VideoMAEv2 "
+                        "(no engine_for_pretraining.py there)", pytrace=False)
+        pytest.skip(f"{NO_OFFICIAL_CHECKOUT} at {repo} or ${OFFICIAL_REPO_ENV}: `git clone "
+                    f"https://github.com/OpenGVLab/VideoMAEv2 {repo}` to run it", allow_module_level=True)
+    module("einops")
+    return repo

@@ -5,6 +5,8 @@ test files with this suite's conftest loaded, once as on CI and once as on a lap
 - a package that is installed but raises on import: fail everywhere;
 - any other skip of a test not marked `gpu`: allowed locally, a failure on CI (no CUDA here);
 - a whole module skipped at collection: the CI run still exits non-zero;
+- a test marked `official_checkout` skipped because no checkout of the official code is there: allowed
+  on CI (the checkout is never committed), and only that test and that reason;
 - the closing summary counts the skips, gpu-marked and other.
 """
 import os
@@ -32,7 +34,7 @@ FILES = {
 MODULE_SKIP = {"test_module_skip.py": "import pytest\npytest.skip('whole module', allow_module_level=True)\n"}
 
 
-def run_pytest(tmp_path, files, ci: bool):
+def run_pytest(tmp_path, files, ci: bool, plugins=()):
     for name, text in files.items():
         (tmp_path / name).write_text(text)
     (tmp_path / "broken_pkg_x1").mkdir(exist_ok=True)
@@ -43,6 +45,7 @@ def run_pytest(tmp_path, files, ci: bool):
         env["CI"] = "true"
     xml = tmp_path / f"report-{ci}.xml"
     res = subprocess.run([sys.executable, "-m", "pytest", "-p", "conftest", "-p", "no:cacheprovider",
+                          *[a for p in plugins for a in ("-p", p)],
                           "--rootdir", str(tmp_path), "-c", os.devnull, "-rs", f"--junitxml={xml}",
                           *files], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     outcomes = {}
@@ -81,3 +84,58 @@ def test_on_ci_only_gpu_tests_may_skip(tmp_path):
 def test_on_ci_a_module_skipped_at_collection_fails_the_run(tmp_path):
     res, _ = run_pytest(tmp_path, {**MODULE_SKIP, "test_fine.py": FILES["test_fine.py"]}, ci=True)
     assert "1 OTHER" in res.stdout and res.returncode == 1, res.stdout[-2000:]
+
+
+OFFICIAL_FILES = {
+    # no checkout where the generated test looks: the allowed skip
+    "test_official_absent.py": "import pytest, needs\n\n@pytest.mark.official_checkout\n"
+                               "def test_official_absent(tmp_path):\n    needs.official_checkout(str(tmp_path))\n",
+    # marked, but skipped for another reason: not allowed
+    "test_official_other.py": "import pytest\n\n@pytest.mark.official_checkout\n"
+                              "def test_official_other():\n    pytest.skip('some other reason')\n",
+    # the no-checkout skip in a test that is not marked: not allowed either
+    "test_official_unmarked.py": "import needs\n\ndef test_official_unmarked(tmp_path):\n"
+                                 "    needs.official_checkout(str(tmp_path))\n",
+    "test_gpu.py": FILES["test_gpu.py"],
+}
+
+
+def test_on_ci_a_missing_official_checkout_may_skip_a_test_marked_for_it_and_nothing_else(tmp_path, monkeypatch):
+    monkeypatch.delenv("VMAE2_FAST_OFFICIAL_REPO", raising=False)
+    # the generated files declare the marker (-c os.devnull loads no pyproject)
+    files = dict(OFFICIAL_FILES)
+    (tmp_path / "pytest_markers.py").write_text(
+        "def pytest_configure(config):\n"
+        "    config.addinivalue_line('markers', 'official_checkout: runs the official code')\n"
+        "    config.addinivalue_line('markers', 'gpu: needs CUDA')\n")
+    res, got = run_pytest(tmp_path, files, ci=True, plugins=("pytest_markers",))
+    assert got["test_official_absent"][0] == "skipped"
+    assert "no checkout of the official code (OpenGVLab/VideoMAEv2)" in got["test_official_absent"][1]
+    assert "git clone https://github.com/OpenGVLab/VideoMAEv2" in got["test_official_absent"][1]
+    assert got["test_official_other"][0] == "failure"
+    assert got["test_official_unmarked"][0] == "failure"
+    assert ("skipped: 1 marked gpu (no CUDA device here), 1 marked official_checkout (no checkout of the "
+            "official code here)") in res.stdout, res.stdout[-2000:]
+    assert "SKIPPED" in res.stdout and "git clone" in res.stdout          # the reason, in the summary
+    assert res.returncode == 1                                            # the two failures
+
+
+def test_on_ci_an_allowed_official_skip_alone_passes_the_run(tmp_path, monkeypatch):
+    monkeypatch.delenv("VMAE2_FAST_OFFICIAL_REPO", raising=False)
+    files = {"test_official_absent.py": OFFICIAL_FILES["test_official_absent.py"]}
+    (tmp_path / "pytest_markers.py").write_text(
+        "def pytest_configure(config):\n"
+        "    config.addinivalue_line('markers', 'official_checkout: runs the official code')\n")
+    res, got = run_pytest(tmp_path, files, ci=True, plugins=("pytest_markers",))
+    assert got["test_official_absent"][0] == "skipped" and res.returncode == 0, res.stdout[-2000:]
+
+
+def test_a_variable_naming_a_folder_that_is_no_checkout_fails(tmp_path, monkeypatch):
+    monkeypatch.setenv("VMAE2_FAST_OFFICIAL_REPO", str(tmp_path / "nothing-here"))
+    files = {"test_official_absent.py": OFFICIAL_FILES["test_official_absent.py"]}
+    (tmp_path / "pytest_markers.py").write_text(
+        "def pytest_configure(config):\n"
+        "    config.addinivalue_line('markers', 'official_checkout: runs the official code')\n")
+    res, got = run_pytest(tmp_path, files, ci=False, plugins=("pytest_markers",))
+    assert got["test_official_absent"][0] == "failure"
+    assert "is not a checkout of OpenGVLab/VideoMAEv2" in got["test_official_absent"][1]

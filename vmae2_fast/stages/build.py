@@ -113,6 +113,10 @@ def build_trainer(cfg, stage, model: torch.nn.Module, loader, device: torch.devi
         log_every=cfg.log_every, save_every=cfg.save_every, save_every_steps=cfg.save_every_steps,
         keep_last=cfg.keep_last, max_bad_fraction=cfg.max_bad_fraction, output_dir=cfg.output_dir, progress=cfg.progress,
         tensorboard=cfg.tensorboard, max_steps=cfg.max_steps, sharded=cfg.parallelism == "fsdp")
+    # a large model on a CPU: say how long before step 1 (from the model before FSDP shards it:
+    # reading a sharded weight's shape on one process alone would wait for the others)
+    if device.type == "cpu" and dist.is_main:
+        log_step_estimate(model, cfg, steps_per_epoch, torch.bfloat16 if precision == "bf16" else torch.float32)
     wrapped = parallelize(model, device, dist, compile=cfg.compile, parallelism=cfg.parallelism,
                           fsdp_param_dtype=cfg.fsdp_param_dtype)
     # after the wrapping: FSDP replaces the parameters with sharded ones
@@ -120,8 +124,6 @@ def build_trainer(cfg, stage, model: torch.nn.Module, loader, device: torch.devi
     optimizer = build_adamw(model, lr, cfg.weight_decay, tuple(cfg.betas), cfg.opt_eps, **decay)
     trainer = Trainer(stage, wrapped, optimizer, loader, lr_schedule, wd_schedule, settings, device,
                       dist, run_config, ema=ema)
-    if device.type == "cpu" and dist.is_main:   # a large model on a CPU: say how long before step 1
-        log_step_estimate(model, cfg, steps_per_epoch, torch.bfloat16 if precision == "bf16" else torch.float32)
     if dist.is_main:
         Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
         (Path(cfg.output_dir) / "config.json").write_text(json.dumps(run_config, indent=2))
