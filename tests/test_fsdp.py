@@ -117,9 +117,11 @@ def flat_update(after, before):
 def test_fsdp_bf16_parameters_train_like_fp32(tiny_synthetic, tmp_path):
     """bf16 gathered weights with fp32 gradient reduction and fp32 master weights: the losses,
     the gradient norms and the update the weights take over three steps are one fp32 process's,
-    to bf16 precision. The lr is constant and large enough to move every weight (a warm-up's
-    near-zero lr would let a run that never updates pass)."""
-    moving = dict(warmup_epochs=0, lr=0.5, min_lr=0.5, max_steps=3)     # 0.5 x 2 / 256 per step
+    to bf16 precision. The lr is constant, so every step moves every weight (a warm-up's near-zero
+    lr would let a run that never updates pass), and small (1.6e-4 per step: AdamW's steps are
+    about lr x sign(g)): below bf16's resolution of most weights, so that bf16 master weights
+    would lose the updates."""
+    moving = dict(warmup_epochs=0, lr=0.02, min_lr=0.02, max_steps=3)   # 0.02 x 2 / 256 per step
     run(config_for("pretrain", flags(tiny_synthetic, tmp_path / "init", 1, max_steps=1, **FROZEN_LR)))
     run(config_for("pretrain", flags(tiny_synthetic, tmp_path / "fp32", 1, **moving)))
     torchrun(flags(tiny_synthetic, tmp_path / "bf16", 2, parallelism="fsdp", fsdp_param_dtype="bf16", **moving))
@@ -129,7 +131,8 @@ def test_fsdp_bf16_parameters_train_like_fp32(tiny_synthetic, tmp_path):
     want = flat_update(weights(tmp_path / "fp32" / "checkpoint-last.pth"), w0)
     got = flat_update(weights(tmp_path / "bf16" / "checkpoint-last.pth"), w0)
     assert (want != 0).float().mean() > 0.9                       # the fp32 run moved (nearly) every weight
-    assert ((got - want).norm() / want.norm()).item() < 0.1, ((got - want).norm() / want.norm()).item()
+    # measured: 0.05 (bf16 gradients flip the sign of a few tiny ones); bf16 master weights: 0.48
+    assert ((got - want).norm() / want.norm()).item() < 0.15, ((got - want).norm() / want.norm()).item()
 
 
 def test_classification_stages_refuse_fsdp():
