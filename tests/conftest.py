@@ -29,8 +29,8 @@ def tiny_synthetic(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def official_repo():
-    """The checkout of the official code (needs.official_checkout); tests using it are marked
-    `official_checkout`, whose skip for want of a checkout CI allows."""
+    """The checkout of the official code (needs.official_checkout) for the tests marked
+    `official_checkout`, which run only when asked for (`pytest -m official_checkout`)."""
     return needs.official_checkout()
 
 
@@ -44,51 +44,34 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-def _skip_reason(report) -> str:
-    return report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
-
-
-def _allowed_skip(report) -> str | None:
-    """Why CI may let this skip pass: "gpu" (a test marked gpu, on a machine without CUDA), or
-    "official_checkout" (a test marked so, skipped because no checkout of the official code is
-    there: needs.official_checkout); None for any other skip."""
-    keywords = getattr(report, "keywords", {})
-    if "gpu" in keywords:
-        return "gpu"
-    if "official_checkout" in keywords and needs.NO_OFFICIAL_CHECKOUT in _skip_reason(report):
-        return "official_checkout"
-    return None
+def _is_gpu_skip(report) -> bool:
+    return "gpu" in getattr(report, "keywords", {})
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     """On CI, on a machine without CUDA, a skip of a test not marked `gpu` is a failure: it means
     something the suite should have run did not (a package, a compiler, a set-up mistake).
-    (On a GPU machine the CPU-interpreter tests legitimately skip.) The one other exception: a
-    test marked `official_checkout` skipped because no checkout of the official code is there
-    (it is never committed; `needs.official_checkout`)."""
+    (On a GPU machine the CPU-interpreter tests legitimately skip.)"""
     outcome = yield
     report = outcome.get_result()
     if (report.skipped and not hasattr(report, "wasxfail") and on_ci()
-            and not torch.cuda.is_available() and _allowed_skip(report) is None):
+            and not torch.cuda.is_available() and "gpu" not in item.keywords):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
         report.outcome = "failed"
-        report.longrepr = (f"CI=true: {item.nodeid} skipped ({_skip_reason(report)}); on CI only tests "
-                           "marked `gpu` may skip on a machine without CUDA (and those marked "
-                           "`official_checkout` where no official checkout is)")
+        report.longrepr = (f"CI=true: {item.nodeid} skipped ({reason}); on CI only tests marked "
+                           "`gpu` may skip on a machine without CUDA")
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     """The closing summary says how many tests skipped, and whether any was not a `gpu` test."""
     skipped = terminalreporter.stats.get("skipped", [])
-    gpu = sum(1 for r in skipped if _allowed_skip(r) == "gpu")
-    official = sum(1 for r in skipped if _allowed_skip(r) == "official_checkout")
-    other = len(skipped) - gpu - official
-    parts = [f"{gpu} marked gpu" + ("" if other else " (no CUDA device here)")]
-    if official:
-        parts.append(f"{official} marked official_checkout (no checkout of the official code here)")
-    if other:
-        parts.append(f"{other} OTHER (a missing package or set-up; see the reasons above)")
-    terminalreporter.write_sep("-", "skipped: " + ", ".join(parts), yellow=bool(other), bold=bool(other))
+    gpu = sum(1 for r in skipped if _is_gpu_skip(r))
+    other = len(skipped) - gpu
+    terminalreporter.write_sep(
+        "-", f"skipped: {gpu} marked gpu (no CUDA device here)" if not other else
+        f"skipped: {gpu} marked gpu, {other} OTHER (a missing package or set-up; see the reasons above)",
+        yellow=bool(other), bold=bool(other))
 
 
 def pytest_sessionfinish(session, exitstatus):
@@ -97,6 +80,6 @@ def pytest_sessionfinish(session, exitstatus):
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     if not (on_ci() and reporter and not torch.cuda.is_available()):
         return
-    other = [r for r in reporter.stats.get("skipped", []) if _allowed_skip(r) is None]
+    other = [r for r in reporter.stats.get("skipped", []) if not _is_gpu_skip(r)]
     if other and session.exitstatus == 0:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -100,10 +100,11 @@ def cpp_ops():
                 if not has_compiler else "fix the build error above (csrc/)")
 
 
-# A checkout of the official code is never part of the repository (its licence and size); the
-# tests that run it look for one here or at $VMAE2_FAST_OFFICIAL_REPO, and are marked
-# `official_checkout`: theirs is the one skip other than `gpu` that CI allows, and only for this
-# reason (conftest.py).
+# A checkout of the official code is never part of the repository (its licence and size), so CI
+# has none: the tests that run it are marked `official_checkout` and are deselected unless asked
+# for (`pytest -m official_checkout`, pyproject addopts). They look for a checkout here or at
+# $VMAE2_FAST_OFFICIAL_REPO; asked for where there is none, they skip with the clone command, and
+# on CI that skip fails like any skip of a test not marked `gpu` (conftest.py).
 OFFICIAL_REPO_ENV = "VMAE2_FAST_OFFICIAL_REPO"
 NO_OFFICIAL_CHECKOUT = "no checkout of the official code (OpenGVLab/VideoMAEv2)"
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -111,9 +112,10 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def official_checkout(repo_root: str = REPO_ROOT):
     """The checkout of github.com/OpenGVLab/VideoMAEv2 the official-code tests run (a Path), from
-    ${VMAE2_FAST_OFFICIAL_REPO} or <repo>/.official/VideoMAEv2. None there: skip with the reason
-    (allowed on CI for tests marked `official_checkout`); a variable naming a folder that is not a
-    checkout: fail (a set-up mistake); einops missing beside one: as any package of the suite."""
+    ${VMAE2_FAST_OFFICIAL_REPO} or <repo>/.official/VideoMAEv2. None there: skip with the clone
+    command (a failure on CI, as any skip of a test not marked `gpu`); a variable naming a folder
+    that is not a checkout: fail (a set-up mistake); einops missing beside one: as any package of
+    the suite."""
     from pathlib import Path
     named = os.environ.get(OFFICIAL_REPO_ENV)
     repo = Path(named) if named else Path(repo_root) / ".official" / "VideoMAEv2"

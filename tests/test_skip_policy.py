@@ -5,8 +5,8 @@ test files with this suite's conftest loaded, once as on CI and once as on a lap
 - a package that is installed but raises on import: fail everywhere;
 - any other skip of a test not marked `gpu`: allowed locally, a failure on CI (no CUDA here);
 - a whole module skipped at collection: the CI run still exits non-zero;
-- a test marked `official_checkout` skipped because no checkout of the official code is there: allowed
-  on CI (the checkout is never committed), and only that test and that reason;
+- the tests marked `official_checkout` are deselected unless asked for (CI has no checkout);
+  asked for without one they skip with the clone command, a failure on CI like any other skip;
 - the closing summary counts the skips, gpu-marked and other.
 """
 import os
@@ -86,56 +86,43 @@ def test_on_ci_a_module_skipped_at_collection_fails_the_run(tmp_path):
     assert "1 OTHER" in res.stdout and res.returncode == 1, res.stdout[-2000:]
 
 
-OFFICIAL_FILES = {
-    # no checkout where the generated test looks: the allowed skip
+OFFICIAL_ABSENT = {
+    # the test looks for a checkout in an empty folder
     "test_official_absent.py": "import pytest, needs\n\n@pytest.mark.official_checkout\n"
                                "def test_official_absent(tmp_path):\n    needs.official_checkout(str(tmp_path))\n",
-    # marked, but skipped for another reason: not allowed
-    "test_official_other.py": "import pytest\n\n@pytest.mark.official_checkout\n"
-                              "def test_official_other():\n    pytest.skip('some other reason')\n",
-    # the no-checkout skip in a test that is not marked: not allowed either
-    "test_official_unmarked.py": "import needs\n\ndef test_official_unmarked(tmp_path):\n"
-                                 "    needs.official_checkout(str(tmp_path))\n",
-    "test_gpu.py": FILES["test_gpu.py"],
+    "pytest_markers.py": "def pytest_configure(config):\n"
+                         "    config.addinivalue_line('markers', 'official_checkout: runs the official code')\n",
 }
 
 
-def test_on_ci_a_missing_official_checkout_may_skip_a_test_marked_for_it_and_nothing_else(tmp_path, monkeypatch):
+def test_without_a_checkout_an_official_test_skips_locally_and_fails_on_ci(tmp_path, monkeypatch):
     monkeypatch.delenv("VMAE2_FAST_OFFICIAL_REPO", raising=False)
-    # the generated files declare the marker (-c os.devnull loads no pyproject)
-    files = dict(OFFICIAL_FILES)
-    (tmp_path / "pytest_markers.py").write_text(
-        "def pytest_configure(config):\n"
-        "    config.addinivalue_line('markers', 'official_checkout: runs the official code')\n"
-        "    config.addinivalue_line('markers', 'gpu: needs CUDA')\n")
-    res, got = run_pytest(tmp_path, files, ci=True, plugins=("pytest_markers",))
-    assert got["test_official_absent"][0] == "skipped"
+    res, got = run_pytest(tmp_path, OFFICIAL_ABSENT, ci=False, plugins=("pytest_markers",))
+    assert got["test_official_absent"][0] == "skipped", res.stdout[-2000:]
     assert "no checkout of the official code (OpenGVLab/VideoMAEv2)" in got["test_official_absent"][1]
     assert "git clone https://github.com/OpenGVLab/VideoMAEv2" in got["test_official_absent"][1]
-    assert got["test_official_other"][0] == "failure"
-    assert got["test_official_unmarked"][0] == "failure"
-    assert ("skipped: 1 marked gpu (no CUDA device here), 1 marked official_checkout (no checkout of the "
-            "official code here)") in res.stdout, res.stdout[-2000:]
-    assert "SKIPPED" in res.stdout and "git clone" in res.stdout          # the reason, in the summary
-    assert res.returncode == 1                                            # the two failures
-
-
-def test_on_ci_an_allowed_official_skip_alone_passes_the_run(tmp_path, monkeypatch):
-    monkeypatch.delenv("VMAE2_FAST_OFFICIAL_REPO", raising=False)
-    files = {"test_official_absent.py": OFFICIAL_FILES["test_official_absent.py"]}
-    (tmp_path / "pytest_markers.py").write_text(
-        "def pytest_configure(config):\n"
-        "    config.addinivalue_line('markers', 'official_checkout: runs the official code')\n")
-    res, got = run_pytest(tmp_path, files, ci=True, plugins=("pytest_markers",))
-    assert got["test_official_absent"][0] == "skipped" and res.returncode == 0, res.stdout[-2000:]
+    res, got = run_pytest(tmp_path, OFFICIAL_ABSENT, ci=True, plugins=("pytest_markers",))
+    assert got["test_official_absent"][0] == "failure"
+    assert "only tests marked `gpu` may skip" in got["test_official_absent"][1]
+    assert res.returncode == 1
 
 
 def test_a_variable_naming_a_folder_that_is_no_checkout_fails(tmp_path, monkeypatch):
     monkeypatch.setenv("VMAE2_FAST_OFFICIAL_REPO", str(tmp_path / "nothing-here"))
-    files = {"test_official_absent.py": OFFICIAL_FILES["test_official_absent.py"]}
-    (tmp_path / "pytest_markers.py").write_text(
-        "def pytest_configure(config):\n"
-        "    config.addinivalue_line('markers', 'official_checkout: runs the official code')\n")
-    res, got = run_pytest(tmp_path, files, ci=False, plugins=("pytest_markers",))
+    res, got = run_pytest(tmp_path, OFFICIAL_ABSENT, ci=False, plugins=("pytest_markers",))
     assert got["test_official_absent"][0] == "failure"
     assert "is not a checkout of OpenGVLab/VideoMAEv2" in got["test_official_absent"][1]
+
+
+def test_the_official_checkout_tests_run_only_when_asked_for():
+    """The project's own settings (pyproject addopts): a plain run, CI's, leaves them out."""
+    def collected(*args):
+        res = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
+                              *args, "tests/test_official_code.py"], cwd=TESTS.parent, capture_output=True,
+                             text=True, timeout=300)
+        assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+        return {ln for ln in res.stdout.splitlines() if "::" in ln}
+    real = "tests/test_official_code.py::test_the_real_official_code_computes_our_loss_and_every_gradient"
+    plain, asked = collected(), collected("-m", "official_checkout")
+    assert real not in plain and len(plain) > 1      # the stand-in checkout's tests still run
+    assert asked == {real}
