@@ -38,7 +38,8 @@ setup(
     extras_require={
         # DALI (GPU video decoding; its CPU backend runs the data-pipeline tests): a ~200 MB
         # wheel plus ~400 MB of nvimgcodec/nvjpeg libraries, no torch of its own.
-        "test": ["pytest>=7", "triton>=3.2; platform_system == 'Linux'", "transformers>=4.46,<6", "safetensors>=0.4", "nvidia-dali-cuda130>=2.0"],
+        "test": ["pytest>=7", "triton>=3.2; platform_system == 'Linux'", "transformers>=4.46,<6", "safetensors>=0.4", "nvidia-dali-cuda130>=2.0",
+                 "torchao==0.18.0"],
         "dali": ["nvidia-dali-cuda130>=2.0"],
         # Optional attention kernels (--attention flash-attn2 / xformers; `auto` uses them when they
         # run). Both build against the installed torch: flash-attn needs --no-build-isolation and a
@@ -47,6 +48,9 @@ setup(
         "flash": ["flash-attn>=2.6"],
         "xformers": ["xformers>=0.0.28"],
         "tensorboard": ["tensorboard"],
+        # --fp8: torchao's float8 training (its float8 path is Python over torch's _scaled_mm;
+        # 0.18.0 is the version tested with torch 2.13.0)
+        "fp8": ["torchao==0.18.0"],
         # bench/throughput.py --official-repo: the official code imports einops
         "bench": ["einops"],
     },
@@ -55,5 +59,6 @@ setup(
                                       "vmae2-finetune=vmae2_fast.finetune:main",
                                       "vmae2-evaluate=vmae2_fast.evaluate:main",
                                       "vmae2-distill=vmae2_fast.distill:main",
-                                      "vmae2-extract-features=vmae2_fast.extract_features:main"]},
+                                      "vmae2-extract-features=vmae2_fast.extract_features:main",
+                                      "vmae2-plan=vmae2_fast.plan:main"]},
 )

@@ -70,10 +70,11 @@ def test_no_recompute_without_autograd():
 
 
 @pytest.mark.parametrize("argv, expected", [
-    ([], "none"), (["--activation-checkpointing"], "full"), (["--activation-checkpointing", "full"], "full"),
+    ([], "auto"), (["--activation-checkpointing"], "full"), (["--activation-checkpointing", "full"], "full"),
     (["--activation-checkpointing", "4"], "4"), (["--activation-checkpointing", "true"], "full"),
-    (["--no-activation-checkpointing"], "none"), (["--model", "vit_g"], "full"),
-    (["--model", "vit_g", "--activation-checkpointing", "2"], "2"),
+    (["--no-activation-checkpointing"], "none"), (["--activation-checkpointing", "AUTO"], "auto"),
+    # the official ViT-g script checkpoints every block; its preset leaves the choice to auto
+    (["--model", "vit_g"], "auto"), (["--model", "vit_g", "--activation-checkpointing", "2"], "2"),
 ])
 def test_the_flag_of_every_stage(argv, expected):
     from vmae2_fast.config import FinetuneConfig, PretrainConfig
@@ -81,7 +82,7 @@ def test_the_flag_of_every_stage(argv, expected):
     from vmae2_fast.config.presets import PRESETS
     cfg = parse_config(PretrainConfig, argv, prog="t", presets=PRESETS["pretrain"])
     assert cfg.activation_checkpointing == expected
-    if "--model" not in argv:             # (vit_g's "full" comes from the stage-1 preset)
+    if "--model" not in argv:
         assert parse_config(FinetuneConfig, argv, prog="t").activation_checkpointing == expected
     with pytest.raises(ValueError, match="--activation-checkpointing"):
         parse_config(PretrainConfig, ["--activation-checkpointing", "every"], prog="t")

@@ -139,7 +139,7 @@ def test_bad_inputs_fail_before_compute(tiny_synthetic, tmp_path, capsys):
 
 def test_preset_and_flag_precedence():
     cfg = make_config(["--model", "vit_g"])
-    assert (cfg.lr, cfg.clip_grad, cfg.activation_checkpointing, cfg.num_sample) == (6e-4, 0.02, "full", 4)
+    assert (cfg.lr, cfg.clip_grad, cfg.activation_checkpointing, cfg.num_sample) == (6e-4, 0.02, "auto", 4)
     assert cfg.betas == (0.9, 0.95) and cfg.mask_ratio == 0.9 and cfg.decoder_mask_ratio == 0.5
     cfg = make_config(["--model", "vit_g", "--lr", "1e-4", "--betas", "0.9", "0.99"])
     assert cfg.lr == 1e-4 and cfg.betas == (0.9, 0.99)

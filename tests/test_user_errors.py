@@ -184,7 +184,8 @@ def test_every_help_lists_every_model(command, capsys):
     flags_text = " ".join(out.split())               # argparse wraps lines
     if "--model" in flags_text:
         assert all(name in flags_text for name in MODEL_SPECS), flags_text
-    assert "--trust-checkpoint" in flags_text
+    if command != "plan":                            # the planner reads no checkpoint
+        assert "--trust-checkpoint" in flags_text
 
 
 def test_only_the_user_error_family_becomes_exit_code_2(monkeypatch, capsys):

@@ -31,6 +31,7 @@ COMMANDS = {
     "evaluate": ("EvaluateConfig", "stages.evaluate:run"),
     "extract_features": ("FeaturesConfig", "stages.features:run"),
     "hf_export": ("ExportConfig", "integrations.hf_export:export"),
+    "plan": ("PlanConfig", "memory.report:run"),
 }
 
 

@@ -247,6 +247,28 @@ def peak_flops(device_name: str, dtype: str = "bf16") -> float:
                      f"(--peak-tflops, or mfu(..., peak=...))")
 
 
+# Memory per GPU, GiB: what torch.cuda.get_device_properties().total_memory reports (the HBM
+# less what the driver reserves), rounded down; matched like _PEAKS. The A100 comes in two sizes.
+_MEMORY_GIB = (
+    (("A100", "40G"), (), 39.4),
+    (("A100",), (), 79.1),
+    (("H100", "NVL"), (), 93.0),
+    (("H100",), (), 79.1),
+    (("H200",), (), 139.8),
+)
+GPU_NAMES = ("A100-40GB", "A100-80GB", "H100", "H100-PCIe", "H200")
+
+
+def gpu_memory_bytes(device_name: str) -> int:
+    """Memory of one GPU named like `torch.cuda.get_device_name()` (or a `GPU_NAMES` entry)."""
+    name = device_name.upper()
+    for need, avoid, gib in _MEMORY_GIB:
+        if all(x in name for x in need) and not any(x in name for x in avoid):
+            return int(gib * 2 ** 30)
+    raise ValueError(f"no memory size known for {device_name!r}: the table in vmae2_fast/flops.py "
+                     f"(_MEMORY_GIB) has {', '.join(GPU_NAMES)}; pass --memory-gib")
+
+
 def mfu(clips_per_s: float, flops_per_clip: float, peak: float) -> float:
     """Fraction of the peak spent on useful work: clips/s x FLOPs per clip / peak FLOP/s (one GPU)."""
     if clips_per_s <= 0 or flops_per_clip <= 0 or peak <= 0:

@@ -4,9 +4,10 @@ and the flag parser that turns a command line into a checked config."""
 from .base import RunConfig, replace
 from .classify import DistillConfig, FinetuneConfig, PostPretrainConfig
 from .flags import add_config_flags, given_flags, parse_config
+from .plan import PlanConfig
 from .pretrain import PretrainConfig
 from .tools import EvaluateConfig, ExportConfig, FeaturesConfig
 
 __all__ = ["RunConfig", "PretrainConfig", "FinetuneConfig", "PostPretrainConfig", "DistillConfig",
-           "EvaluateConfig", "FeaturesConfig", "ExportConfig", "replace", "parse_config",
+           "EvaluateConfig", "FeaturesConfig", "ExportConfig", "PlanConfig", "replace", "parse_config",
            "add_config_flags", "given_flags"]

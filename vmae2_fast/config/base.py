@@ -20,16 +20,22 @@ DECODERS = ("auto", "dali", "pyav")
 
 
 @dataclass
-class RunConfig:
-    # model
+class ClipModel:
+    """The model and the clip it sees: what a run and its memory plan (config/plan.py) share."""
     model: str = "vit_b"
     input_size: int = 224
     num_frames: int = 16
     tubelet_size: int = 2
+
+
+@dataclass
+class RunConfig(ClipModel):
+    # model (and ClipModel's fields)
     drop_path: float = 0.0
-    # none | full | K (every K-th block); a bare --activation-checkpointing is full, and the
-    # true/false of older configs and presets mean full/none
-    activation_checkpointing: str = field(default="none", metadata={"bare": "full", "no": "none"})
+    # none | full | K (every K-th block) | auto: on a GPU, the least recompute whose planned peak
+    # fits its free memory (vmae2_fast.memory; none on a CPU). A bare --activation-checkpointing
+    # is full, and the true/false of older configs mean full/none
+    activation_checkpointing: str = field(default="auto", metadata={"bare": "full", "no": "none"})
     attention: str = "auto"            # auto | sdpa | sdpa-{flash,efficient,cudnn,math} | math | flash-attn2 | flash-attn3 | xformers
     # official model options (every released model leaves them at these values)
     init_values: float = 0.0           # layer scale gamma init (0: off)
@@ -77,6 +83,10 @@ class RunConfig:
     seed: int = 0
     device: str = "auto"
     compile: bool = False
+    fp8: bool = False                  # the encoder's linear layers in FP8 (torchao float8; sm_89+,
+                                       # emulated on a CPU): pip install 'vmae2_fast[fp8]'
+    peak_tflops: float | None = None   # peak TFLOP/s of one device for MFU in the log (default: the
+                                       # GPU's, from vmae2_fast.flops; none on a CPU)
     # several processes: ddp (every size's default; S/B should keep it) or fsdp (FSDP2: weights,
     # gradients and AdamW state sharded over the processes, for ViT-L/H/g; pre-training only)
     parallelism: str = "ddp"
@@ -89,7 +99,10 @@ class RunConfig:
 
     def __post_init__(self):
         from ..models.vit import checkpoint_policy      # 'none' | 'full' | 'K', or ValueError
-        self.activation_checkpointing = checkpoint_policy(self.activation_checkpointing)
+        if str(self.activation_checkpointing).strip().lower() == "auto":
+            self.activation_checkpointing = "auto"     # resolved at run time (stages/build.py)
+        else:
+            self.activation_checkpointing = checkpoint_policy(self.activation_checkpointing)
 
     def check(self) -> None:
         """Raise ValueError naming the flag to change for any value that cannot work."""
@@ -107,6 +120,8 @@ class RunConfig:
         from ..train.parallelize import FSDP_PARAM_DTYPES, PARALLELISMS
         one_of("parallelism", self.parallelism, PARALLELISMS)
         one_of("fsdp_param_dtype", self.fsdp_param_dtype, FSDP_PARAM_DTYPES)
+        if self.peak_tflops is not None and self.peak_tflops <= 0:
+            raise ConfigError(f"--peak-tflops must be positive, got {self.peak_tflops}")
         if self.clip_grad is not None and self.clip_grad <= 0:
             raise ConfigError("--clip-grad must be positive (omit it to disable clipping)")
         if not 0 <= self.max_bad_fraction <= 1:

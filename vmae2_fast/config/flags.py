@@ -125,6 +125,9 @@ def _apply_preset(cfg, cls, flags: dict, presets, names: set):
             "the default preset %r has no recipe for %s: using the plain defaults (%s)", name,
             model, str(exc).split(":", 1)[0])
         return replace(cfg, preset="none")
+    # The official scripts' --with_checkpoint is how they fit their GPUs, not part of the recipe's
+    # function: the run plans its own checkpointing (auto) unless the flag is typed.
+    overrides.pop("activation_checkpointing", None)
     return replace(cfg, **{k: v for k, v in overrides.items() if k in names})
 
 

@@ -6,9 +6,17 @@ The extension is built with `torch.utils.cpp_extension.load` into
 runs (about 30-60 s on 2 cores, logged), then loaded from there. Building at first use rather than
 in setup.py keeps `pip install torch==2.13.0 -e .` a single command on a machine without torch:
 an isolated build environment would otherwise pull an unpinned multi-GB torch.
+
+torch guards a build folder with a plain `lock` file and waits, without end, for whoever created
+it to delete it; a build killed half-way (a test timeout, Ctrl-C, a machine snapshot taken
+mid-build) leaves it behind and every later run hangs on its first CPU op. So our builders first
+take an OS lock (`flock`, dropped by the kernel when its holder dies): whoever holds it is the only
+builder alive, and any `lock` file it finds is left over from a dead one and is removed.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import os
 import sys
@@ -40,6 +48,32 @@ def build_dir() -> Path:
     return root / "torch_extensions" / tag.replace("+", "_")
 
 
+@contextlib.contextmanager
+def _only_builder(out: Path, wait_note_s: float = 10.0):
+    """Hold the folder's OS lock; clear a `lock` file that a dead builder left behind."""
+    with open(out / "build.flock", "a") as handle:
+        t0 = time.monotonic()
+        noted = False
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:   # another live process is building: it will finish or die
+                if not noted and time.monotonic() - t0 > wait_note_s:
+                    print(f"vmae2_fast: waiting for another process building the C++ CPU ops in "
+                          f"{out} ...", file=sys.stderr, flush=True)
+                    noted = True
+                time.sleep(0.2)
+        stale = out / "lock"
+        if stale.exists():
+            log.warning("removing %s, left by a C++ build that was killed half-way", stale)
+            stale.unlink(missing_ok=True)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def load():
     """The compiled module, building it once; raises RuntimeError with the reason if impossible."""
     global _module, _error
@@ -59,9 +93,10 @@ def load():
             print(f"vmae2_fast: compiling the C++ CPU ops once into {out} (about a minute on 2 "
                   "cores) ...", file=sys.stderr, flush=True)
         t0 = time.perf_counter()
-        _module = cpp_extension.load(name="vmae2_fast_cpu_ops", sources=[str(s) for s in sources],
-                                     extra_cflags=["-O3", "-fopenmp"], extra_ldflags=["-fopenmp"],
-                                     build_directory=str(out), verbose=False)
+        with _only_builder(out):
+            _module = cpp_extension.load(name="vmae2_fast_cpu_ops", sources=[str(s) for s in sources],
+                                         extra_cflags=["-O3", "-fopenmp"], extra_ldflags=["-fopenmp"],
+                                         build_directory=str(out), verbose=False)
         if first:
             print(f"vmae2_fast: C++ CPU ops compiled in {time.perf_counter() - t0:.0f} s",
                   file=sys.stderr, flush=True)

@@ -28,7 +28,7 @@ from .estimate import log_step_estimate
 log = logging.getLogger("vmae2_fast")
 
 __all__ = ["pick_device", "session", "seed_everything", "rank0_first", "build_trainer",
-           "embedded_dataset", "apply_attention"]
+           "embedded_dataset", "apply_attention", "resolve_checkpointing", "model_checkpointing"]
 
 
 def pick_device(name: str, dist: DistInfo | None = None) -> torch.device:
@@ -66,6 +66,53 @@ def apply_attention(model: torch.nn.Module, backend: str, device: torch.device, 
     return set_attention_backend(model, backend, device, dtype)
 
 
+def model_checkpointing(cfg) -> str:
+    """The policy a model is built with: `auto` not resolved yet (a model built outside a run)
+    checkpoints nothing."""
+    return "none" if cfg.activation_checkpointing == "auto" else cfg.activation_checkpointing
+
+
+def resolve_checkpointing(cfg, device: torch.device, dist: DistInfo, num_classes: int | None = None):
+    """`cfg` with `--activation-checkpointing auto` resolved, before any compute: on a GPU the
+    least recompute whose planned peak (vmae2_fast.memory) fits the free memory of the tightest
+    GPU of the run, logged with the numbers; a ConfigError with the largest batch that fits when
+    nothing does. On a CPU, none."""
+    from ..config import replace
+    if cfg.activation_checkpointing != "auto":
+        return cfg
+    if device.type != "cuda":
+        if dist.is_main:
+            log.info("activation checkpointing: none (auto plans against a GPU's memory; on %s it "
+                     "checkpoints nothing)", device.type)
+        return replace(cfg, activation_checkpointing="none")
+    from ..memory import HEADROOM, least_recompute, max_batch
+    from ..memory.plan import recomputed_blocks, setup_from_config
+    from ..train.distributed import all_gather_objects
+    free = min(all_gather_objects(torch.cuda.mem_get_info(device)[0], dist))   # every rank decides alike
+    budget = free * (1 - HEADROOM)
+    setup = setup_from_config(cfg, "cuda", dist.world_size, num_classes)
+    policy, tried = least_recompute(setup, budget)
+    gib = 2 ** 30
+    if policy is None:
+        largest = max_batch(setup, "full", budget)
+        fits = (f"the largest that fits is --batch-size {largest} with --activation-checkpointing full"
+                if largest else "not even --batch-size 1 fits: use --parallelism fsdp over more GPUs")
+        raise ConfigError(
+            f"--batch-size {cfg.batch_size} ({setup.clips} clips per GPU) does not fit: even with "
+            f"--activation-checkpointing full the planned peak is {tried['full'].peak_bytes / gib:.1f} "
+            f"GiB, more than the {budget / gib:.1f} GiB that tensors may use of the {free / gib:.1f} GiB "
+            f"free on {device} ({100 * HEADROOM:.0f} % kept free); {fits} "
+            "(python -m vmae2_fast.plan shows the plan)")
+    if dist.is_main:
+        n, blocks = recomputed_blocks(setup, policy)
+        log.info("activation checkpointing: %s, chosen by auto (%d of %d blocks recomputed): planned "
+                 "peak %.1f GiB per GPU, %.1f GiB of %.1f GiB free may hold tensors%s", policy, n,
+                 blocks, tried[policy].peak_bytes / gib, budget / gib, free / gib,
+                 "" if policy == "none" else
+                 f"; without checkpointing the peak would be {tried['none'].peak_bytes / gib:.1f} GiB")
+    return replace(cfg, activation_checkpointing=policy)
+
+
 def seed_everything(seed: int, rank: int = 0, threads: int = 0) -> None:
     """Seeds of the host-side generators (data and masks use their own seeded generators) and,
     when ``threads`` > 0, torch's CPU thread count: a CPU reduction splits its work by thread, so
@@ -95,6 +142,29 @@ def embedded_dataset(dist: DistInfo):
     return synth
 
 
+def _flops_and_peak(cfg, model, device: torch.device, precision: str, dist: DistInfo) -> dict:
+    """The training FLOPs per clip of `model` (model, and with the recompute of its
+    checkpointing) and the device's peak FLOP/s (--peak-tflops, else the GPU's from the table in
+    vmae2_fast.flops): TFLOP/s, MFU and HFU in the log."""
+    from ..flops import peak_flops, train_flops
+    ratios = (cfg.mask_ratio, cfg.decoder_mask_ratio) if hasattr(cfg, "mask_ratio") else ()
+    flops = train_flops(model, *ratios, checkpointing=model_checkpointing(cfg))
+    peak = cfg.peak_tflops * 1e12 if cfg.peak_tflops else None
+    if peak is None and device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        try:
+            peak = peak_flops(name, {"bf16": "bf16", "fp16": "fp16"}.get(precision, "fp32"))
+        except ValueError as exc:
+            if dist.is_main:
+                log.info("MFU not logged: %s", exc)
+    if dist.is_main:
+        log.info("training FLOPs per clip: %.4g GFLOP (model), %.4g with the recompute%s",
+                 flops.model / 1e9, flops.hardware / 1e9,
+                 f"; peak {peak / 1e12:g} TFLOP/s per device for MFU" if peak else
+                 "; no peak FLOP/s for MFU (--peak-tflops)")
+    return {"flops_per_clip": (flops.model, flops.hardware), "peak_flops": peak}
+
+
 def build_trainer(cfg, stage, model: torch.nn.Module, loader, device: torch.device, dist: DistInfo,
                   run_config: dict, *, layer_decay: float | None = None, ema=None) -> tuple[Trainer, dict]:
     """Optimiser groups, schedules, wrapping and the Trainer of one run; writes config.json.
@@ -112,13 +182,14 @@ def build_trainer(cfg, stage, model: torch.nn.Module, loader, device: torch.devi
         clip_grad=cfg.clip_grad, precision=precision, max_nonfinite=cfg.max_nonfinite,
         log_every=cfg.log_every, save_every=cfg.save_every, save_every_steps=cfg.save_every_steps,
         keep_last=cfg.keep_last, max_bad_fraction=cfg.max_bad_fraction, output_dir=cfg.output_dir, progress=cfg.progress,
-        tensorboard=cfg.tensorboard, max_steps=cfg.max_steps, sharded=cfg.parallelism == "fsdp")
+        tensorboard=cfg.tensorboard, max_steps=cfg.max_steps, sharded=cfg.parallelism == "fsdp",
+        **_flops_and_peak(cfg, model, device, precision, dist))
     # a large model on a CPU: say how long before step 1 (from the model before FSDP shards it:
     # reading a sharded weight's shape on one process alone would wait for the others)
     if device.type == "cpu" and dist.is_main:
         log_step_estimate(model, cfg, steps_per_epoch, torch.bfloat16 if precision == "bf16" else torch.float32)
     wrapped = parallelize(model, device, dist, compile=cfg.compile, parallelism=cfg.parallelism,
-                          fsdp_param_dtype=cfg.fsdp_param_dtype)
+                          fsdp_param_dtype=cfg.fsdp_param_dtype, fp8=cfg.fp8)
     # after the wrapping: FSDP replaces the parameters with sharded ones
     decay = {} if layer_decay is None else dict(layer_decay=layer_decay, num_layers=model.get_num_layers())
     optimizer = build_adamw(model, lr, cfg.weight_decay, tuple(cfg.betas), cfg.opt_eps, **decay)

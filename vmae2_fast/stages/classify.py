@@ -29,7 +29,8 @@ from ..train.ema import ModelEma
 from ..train.distributed import DistInfo, all_reduce_sum
 from ..train.loop import resolve_precision
 from ..train.mixup import VideoMixup, soft_target_cross_entropy
-from .build import apply_attention, build_trainer, embedded_dataset, seed_everything, session
+from .build import (apply_attention, build_trainer, embedded_dataset, model_checkpointing,
+                    resolve_checkpointing, seed_everything, session)
 from .evaluate import video_log_probs
 
 log = logging.getLogger("vmae2_fast")
@@ -212,7 +213,7 @@ def build_model(cfg, num_classes: int, model_name: str | None = None, drop_path=
         tubelet_size=cfg.tubelet_size, drop_rate=cfg.drop, attn_drop_rate=cfg.attn_drop,
         drop_path_rate=cfg.drop_path if drop_path is None else drop_path,
         head_drop_rate=cfg.head_drop, init_scale=cfg.init_scale, use_mean_pooling=cfg.use_mean_pooling,
-        activation_checkpointing=cfg.activation_checkpointing, **model_options(cfg))
+        activation_checkpointing=model_checkpointing(cfg), **model_options(cfg))
     return model if device is None else apply_attention(model, cfg.attention, device, cfg.precision)
 
 
@@ -258,6 +259,7 @@ def run(cfg: FinetuneConfig) -> dict:
         val_items, val_index = load_list(val_path, root, decoder=decoder, labels=True, build=build,
                                          layout=layout)
         num_classes = check_lists(train_items, val_items, cfg.num_classes, names, train_path, val_path)
+        cfg = resolve_checkpointing(cfg, device, dist, num_classes)
         model = build_model(cfg, num_classes, device=device)
         if cfg.init:
             load_classifier_weights(model, cfg.init, cfg.head_map or kinetics_rows(cfg, num_classes, names,

@@ -45,8 +45,9 @@ def step_estimate(model, cfg, steps_per_epoch: int, rate: float) -> dict:
     """Seconds per optimiser step and per epoch of `model` (built) under `cfg` at `rate` FLOP/s:
     training FLOPs per clip (with the recompute of activation checkpointing) x clips per step
     (batch_size x num_sample views x accum_steps)."""
+    from .build import model_checkpointing      # build.py imports this module
     per_clip = train_flops(model, getattr(cfg, "mask_ratio", None), getattr(cfg, "decoder_mask_ratio", None),
-                           checkpointing=cfg.activation_checkpointing).hardware
+                           checkpointing=model_checkpointing(cfg)).hardware
     clips = cfg.batch_size * cfg.num_sample * cfg.accum_steps
     step_s = per_clip * clips / rate
     return {"flops_per_clip": per_clip, "clips_per_step": clips, "rate": rate, "step_s": step_s,
@@ -72,7 +73,8 @@ def log_step_estimate(model, cfg, steps_per_epoch: int, dtype: torch.dtype, rate
     """Log the estimate (CPU runs; the caller decides) and return it; `rate` None: measured."""
     rate = matmul_flops_per_s(dtype) if rate is None else rate
     est = step_estimate(model, cfg, steps_per_epoch, rate)
-    recompute = ", with activation checkpointing's recompute" if cfg.activation_checkpointing != "none" else ""
+    recompute = (", with activation checkpointing's recompute"
+                 if cfg.activation_checkpointing not in ("none", "auto") else "")
     msg = (f"estimated time on this CPU: at least {_duration(est['step_s'])} per optimiser step, "
            f"{_duration(est['epoch_s'])} per epoch ({steps_per_epoch} steps): "
            f"{est['flops_per_clip'] / 1e12:.3g} TFLOP per clip (FLOP model, training{recompute}) x "

@@ -21,7 +21,8 @@ from ..models import build_pretrain_model, count_parameters
 from ..models.zoo import model_options
 from ..train.distributed import DistInfo, all_reduce_sum
 from ..train.parallelize import is_sharded
-from .build import apply_attention, build_trainer, embedded_dataset, seed_everything, session
+from .build import (apply_attention, build_trainer, embedded_dataset, model_checkpointing,
+                    resolve_checkpointing, seed_everything, session)
 
 log = logging.getLogger("vmae2_fast")
 
@@ -124,7 +125,7 @@ def build_model(cfg: PretrainConfig, device: torch.device | None = None):
     model = build_pretrain_model(
         cfg.model, img_size=cfg.input_size, num_frames=cfg.num_frames, tubelet_size=cfg.tubelet_size,
         decoder_depth=cfg.decoder_depth, drop_path_rate=cfg.drop_path,
-        normalize_target=cfg.normalize_target, activation_checkpointing=cfg.activation_checkpointing,
+        normalize_target=cfg.normalize_target, activation_checkpointing=model_checkpointing(cfg),
         **model_options(cfg))
     return model if device is None else apply_attention(model, cfg.attention, device, cfg.precision)
 
@@ -135,6 +136,7 @@ def run(cfg: PretrainConfig) -> dict:
         t_start = time.time()
         seed_everything(cfg.seed, dist.rank, cfg.threads)
         ops.use_backend(cfg.kernels)  # fused ops: logs which backend runs, once
+        cfg = resolve_checkpointing(cfg, device, dist)
 
         # Everything that can fail on bad input is checked before any compute is spent.
         model = build_model(cfg, device).to(device)

@@ -24,7 +24,7 @@ from ..models.weights import CheckpointError, read_checkpoint
 from .checkpoint import (capture_rng_state, latest_checkpoint, link_or_copy, prune_checkpoints,
                          restore_rng_state, save_checkpoint)
 from .distributed import DistInfo, all_gather_objects, all_reduce_sum
-from .metrics import JsonlLogger, TensorBoardLogger
+from .metrics import JsonlLogger, TensorBoardLogger, describe_interval, memory_record, throughput_record
 from .optim import set_lr_and_wd
 from .parallelize import full_tensor, grad_sync, is_sharded
 from .sharded_checkpoint import (FORMAT, full_model_state, load_full_model_state, load_optimizer,
@@ -69,6 +69,8 @@ class LoopSettings:
     tensorboard: bool = False
     max_steps: int = 0
     sharded: bool = False                  # FSDP: optimiser state saved by DCP (sharded_checkpoint.py)
+    flops_per_clip: tuple | None = None    # (model, hardware) training FLOPs per clip: TFLOP/s, MFU, HFU
+    peak_flops: float | None = None        # FLOP/s of one device: MFU and HFU in the log
 
 
 def resolve_precision(requested: str, device: torch.device) -> str:
@@ -425,8 +427,8 @@ class Trainer:
                "skipped_videos_run": self.skipped_videos,
                "clips_per_s": clips * self.dist.world_size / max(wall, 1e-9),
                "data_wait_frac": data_time / max(wall, 1e-9)}
-        if self.device.type == "cuda":
-            rec["max_mem_gib"] = torch.cuda.max_memory_allocated(self.device) / 2 ** 30
+        rec.update(throughput_record(clips, wall, self.s.flops_per_clip, self.s.peak_flops))
+        rec.update(memory_record(self.device))
         if self.dist.is_main:
             if bar:
                 bar.set_postfix(loss=f"{loss:.4f}", lr=f"{rec['lr']:.2e}", refresh=False)
@@ -436,7 +438,8 @@ class Trainer:
                 self.tb.scalars({f"train/{k}": v for k, v in rec.items() if isinstance(v, float)},
                                 self.global_step)
             msg = (f"epoch {self.epoch} step {self.epoch_step}/{self.s.steps_per_epoch} loss {loss:.4f} "
-                   f"lr {rec['lr']:.3e} grad_norm {norm:.3f} {rec['clips_per_s']:.1f} clips/s")
+                   f"lr {rec['lr']:.3e} grad_norm {norm:.3f} {rec['clips_per_s']:.1f} clips/s"
+                   + describe_interval(rec))
             if skipped:
                 msg += f" skipped_updates {int(skipped)}"
             if self.skips.epoch:

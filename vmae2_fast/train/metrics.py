@@ -1,4 +1,5 @@
-"""Light-weight training metrics: JSON-lines log, optional TensorBoard, running means."""
+"""Light-weight training metrics: JSON-lines log, optional TensorBoard, running means, and what
+each log interval records besides the loss: throughput as TFLOP/s, MFU and HFU, and peak memory."""
 
 from __future__ import annotations
 
@@ -143,3 +144,47 @@ class RunningMean:
 
     def __str__(self) -> str:
         return f"{self.window_avg:.4f} ({self.global_avg:.4f})"
+
+
+def throughput_record(clips: int, wall_s: float, flops_per_clip: tuple[int, int] | None,
+                      peak_flops: float | None) -> dict:
+    """Over one log interval of one process: achieved model TFLOP/s (`tflops`), and with the
+    device's peak FLOP/s, MFU (model FLOPs / peak) and HFU (model + recomputed FLOPs / peak).
+    `flops_per_clip` is (model, hardware) FLOPs per clip (`vmae2_fast.flops.train_flops`).
+    Host arithmetic only: nothing here touches the device."""
+    if not flops_per_clip or wall_s <= 0:
+        return {}
+    per_s = clips / wall_s
+    out = {"tflops": per_s * flops_per_clip[0] / 1e12}
+    if peak_flops:
+        out["mfu"] = per_s * flops_per_clip[0] / peak_flops
+        out["hfu"] = per_s * flops_per_clip[1] / peak_flops
+    return out
+
+
+def memory_record(device: torch.device) -> dict:
+    """Peak memory since the previous call: on CUDA the most torch's allocator held
+    (`max_mem_gib`, its peak then reset), on the CPU the process's peak resident set since it
+    started (`max_rss_gib`). A host-side query, no device sync."""
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        return {"max_mem_gib": peak / 2 ** 30}
+    try:
+        import resource
+    except ImportError:            # not on every platform
+        return {}
+    return {"max_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 2 ** 30}
+
+
+def describe_interval(rec: Mapping[str, Any]) -> str:
+    """The log line's words for `throughput_record` and `memory_record`."""
+    words = []
+    if "tflops" in rec:
+        words.append(f"{rec['tflops']:.3g} TFLOP/s")
+    if "mfu" in rec:
+        words.append(f"MFU {100 * rec['mfu']:.1f} % HFU {100 * rec['hfu']:.1f} %")
+    for key, what in (("max_mem_gib", "peak mem"), ("max_rss_gib", "peak RSS")):
+        if key in rec:
+            words.append(f"{what} {rec[key]:.2f} GiB")
+    return (" " + " ".join(words)) if words else ""

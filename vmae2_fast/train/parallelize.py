@@ -19,6 +19,15 @@ AdamW state instead of all of them), in torchtitan's order:
 `fsdp_param_dtype="bf16"` gathers and computes with bf16 copies of the weights and reduces
 gradients in fp32 (MixedPrecisionPolicy); the sharded master weights and AdamW stay fp32.
 
+FP8 (`--fp8`, before any of the above, as torchtitan orders its converters): the encoder blocks'
+`attn.proj`, `mlp.fc1` and `mlp.fc2` become torchao `Float8Linear` (dynamic tensorwise scaling:
+inputs, weights and output gradients cast to float8 per GEMM, master weights and the state-dict
+keys unchanged). `attn.qkv` stays in the autocast dtype: the attention calls it as
+`F.linear(x, qkv.weight, q/v bias)`, which a module swap does not reach. The decoder is small
+and keeps its dtype. Below sm_89 (no FP8 tensor cores) it is refused with the reason; on a CPU
+torchao's emulation runs it (numerics only, for tests). FSDP2 then all-gathers the weights in
+their own dtype and each layer casts its shard-gathered weight to float8.
+
 The Trainer never touches DDP or FSDP: it asks `grad_sync(model, sync)` for the context that
 skips the gradient reduction on accumulation micro-batches.
 """
@@ -32,9 +41,10 @@ import torch
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 
-from ..errors import ConfigError
+from ..errors import ConfigError, MissingPackageError
 
-__all__ = ["parallelize", "grad_sync", "is_sharded", "full_tensor", "PARALLELISMS", "FSDP_PARAM_DTYPES"]
+__all__ = ["parallelize", "grad_sync", "is_sharded", "full_tensor", "float8_encoder", "PARALLELISMS",
+           "FSDP_PARAM_DTYPES"]
 
 log = logging.getLogger("vmae2_fast")
 
@@ -43,12 +53,14 @@ FSDP_PARAM_DTYPES = ("fp32", "bf16")
 
 
 def parallelize(model: nn.Module, device: torch.device, dist, *, compile: bool = False,
-                parallelism: str = "ddp", fsdp_param_dtype: str = "fp32") -> nn.Module:
+                parallelism: str = "ddp", fsdp_param_dtype: str = "fp32", fp8: bool = False) -> nn.Module:
     """The module the training step calls. `model` itself stays the one checkpoints hold (under
     FSDP they are the same object). Alone (one process) nothing is wrapped, whatever
     `parallelism` says: a single process has nothing to shard or reduce."""
     if parallelism not in PARALLELISMS:
         raise ConfigError(f"--parallelism must be one of {', '.join(PARALLELISMS)}, got {parallelism!r}")
+    if fp8:
+        float8_encoder(model, device, log_choice=dist.is_main)
     if parallelism == "fsdp" and dist.enabled:
         return _fsdp(model, device, compile, fsdp_param_dtype)
     wrapped = model
@@ -57,6 +69,46 @@ def parallelize(model: nn.Module, device: torch.device, dist, *, compile: bool =
     if compile:
         wrapped = torch.compile(wrapped)
     return wrapped
+
+
+FP8_LAYERS = (".attn.proj", ".mlp.fc1", ".mlp.fc2")
+FP8_MIN_CAPABILITY = (8, 9)
+
+
+def float8_encoder(model: nn.Module, device: torch.device, log_choice: bool = True) -> int:
+    """Convert the encoder blocks' `FP8_LAYERS` to torchao Float8Linear in place (see the module
+    docstring); returns how many. Raises ValueError, before any compute, where it cannot run."""
+    if device.type == "cuda":
+        cap = torch.cuda.get_device_capability(device)
+        if cap < FP8_MIN_CAPABILITY:
+            raise ConfigError(f"--fp8 needs FP8 tensor cores (compute capability 8.9 or newer: Ada, "
+                             f"Hopper, Blackwell); {torch.cuda.get_device_name(device)} is "
+                             f"{cap[0]}.{cap[1]}. Drop --fp8 (bf16 is this GPU's fastest precision).")
+    elif device.type != "cpu":
+        raise ConfigError(f"--fp8 runs on CUDA (sm_89+) or, emulated, on the CPU; not on {device.type}")
+    try:
+        from torchao.float8 import Float8LinearConfig, convert_to_float8_training
+    except ImportError as exc:
+        raise MissingPackageError(f"--fp8 needs torchao ({exc}): pip install 'vmae2_fast[fp8]'") from None
+    # the pre-training encoder, or the classifier's blocks (the classifier is an encoder)
+    prefix = "encoder.blocks." if hasattr(model, "encoder") else "blocks."
+
+    def chosen(module: nn.Module, fqn: str) -> bool:
+        return (isinstance(module, nn.Linear) and fqn.startswith(prefix) and fqn.endswith(FP8_LAYERS)
+                and module.in_features % 16 == 0 and module.out_features % 16 == 0)   # FP8 GEMM shapes
+
+    names = [n for n, m in model.named_modules() if chosen(m, n)]
+    if not names:
+        raise ConfigError("--fp8: no encoder linear layer of this model has FP8 GEMM shapes "
+                         "(widths that are multiples of 16)")
+    emulate = device.type == "cpu"
+    convert_to_float8_training(model, config=Float8LinearConfig(emulate=emulate), module_filter_fn=chosen)
+    if log_choice:
+        log.info("fp8: %d encoder linear layers (attn.proj, mlp.fc1, mlp.fc2 of each block) in float8 "
+                 "with dynamic tensorwise scaling (torchao)%s; attn.qkv and the decoder keep the "
+                 "autocast dtype", len(names),
+                 ", EMULATED on the CPU: the numerics of FP8, none of its speed" if emulate else "")
+    return len(names)
 
 
 def _blocks(model: nn.Module) -> list[nn.Module]:
