@@ -17,6 +17,9 @@ packages = find_packages(include=["vmae2_fast", "vmae2_fast.*"])
 packages += ["vmae2_fast.kernels", "vmae2_fast.csrc"]
 package_dir = {"vmae2_fast.kernels": "kernels", "vmae2_fast.csrc": "csrc"}
 
+ORT = "onnxruntime>=1.19"
+ONNX = ["onnx>=1.17", "onnxscript>=0.6", ORT]
+
 setup(
     name="vmae2_fast",
     version="0.1.0",
@@ -38,9 +41,14 @@ setup(
     extras_require={
         # DALI (GPU video decoding; its CPU backend runs the data-pipeline tests): a ~200 MB
         # wheel plus ~400 MB of nvimgcodec/nvjpeg libraries, no torch of its own.
-        "test": ["pytest>=7", "triton>=3.2; platform_system == 'Linux'", "transformers>=4.46,<6", "safetensors>=0.4", "nvidia-dali-cuda130>=2.0",
-                 "torchao==0.18.0"],
+        "test": ["pytest>=7", "pytest-timeout>=2", "triton>=3.2; platform_system == 'Linux'", "transformers>=4.46,<6", "safetensors>=0.4", "nvidia-dali-cuda130>=2.0",
+                 "torchao==0.18.0", *ONNX],
         "dali": ["nvidia-dali-cuda130>=2.0"],
+        # `onnx_export` (torch's torch.export-based exporter needs onnxscript; torch 2.13 needs
+        # onnxscript >= 0.6) and its ONNX Runtime check; `predict --onnx` needs only the runtime
+        # (>= 1.19: the first built for numpy 2). onnxruntime-gpu brings the CUDA provider.
+        "onnx": ONNX,
+        "onnxruntime": [ORT],
         # Optional attention kernels (--attention flash-attn2 / xformers; `auto` uses them when they
         # run). Both build against the installed torch: flash-attn needs --no-build-isolation and a
         # CUDA toolkit, xformers a wheel made for your torch. FlashAttention-3 (Hopper) has no
@@ -60,5 +68,7 @@ setup(
                                       "vmae2-evaluate=vmae2_fast.evaluate:main",
                                       "vmae2-distill=vmae2_fast.distill:main",
                                       "vmae2-extract-features=vmae2_fast.extract_features:main",
-                                      "vmae2-plan=vmae2_fast.plan:main"]},
+                                      "vmae2-plan=vmae2_fast.plan:main",
+                                      "vmae2-predict=vmae2_fast.predict:main",
+                                      "vmae2-onnx-export=vmae2_fast.onnx_export:main"]},
 )

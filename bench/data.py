@@ -19,7 +19,8 @@ max(1, W // N) threads each. Per row: clips/s (one clip = one view), videos/s (o
 video), sampled frames/s (T per video: what the clip holds) and **decoded frames/s**: the frames
 the decoder must decode to produce the clips, counted from the frame indices each video drew and
 the keyframe positions of its file: from the keyframe at or before the first sampled frame to the
-last (DALI seeks), or from frame 0 for PyAV (`video_io.decode_frames` decodes from the start).
+last (DALI and PyAV seek; PyAV also drops unwanted non-reference frames undecoded, so its count
+is an upper bound: bench/decode.py counts what it decodes).
 Writes bench/results/data-<machine>.jsonl (one record per row, written when it is measured),
 .md and .png (decoded frames/s per row; render.py).
 """
@@ -133,7 +134,7 @@ def pyav_rows(videos, keys, args, device):
     for w in args.workers:
         cfg = argparse.Namespace(batch_size=args.batch_size, seed=SEED, num_workers=w)
         loader = PyAVLoader(ds, pretrain_collate, cfg, argparse.Namespace(world_size=1, rank=0), device)
-        yield dict(time_loader(loader, videos, keys, args, seeks=False), name=f"pyav, {w} worker{'s' * (w != 1)}",
+        yield dict(time_loader(loader, videos, keys, args, seeks=True), name=f"pyav, {w} worker{'s' * (w != 1)}",
                    loader="pyav", workers=w)
 
 
@@ -171,7 +172,7 @@ def run(args):
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     env = environment(device)
     ok, info = dali_status()
-    header = {**env, "dali": info if ok else None, "source": args.videos or "synthetic",
+    header = {**env, "dali": info if ok else None, "source": args.videos or "synthetic", "pyav_seeks": True,
               "settings": {"batch_size": args.batch_size, "views": args.views, "frames": args.frames,
                            "rate": args.rate, "size": args.size, "workers": args.workers,
                            "epochs": args.epochs, "dali_instances": args.dali_instances, "gop": args.gop}}

@@ -9,27 +9,20 @@ measures.
 - `result_stem`: a result's file name, `<out>/<bench>-<machine>[-<part>...]`;
 - `Records`: a run's records, one JSON object a line, each appended, flushed and synced to disk
   when its measurement completes, so that a killed run keeps what it measured; `read_records`
-  reads them back and `render.py` turns them into the Markdown and the PNG;
+  reads them back and `render.py` turns them into the Markdown and the PNG (both live in
+  records.py, which imports no torch, and are re-exported here);
 - `main`: a script's command line: parse, run, render, print the Markdown; a user error prints
   `error: ...` and gives exit code 2.
 
 Bench scripts run as `python bench/<script>.py`: Python puts bench/ first on sys.path, so they
 import this module as `harness`, without touching sys.path.
-
-The record schema, one object a line:
-
-    {"record": "run", "bench": NAME, ...}        first: the environment and the settings
-    {"record": "row", ...}                       one per measurement, when it completes
-    {"record": "end", "load_avg_1m": X, "seconds": S}    last, written when the run finishes
 """
 from __future__ import annotations
 
 import gc
-import json
 import os
 import platform
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +30,7 @@ from typing import Callable
 
 import torch
 
-from vmae2_fast.errors import DataError
+from records import Records, load_average, read_records
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -165,11 +158,6 @@ def _version(distribution: str) -> str | None:
         return None
 
 
-def load_average() -> float:
-    """The 1-minute load average: how busy the machine was (the CPU runs here are shared)."""
-    return round(os.getloadavg()[0], 2)
-
-
 def environment(device) -> dict:
     """What a report says about where it ran: machine, device, Python, torch, CPU model and
     cores, intra-op threads (CPU), the 1-minute load average at the start; on a GPU also CUDA,
@@ -200,66 +188,6 @@ def result_stem(out, bench: str, machine: str, *parts: str) -> Path:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     return out / "-".join([bench, slug(machine), *(p for p in parts if p)])
-
-
-# ----------------------------------------------------------------------------------------- records
-
-class Records:
-    """A run's records file (`<stem>.jsonl`, replaced when a run of the same name starts). Every
-    record is one line, written whole, flushed and synced before the call returns: a run killed
-    at any point leaves every measurement it completed. Use it as a context manager: the end
-    record is written only when the run finishes without an exception."""
-
-    def __init__(self, stem: Path, bench: str, header: dict):
-        self.path = Path(stem).with_suffix(".jsonl")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.path, "w", encoding="utf-8")
-        self._t0 = time.perf_counter()
-        self.bench, self.rows = bench, 0
-        self._write({"record": "run", "bench": bench, **header})
-
-    def add(self, row: dict) -> None:
-        """One measurement, on disk when this returns (and a line of progress on stderr)."""
-        self._write({"record": "row", **row})
-        self.rows += 1
-        said = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()
-                         if isinstance(v, (str, int, float)) and not isinstance(v, bool))
-        print(f"[{self.bench}] {self.rows}: {said[:200]}", file=sys.stderr, flush=True)
-
-    def _write(self, record: dict) -> None:
-        self._file.write(json.dumps(record) + "\n")
-        self._file.flush()
-        os.fsync(self._file.fileno())
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, exc, tb):
-        if exc_type is None:
-            self._write({"record": "end", "load_avg_1m": load_average(),
-                         "seconds": round(time.perf_counter() - self._t0, 1)})
-        self._file.close()
-
-
-def read_records(path) -> tuple[dict, list[dict], dict | None]:
-    """(the run record, the rows, the end record or None when the run did not finish). A last
-    line cut short (a kill during the write) is left out; any other bad line is an error."""
-    lines = Path(path).read_text(encoding="utf-8").split("\n")
-    records = []
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            if i == len(lines) - 1:     # no newline after it: its write never completed
-                break
-            raise DataError(f"{path}:{i + 1}: not a JSON record") from None
-    if not records or records[0].get("record") != "run":
-        raise DataError(f"{path}: not a bench records file (its first line is not a run record)")
-    rows = [{k: v for k, v in r.items() if k != "record"} for r in records if r.get("record") == "row"]
-    end = next((r for r in records if r.get("record") == "end"), None)
-    return records[0], rows, end
 
 
 # ------------------------------------------------------------------------------------ command line

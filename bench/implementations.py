@@ -132,9 +132,9 @@ def grid_of(args):
 
 def fast_settings(args) -> list[dict]:
     """One dict per combination of the fast flags, in the order they were given."""
-    return [dict(attention=a, compile=c, activation_checkpointing=k, parallelism=p)
-            for c, k, a, p in itertools.product(args.compile, args.fast_checkpointing, args.attention,
-                                                args.parallelism)]
+    return [dict(attention=a, compile=c, activation_checkpointing=k, parallelism=p, fp8=f)
+            for c, k, a, p, f in itertools.product(args.compile, args.fast_checkpointing, args.attention,
+                                                   args.parallelism, getattr(args, "fp8", [False]))]
 
 
 def row_names(args) -> set:
@@ -156,6 +156,8 @@ def _fast_name(s: dict, several: bool) -> str:
         parts.append(s["attention"])
     if s["parallelism"] != "none":
         parts.append(s["parallelism"])
+    if s.get("fp8"):
+        parts.append("fp8")
     return "fast " + " ".join(parts)
 
 
@@ -189,7 +191,8 @@ def fast_impls(args, init_state, video, device, autocast) -> list[Impl]:
                 _process_group_of_one(device)
                 dist = _OneProcess()
             wrapped = parallelize(model, device, dist, compile=s["compile"],
-                                  parallelism=s["parallelism"] if s["parallelism"] != "none" else "ddp")
+                                  parallelism=s["parallelism"] if s["parallelism"] != "none" else "ddp",
+                                  fp8=s["fp8"])
             opt = build_adamw(model, LR, WEIGHT_DECAY, betas=BETAS)    # after the wrapping (FSDP)
             masking = DualMasking(model.grid, args.mask_ratio, args.decoder_mask_ratio, device=device)
             gen = torch.Generator(device=device).manual_seed(0)

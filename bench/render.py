@@ -1,4 +1,4 @@
-"""The one renderer of bench/: a run's records (harness.Records, `<stem>.jsonl`) become its
+"""The one renderer of bench/: a run's records (records.Records, `<stem>.jsonl`) become its
 Markdown report (`<stem>.md`) and, where the report has one, its bar chart (`<stem>.png`, drawn
 with PIL, a dependency of the package).
 
@@ -16,7 +16,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from harness import read_records
+from records import read_records
 
 from vmae2_fast.errors import DataError, UserError
 
@@ -24,10 +24,10 @@ __all__ = ["load", "render", "bar_chart", "LAYOUTS"]
 
 
 def load(path) -> dict:
-    """The run record's fields, `rows`, `complete`, and `load_avg_1m` as [at the start, at the end]."""
+    """The run record's fields, `rows`, `complete`, `path`, and `load_avg_1m` as [at the start, at the end]."""
     header, rows, end = read_records(path)
     after = (end or {}).get("load_avg_1m", "n/a" if end is None else None)
-    return {**header, "rows": rows, "complete": end is not None, "file": Path(path).stem,
+    return {**header, "rows": rows, "complete": end is not None, "file": Path(path).stem, "path": str(path),
             "load_avg_1m": [header.get("load_avg_1m"), after]}
 
 
@@ -152,7 +152,8 @@ def _settings(r: dict) -> str:
     s = r["settings"]
     if r["kind"] == "fast":
         return (f"{'compile' if s['compile'] else 'eager'}, checkpointing {s['activation_checkpointing']}, "
-                f"attention {s['attention']}, parallelism {s['parallelism']}")
+                f"attention {s['attention']}, parallelism {s['parallelism']}"
+                + (", FP8 encoder GEMMs" if s.get("fp8") else ""))
     if r["kind"] == "hf":
         return "transformers VideoMAEForPreTraining, encoder masking only"
     return f"checkpointing {s.get('checkpointing', 'none')}"
@@ -307,8 +308,11 @@ def data_markdown(report: dict) -> str:
           f"{s['epochs']} timed epochs after a warm-up epoch; torch {report['torch']}, DALI "
           f"{report['dali']}; 1-minute load average {report['load_avg_1m'][0]} before / "
           f"{report['load_avg_1m'][1]} after, on {report['cpu_cores']} cores.", "",
-          "Decoded frames: what the decoder decodes to produce the clips (from the keyframe before the "
-          "first sampled frame for DALI, from frame 0 for PyAV); sampled frames: the T frames a clip holds.",
+          ("Decoded frames: what the decoder decodes to produce the clips (from the keyframe before the "
+           "first sampled frame; PyAV may drop non-reference frames in that stretch, so its count is an "
+           "upper bound); sampled frames: the T frames a clip holds." if report.get("pyav_seeks") else
+           "Decoded frames: what the decoder decodes to produce the clips (from the keyframe before the "
+           "first sampled frame for DALI, from frame 0 for PyAV); sampled frames: the T frames a clip holds."),
           ""]
     for codec, (m, rows) in _data_sections(report).items():
         md += [f"## {codec}: {m['videos']} videos, {', '.join(m['resolution'])}, {m['frames_per_video']} "
@@ -335,25 +339,79 @@ def data_chart(report: dict, path: Path) -> None:
               {"h264": (66, 133, 244), "vp9": (219, 68, 55)}, default=(15, 157, 88))
 
 
+# --------------------------------------------------------------------------------- decode.py
+
+def decode_markdown(report: dict) -> str:
+    s = report["settings"]
+    load = report["load_avg_1m"]
+    md = [f"# Video decoding per worker on {report['machine']}", "",
+          f"One process, one thread (what one DataLoader worker does): {s['videos']} videos x {s['rounds']} "
+          f"round(s), each item one video -> {s['views']} clips of {s['frames']} frames (stride {s['rate']}) "
+          f"at {s['size']}x{s['size']}; rows interleaved item by item. 1-minute load average {load[0]} at "
+          f"the start, {load[1]} at the end. torch {report['torch']}; "
+          f"{', '.join(f'{k} {v}' for k, v in report['versions'].items() if v)}.", "",
+          "Files: camera-like synthetic clips (`vmae2_fast.testing.natural_video`: 1/f-noise scenes, camera "
+          f"pan, moving textured objects, sensor grain, a third with a cut), {s['seconds']:g} s at 30 fps, "
+          f"short side {s['short_side']}; not real footage.", ""]
+    for tag, f in report["files"].items():
+        rows = [r for r in report["rows"] if r["files"] == tag]
+        base = next((r for r in rows if r["name"].startswith("official") and r["status"] == "ok"), None)
+        md += [f"## {f['title']}", "",
+               f"{f['videos']} files, {f['frames']} frames, {f['kbps']} kb/s, {f['keyframes_per_video']} "
+               f"keyframes per file, {100 * f['b_frames']:.0f} % B-frames.", "",
+               "| loader | clips/s | vs official | clips per CPU-second | vs official | frames decoded per video "
+               "| right frames (exact) |", "|---|---|---|---|---|---|---|"]
+        for r in rows:
+            if r["status"] != "ok":
+                md.append(f"| {r['name']} | {r['status']} | | | | | |")
+                continue
+            vs = f"{r['clips_per_s'] / base['clips_per_s']:.2f}x" if base else "n/a"
+            vs_cpu = f"{r['clips_per_cpu_s'] / base['clips_per_cpu_s']:.2f}x" if base else "n/a"
+            how = " (modelled)" if r["decoded_how"].startswith("modelled") else ""
+            ex = r.get("exact")
+            ex_s = f"{ex['right_frames']}/{ex['clips']} clips, max diff {ex['max_abs_diff']}" if ex else ""
+            md.append(f"| {r['name']} | {r['clips_per_s']:.1f} | {vs} | {r['clips_per_cpu_s']:.1f} | {vs_cpu} | "
+                      f"{r['decoded_per_video']}{how} | {ex_s} |")
+        md.append("")
+    md += ["clips/s: clips over the wall-clock time of the items; clips per CPU-second: over the CPU time "
+           "the process spent in them (all its threads: decord decodes in a thread of its own). On a loaded "
+           "machine the first also counts waits for a core, which hurt a loader that hands work between "
+           "threads; the second is what an idle core would give.", "",
+           "Frames decoded per video: one decode serves the item's clips (modelled: from the decoder's seek "
+           "rule and the file's keyframes, without the decoder's reorder delay). Right frames: clips whose "
+           "every frame is nearest to a plain decode's frame at its index; max diff: the largest pixel "
+           "difference from those frames (0: the same RGB conversion as PyAV's)."]
+    return "\n".join(md) + "\n"
+
+
 # ------------------------------------------------------------------------------ fused_ops.py
 
 def fused_ops_markdown(report: dict) -> str:
     rows = report["rows"]
-    ref = {(r["shape"], r["op"]): r for r in rows if r["backend"] == "reference"}
+    ok = [r for r in rows if r.get("status", "ok") == "ok"]
+    ref = {(r["shape"], r["op"]): r for r in ok if r["backend"] == "reference"}
+    peak = "Peak memory: growth over the inputs (CPU: process peak RSS; GPU: max allocated)."
+    if report.get("processes") == "one" and report["device"] == "cpu":
+        peak = "Peak memory: not measured (one process on a CPU, whose peak RSS is the process's own)."
     lines = [f"# Fused ops, forward + backward: {report['machine']}", "",
              f"batch {report['batch']}, 16x224x224 clips, tubelet 2, mask ratio 0.9, decoder ratio 0.5, "
              f"{report['dtype']}, {report['threads']} threads, median of {report['reps']}; torch {report['torch']}"
              + (f"; 1-minute load average {report['load_avg_1m'][0]} before / {report['load_avg_1m'][1]} after"
                 if report["load_avg_1m"][0] is not None else "")
-             + ". Peak memory: growth over the inputs (CPU: process peak RSS; GPU: max allocated).", "",
+             + f". {peak}", "",
              "| shape | op | backend | time (ms) | speed-up | peak extra memory (MiB) | memory vs reference |",
              "|---|---|---|---:|---:|---:|---:|"]
-    for r in rows:
+    for r in ok:
         b = ref.get((r["shape"], r["op"]))
         sp = f"{b['ms'] / r['ms']:.2f}x" if b else "-"
-        mem = f"{r['peak_mib'] / b['peak_mib']:.2f}x" if b and b["peak_mib"] > 0 else "-"
+        measured = r["peak_mib"] is not None
+        mem = f"{r['peak_mib'] / b['peak_mib']:.2f}x" if measured and b and b["peak_mib"] > 0 else "-"
         lines.append(f"| {r['shape']} | {r['op']} | {r['backend']} | {r['ms']:.1f} | {sp} | "
-                     f"{r['peak_mib']:.1f} | {mem} |")
+                     f"{_fmt(r['peak_mib'], '.1f', none='n/a')} | {mem} |")
+    failed = [r for r in rows if r.get("status", "ok") != "ok"]
+    if failed:
+        lines += ["", "Failed (the run went on with the next measurement):", ""]
+        lines += [f"- {r['shape']} / {r['op']} / {r['backend']}: {r['error']}" for r in failed]
     return "\n".join(lines) + "\n"
 
 
@@ -382,6 +440,121 @@ def attention_markdown(report: dict) -> str:
                                                          for c in report["rows"]}))]
     if skipped:
         md += ["", "Backends that do not run here, and why:", "", *skipped]
+    return "\n".join(md) + "\n"
+
+
+# ------------------------------------------------------------------------------- gpu_tests.py
+
+def pytest_markdown(report: dict) -> str:
+    rows = report["rows"]
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["outcome"]] = counts.get(r["outcome"], 0) + 1
+    env = [f"torch {report['torch']}", f"pytest {report['pytest']}"]
+    if report.get("cuda"):
+        env.append(f"CUDA {report['cuda']}, driver {report.get('driver') or 'unknown'}")
+    md = [f"# Tests on {report['machine']}{': ' + report['tag'] if report.get('tag') else ''}", "",
+          f"`pytest {' '.join(report['args'])}`; {', '.join(env)}; 1-minute load average "
+          f"{report['load_avg_1m'][0]} before / {report['load_avg_1m'][1]} after.", "",
+          "**" + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) + "**" if counts else "No test ran.", ""]
+    bad = [r for r in rows if r["outcome"] in ("failed", "error", "xpassed")]
+    if bad:
+        md += ["| test | outcome | seconds | message |", "|---|---|---:|---|"]
+        md += [f"| `{r['nodeid']}` | {r['outcome']} ({r['phase']}) | {r['seconds']:.1f} | "
+               f"{r['message'].replace('|', '/')} |" for r in bad]
+        md.append("")
+    ran = sorted((r for r in rows if r["outcome"] not in ("skipped",)), key=lambda r: -r["seconds"])[:10]
+    if ran:
+        md += ["Slowest:", "", "| test | outcome | seconds |", "|---|---|---:|"]
+        md += [f"| `{r['nodeid']}` | {r['outcome']} | {r['seconds']:.1f} |" for r in ran]
+        md.append("")
+    reasons: dict[str, int] = {}
+    for r in rows:
+        if r["outcome"] == "skipped":
+            reasons[r["message"]] = reasons.get(r["message"], 0) + 1
+    if reasons:
+        md += ["Skipped, by reason:", ""] + [f"- {n} x {why}" for why, n in sorted(reasons.items(), key=lambda x: -x[1])]
+    return "\n".join(md) + "\n"
+
+
+# ------------------------------------------------------------------------------- gpu_suite.py
+
+def _step_records_line(folder: Path, rec: dict) -> str:
+    """One records file of a step: its rows and whether its run finished; for a pytest run the
+    outcomes, for a fused-op run the failures."""
+    if "error" in rec:
+        return f"`{rec['file']}`: unreadable ({rec['error']})"
+    said = f"`{rec['file']}`: {rec['rows']} record(s), " + ("finished" if rec["complete"] else "**stopped before it finished**")
+    if rec["bench"] in ("pytest", "fused-ops") and (folder / rec["file"]).exists():
+        rows = read_records(folder / rec["file"])[1]
+        key = "outcome" if rec["bench"] == "pytest" else "status"
+        counts: dict[str, int] = {}
+        for r in rows:
+            counts[r.get(key, "ok")] = counts.get(r.get(key, "ok"), 0) + 1
+        said += " (" + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) + ")"
+    return said
+
+
+def _suite_throughput_rows(folder: Path, files: list) -> list[str]:
+    """The suite's summary table: every throughput row its steps measured, with its ratio."""
+    lines = []
+    for f in files:
+        path = folder / f
+        if not path.exists():
+            continue
+        report = load(path)
+        if not report["rows"]:          # stopped before its first measurement
+            continue
+        s = throughput_summary(report)
+        ac = report.get("official_checkpointing")
+        run = f"{Path(f).parent.name}: {report['tag']}" if report["tag"] else Path(f).parent.name
+        for r in s["rows"]:
+            if report["batch"] == "sweep" and r["status"] == "ok" and s["results"].get(r["name"]) is not r:
+                continue        # a sweep: each implementation's best batch only
+            what = f"{_label(r, report)}" + (f" (ckpt {ac})" if r["kind"] == "official" else "")
+            if r["status"] != "ok":
+                lines.append(f"| {report['model']} | {run} | {what} | {r['batch']} | {r['status']} | | | | |")
+                continue
+            # a run without a baseline row compares its rows with its first: no ratio to show here
+            vs = "" if r["vs"] is None or s["base"] not in ("official", "re-statement") else f"{r['vs']:.2f}x"
+            lines.append(f"| {report['model']} | {run} | {what} | {r['batch']} | {r['clips_per_s']:.1f} "
+                         f"| {_fmt(r['mfu'], '.1f', 100, 'n/a')} | {_fmt(r['peak_mem_per_clip_gib'], '.3f', none='n/a')} "
+                         f"| {_fmt(r.get('first_step_s'), '.1f', none='')} | {vs} |")
+    return lines
+
+
+def gpu_suite_markdown(report: dict) -> str:
+    folder = Path(report["path"]).parent
+    rows = report["rows"]
+    seconds = sum(r["seconds"] for r in rows)
+    pk = report["packages"]
+    present = ", ".join(f"{k} {v}" for k, v in pk.items() if v)
+    missing = ", ".join(k for k, v in pk.items() if not v)
+    md = [f"# GPU suite ({report['device']} mode) on {report['gpu'] or 'a CPU'}: {seconds:.0f} s of steps, "
+          f"budget {report['budget_s']} s", "",
+          f"Python {report['python']}, torch's CUDA {report['torch_cuda']}; {present}; not installed: "
+          f"{missing or 'none'}. Caps {report['caps_s']} s + set-up {report['setup_cap_s']} s + summary "
+          f"{report['render_cap_s']} s; 1-minute load average {report['load_avg_1m'][0]} before / "
+          f"{report['load_avg_1m'][1]} after.", "",
+          "| step | status | seconds | limit (s) | note |", "|---|---|---:|---:|---|"]
+    md += [f"| {r['step']} | {r['status']} | {r['seconds']:.0f} | {r['limit_s']} | {r['note'].replace('|', '/')} |"
+           for r in rows]
+    done = {r["step"] for r in rows}
+    not_reached = [p["step"] for p in report["plan"] if p["step"] not in done]
+    if not_reached and not report["complete"]:
+        md += [f"| {name} | not reached: the run stopped before it | | | |" for name in not_reached]
+    listed = [f"- {r['step']}: {_step_records_line(folder, rec)}" for r in rows for rec in r["records"]]
+    if listed:
+        md += ["", "Records of each step (`<step>/*.jsonl`; reports beside them):", "", *listed]
+    files = [rec["file"] for r in rows for rec in r["records"] if rec.get("bench") == "throughput"]
+    table = _suite_throughput_rows(folder, files)
+    if table:
+        md += ["", "## Pre-training throughput", "",
+               "| model | step: run | implementation | batch | clips/s | MFU % | peak GiB / clip | first step (s) | vs baseline |",
+               "|---|---|---|---|---:|---:|---:|---:|---:|", *table, "",
+               "vs baseline: the baseline's step time (the official code with `--official-repo`, else the "
+               "re-statement) over the row's, at the same batch in the same run; a sweep shows each "
+               "implementation's best batch. First step: compilation and first allocations."]
     return "\n".join(md) + "\n"
 
 
@@ -421,6 +594,9 @@ LAYOUTS = {
     "fused-ops": (fused_ops_markdown, None),
     "attention": (attention_markdown, None),
     "reencode": (reencode_markdown, None),
+    "pytest": (pytest_markdown, None),
+    "gpu-suite": (gpu_suite_markdown, None),
+    "decode": (decode_markdown, None),
 }
 
 

@@ -233,7 +233,7 @@ class _Values(argparse.Action):
 
 def _on_off(v: str) -> bool:
     if v not in ("on", "off"):
-        raise argparse.ArgumentTypeError(f"--compile takes on and/or off, got {v!r}")
+        raise argparse.ArgumentTypeError(f"takes on and/or off, got {v!r}")
     return v == "on"
 
 
@@ -259,6 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--activation-checkpointing", nargs="*", action=_Values, const="full", convert=checkpoint_policy,
                    dest="fast_checkpointing", default=["none"], metavar="none|full|K",
                    help="checkpointing policies (alone: full)")
+    g.add_argument("--fp8", nargs="*", action=_Values, const="on", convert=_on_off, default=[False],
+                   metavar="on|off", help="the encoder's linear layers in FP8 (torchao; sm_89+, emulated on a CPU)")
     g.add_argument("--parallelism", nargs="+", choices=["none", "ddp", "fsdp"], default=["none"],
                    help="the run's wrapping (train/parallelize.py) in a process group of one")
     g.add_argument("--kernels", default="auto", help="fused-op backend: auto | triton | cpp | reference")

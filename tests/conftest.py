@@ -27,6 +27,33 @@ def tiny_synthetic(tmp_path_factory):
     return ds
 
 
+@pytest.fixture(autouse=True)
+def _float32_matmul_flags():
+    """A training stage sets torch's process-wide TF32 flags on CUDA (`stages/build.py`): each
+    test starts from the flags the session started with, so no test runs on another's setting."""
+    flags = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier(tiny_synthetic, tmp_path_factory):
+    """A vit_micro classifier fine-tuned for 3 steps on the tiny set (32x32, 4 frames at rate 2,
+    short side 40 so that the test crops differ): its checkpoint-best.pth, which records its
+    clip settings and class names. A high learning rate and a head initialised at full scale
+    give logits of order 1, so that comparisons of its outputs are not comparisons of near-zeros."""
+    from vmae2_fast import finetune
+    out = tmp_path_factory.mktemp("tiny_classifier")
+    argv = ["--model", "vit_micro", "--preset", "cpu_demo", "--train-list", tiny_synthetic.train_list,
+            "--val-list", tiny_synthetic.val_list, "--data-root", tiny_synthetic.root,
+            "--output-dir", str(out), "--input-size", "32", "--short-side-size", "40",
+            "--num-frames", "4", "--sampling-rate", "2", "--batch-size", "4", "--epochs", "1",
+            "--warmup-epochs", "0", "--num-workers", "0", "--aa", "none", "--no-progress",
+            "--lr", "0.5", "--init-scale", "1.0"]
+    assert finetune.main(argv) == 0
+    return out / "checkpoint-best.pth"
+
+
 @pytest.fixture(scope="session")
 def official_repo():
     """The checkout of the official code (needs.official_checkout) for the tests marked

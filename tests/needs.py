@@ -100,6 +100,25 @@ def cpp_ops():
                 if not has_compiler else "fix the build error above (csrc/)")
 
 
+def network_namespaces() -> None:
+    """`ip netns add` works here (root, iproute2, a kernel that allows it): the two-host tests make
+    their "hosts" with it. CI runs as root in the same sandbox as a session, where it works, so
+    there its absence is a failure, not a skip; elsewhere (not root, no iproute2) it skips."""
+    import subprocess
+    import uuid
+    if shutil.which("ip") is None:
+        unavailable("iproute2 (the `ip` command)", "not found", missing=True, install="apt-get install iproute2")
+    if os.geteuid() != 0:
+        unavailable("network namespaces", "`ip netns add` needs root", missing=True,
+                    install="run the test as root (as CI does), e.g. in a container")
+    name = f"vmae2-probe-{uuid.uuid4().hex[:8]}"
+    res = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True, timeout=60)
+    if res.returncode != 0:
+        unavailable("network namespaces", f"`ip netns add` failed: {res.stderr.strip()}", missing=True,
+                    install="a machine or container that allows network namespaces (CAP_SYS_ADMIN)")
+    subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=60)
+
+
 # A checkout of the official code is never part of the repository (its licence and size), so CI
 # has none: the tests that run it are marked `official_checkout` and are deselected unless asked
 # for (`pytest -m official_checkout`, pyproject addopts). They look for a checkout here or at

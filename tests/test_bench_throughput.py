@@ -257,3 +257,26 @@ def test_throughput_bench_times_the_real_official_checkout(tmp_path, official_re
     assert [r["name"] for r in report["rows"]] == ["official", "re-statement", "fast"]
     official = next(r for r in report["rows"] if r["name"] == "official")
     assert official["clips_per_s"] > 0
+
+
+def test_fp8_rows_run_the_encoder_in_fp8(tmp_path, monkeypatch):
+    """`--fp8 off on`: a row per setting, and the fp8 row's model is the one `parallelize`
+    converted (torchao's Float8Linear in the encoder; emulated on the CPU)."""
+    import needs
+    needs.module("torchao")
+    import vmae2_fast.train.parallelize as par
+    converted = {}
+    real = par.parallelize
+
+    def watching(model, *a, **kw):
+        out = real(model, *a, **kw)
+        converted[kw["fp8"]] = sorted({type(m).__name__ for m in model.encoder.modules()})
+        return out
+    monkeypatch.setattr(par, "parallelize", watching)
+    assert throughput.main(["--model", "vit_micro", "--size", "64", "--frames", "8", "--batch", "2",
+                            "--steps", "1", "--warmup", "1", "--device", "cpu", "--out", str(tmp_path),
+                            "--impl", "fast", "--fp8", "off", "on"]) == 0
+    r = the_report(tmp_path)
+    assert set(r["results"]) == {"fast eager ac=none", "fast eager ac=none fp8"}
+    assert "Float8Linear" in converted[True] and "Float8Linear" not in converted[False]
+    assert "FP8 encoder GEMMs" in next(tmp_path.glob("*.md")).read_text()

@@ -57,8 +57,10 @@ def test_best_checkpoint_is_kept_apart_from_keep_last(tiny_synthetic, tmp_path):
     assert best["epoch"] in (0, 1, 2) and "val_top1" in best
 
 
+@pytest.mark.parametrize("background", [False, True], ids=["sync", "async-checkpoint"])
 def test_disk_full_while_saving_keeps_the_previous_checkpoint(tiny_synthetic, tmp_path, monkeypatch,
-                                                               capsys):
+                                                               capsys, background):
+    """With --async-checkpoint the write fails in the background: the run stops at the next save."""
     real_save = torch.save
     calls = []
 
@@ -73,7 +75,7 @@ def test_disk_full_while_saving_keeps_the_previous_checkpoint(tiny_synthetic, tm
         return real_save(obj, f, *a, **k)
     monkeypatch.setattr(ckpt.torch, "save", save)
     out = tmp_path / "run"
-    assert main_for("pretrain", flags(tiny_synthetic, out, epochs=4)) == 2
+    assert main_for("pretrain", flags(tiny_synthetic, out, epochs=4, async_checkpoint=background)) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: no space left on the device") and "Traceback" not in err
     assert "previous checkpoint is intact" in err and "(global step 6)" in err, err
@@ -81,7 +83,7 @@ def test_disk_full_while_saving_keeps_the_previous_checkpoint(tiny_synthetic, tm
     assert numbered(out) == ["checkpoint-0.pth", "checkpoint-1.pth"]
     assert not list(out.glob(".checkpoint-*.tmp"))               # the partial file was removed
     monkeypatch.setattr(ckpt.torch, "save", real_save)
-    assert main_for("pretrain", flags(tiny_synthetic, out, epochs=4)) == 0   # space again: resume
+    assert main_for("pretrain", flags(tiny_synthetic, out, epochs=4, async_checkpoint=background)) == 0   # resume
     assert read_checkpoint(out / "checkpoint-last.pth")["global_step"] == 12
 
 

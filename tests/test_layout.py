@@ -8,7 +8,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PKG = ROOT / "vmae2_fast"
 ENTRY_POINTS = {"pretrain", "post_pretrain", "finetune", "evaluate", "distill", "extract_features",
-                "hf_export"}
+                "hf_export", "predict", "onnx_export", "plan"}
 
 
 def module_name(path: Path) -> str:

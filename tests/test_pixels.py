@@ -48,6 +48,27 @@ def test_normalisation_is_imagenet_in_the_requested_dtype():
         normalize_on_device(x.to(torch.int32))
 
 
+def test_cpu_normalisation_slab_by_slab_is_the_same_arithmetic():
+    """The CPU path (one slab per clip and channel, scalar constants, NumPy-allocated output)
+    computes ``x * scale + bias`` in float32 exactly as the broadcast formula does, from any
+    input layout, into a contiguous tensor of its own; float views give ``(x - m) / s``."""
+    from vmae2_fast.data.pixels import norm_affine, norm_pixels
+    base = torch.randint(0, 256, (3, 6, 5, 17, 40), dtype=torch.uint8)
+    x = base.permute(0, 1, 2, 4, 3)[:, ::2, :, ::2]             # (3, 3, 5, 20, 17), not contiguous
+    assert not x.is_contiguous()
+    scale, bias = norm_affine("cpu")
+    out = normalize_on_device(x)
+    assert out.is_contiguous() and torch.equal(out, x.float() * scale + bias)
+    assert (out.double() - float64_truth(x)).abs().max() < 1e-6
+    assert torch.equal(normalize_on_device(x, torch.bfloat16), out.to(torch.bfloat16))
+    kept = out.clone()
+    base.zero_()                                                # the output shares nothing with the input
+    assert torch.equal(out, kept)
+    views = torch.rand(2, 3, 4, 6, 7) * 255
+    mean255, std255 = norm_pixels("cpu")
+    assert torch.equal(normalize_on_device(views), (views - mean255) / std255)
+
+
 def test_pretraining_input_is_the_normalised_crops_of_its_boxes(tiny_synthetic, monkeypatch):
     """The PyAV pre-training item is the uint8 crops of the frames it decoded at the boxes it drew;
     normalised on the device it is the float64 ImageNet normalisation of those crops, to float32
@@ -114,3 +135,24 @@ def test_validation_and_test_views_are_pixels(tiny_synthetic):
     assert 0 <= views.min() and views.max() < 255.01 and views.max() > 1    # pixels, not normalised
     host = torch.stack([normalize(v.permute(1, 0, 2, 3)) for v in views])
     assert torch.equal(normalize_on_device(views), host)
+
+
+@pytest.mark.parametrize("cached_first", [True, False])
+def test_a_fake_batch_is_normalised_without_memory(cached_first, monkeypatch):
+    """The memory planner traces the step with fake tensors (its FakeTensorMode): the host path's
+    NumPy buffer would be a real allocation of the planned batch (90 GiB for ViT-g's) that the
+    trace cannot see; and the constants made inside the trace must not be cached for real runs."""
+    from torch._subclasses.fake_tensor import FakeTensorMode, is_fake
+    import vmae2_fast.data.pixels as pixels
+    monkeypatch.setattr(pixels, "_AFFINE", {})
+    real = torch.randint(0, 256, (1, 3, 2, 4, 4), dtype=torch.uint8)
+    if cached_first:
+        want = normalize_on_device(real)
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        video = torch.empty(1024, 3, 16, 1024, 1024, dtype=torch.uint8)     # 48 GiB as float32
+        out = normalize_on_device(video, torch.float32)
+    assert is_fake(out) and out.shape == video.shape and out.dtype == torch.float32
+    got = normalize_on_device(real)                 # after the trace: real constants, same numbers
+    assert not is_fake(got) and not any(is_fake(t) for pair in pixels._AFFINE.values() for t in pair)
+    if cached_first:
+        assert torch.equal(got, want)

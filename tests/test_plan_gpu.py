@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import needs
+from vmae2_fast.data.batches import PretrainBatch
 
 pytestmark = pytest.mark.gpu
 
@@ -29,7 +30,7 @@ def _measured_step_peak(model_name, policy, batch, frames=16, size=224):
 
     def step():
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss, _ = stage.compute_loss(model, (video,))
+            loss, _ = stage.compute_loss(model, PretrainBatch(video))
         loss.backward()
         del loss
 

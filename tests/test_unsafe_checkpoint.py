@@ -1,7 +1,7 @@
 """A checkpoint whose unpickling would run code (here: create a file) is refused by every path of
 the engine that reads one, through the real command lines: pretrain --resume (a path and
-`auto`), post_pretrain / finetune --init, distill --teacher, evaluate, extract_features and
-hf_export. Only --trust-checkpoint unpickles it, and then the code does run (which shows that the
+`auto`), post_pretrain / finetune --init, distill --teacher, evaluate, extract_features,
+hf_export, predict and onnx_export. Only --trust-checkpoint unpickles it, and then the code does run (which shows that the
 test would see it). The harmless objects of released files load without it: the official
 `argparse.Namespace` and DeepSpeed's fp16 loss scaler (written by a stand-in `deepspeed` package,
 so that the pickle names the real class)."""
@@ -56,6 +56,8 @@ def commands(ds, tmp_path, path):
                                                    "--out", str(out / "feat")]
     yield "hf_export", "hf_export", ["--checkpoint", str(path), "--model", "vit_micro",
                                      "--out", str(out / "hf")]
+    yield "predict", "predict", ["--checkpoint", str(path), ds.val_list, "--data-root", ds.root]
+    yield "onnx_export", "onnx_export", ["--checkpoint", str(path), "--out", str(out / "m.onnx")]
 
 
 def test_no_path_runs_pickled_code(tiny_synthetic, tmp_path, evil, capsys):

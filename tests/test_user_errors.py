@@ -164,11 +164,14 @@ def test_checkpoint_problems_on_every_path(tiny_synthetic, tmp_path, capsys):
     torch.save({"model": {"w": torch.zeros(3000)}}, good)
     messages, paths = _bad_files(tmp_path, good)
     base = flags(tiny_synthetic, tmp_path / "run")
+    video = str(Path(tiny_synthetic.root) / "videos")                   # an input that exists
     for kind, path in paths.items():
         for command, argv in (("pretrain", base + ["--resume", str(path)]),
                               ("evaluate", ["--checkpoint", str(path), "--output-dir", str(tmp_path / "e")]),
                               ("hf_export", ["--checkpoint", str(path), "--model", "vit_micro",
-                                             "--out", str(tmp_path / "hf")])):
+                                             "--out", str(tmp_path / "hf")]),
+                              ("predict", ["--checkpoint", str(path), video]),
+                              ("onnx_export", ["--checkpoint", str(path), "--out", str(tmp_path / "m.onnx")])):
             assert main_for(command, argv) == 2, (command, kind)
             err = capsys.readouterr().err
             assert err.startswith("error: ") and messages[kind] in err, (command, kind, err)

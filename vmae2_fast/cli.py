@@ -30,7 +30,9 @@ COMMANDS = {
     "distill": ("DistillConfig", "stages.classify:run"),
     "evaluate": ("EvaluateConfig", "stages.evaluate:run"),
     "extract_features": ("FeaturesConfig", "stages.features:run"),
+    "predict": ("PredictConfig", "stages.predict:run"),
     "hf_export": ("ExportConfig", "integrations.hf_export:export"),
+    "onnx_export": ("OnnxExportConfig", "stages.onnx_export:run"),
     "plan": ("PlanConfig", "memory.report:run"),
 }
 

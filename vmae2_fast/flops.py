@@ -265,7 +265,7 @@ def gpu_memory_bytes(device_name: str) -> int:
     for need, avoid, gib in _MEMORY_GIB:
         if all(x in name for x in need) and not any(x in name for x in avoid):
             return int(gib * 2 ** 30)
-    raise ValueError(f"no memory size known for {device_name!r}: the table in vmae2_fast/flops.py "
+    raise ConfigError(f"no memory size known for {device_name!r}: the table in vmae2_fast/flops.py "
                      f"(_MEMORY_GIB) has {', '.join(GPU_NAMES)}; pass --memory-gib")
 
 

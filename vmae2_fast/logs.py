@@ -10,22 +10,28 @@ from .errors import OutputDirError
 
 
 class _TqdmHandler(logging.StreamHandler):
-    """Logs through tqdm.write so that log lines do not break a progress bar."""
+    """Logs through tqdm.write so that log lines do not break a progress bar; on stdout, or on
+    stderr for a command whose stdout is its result (predict's JSON lines). The stream is looked
+    up at each line, so that a redirected sys.stdout (pytest's capture) is followed."""
+
+    def __init__(self, to_stderr: bool = False):
+        super().__init__()
+        self.to_stderr = to_stderr
 
     def emit(self, record):
         try:
             from tqdm import tqdm
-            tqdm.write(self.format(record), file=sys.stdout)
+            tqdm.write(self.format(record), file=sys.stderr if self.to_stderr else sys.stdout)
         except Exception:  # pragma: no cover - logging must never kill training
             self.handleError(record)
 
 
-def setup_logging(output_dir: str | None, is_main: bool) -> None:
+def setup_logging(output_dir: str | None, is_main: bool, to_stderr: bool = False) -> None:
     root = logging.getLogger()
     root.handlers.clear()
     root.setLevel(logging.INFO if is_main else logging.WARNING)
     fmt = logging.Formatter("%(asctime)s %(levelname).1s %(message)s", "%H:%M:%S")
-    handler = _TqdmHandler()
+    handler = _TqdmHandler(to_stderr)
     handler.setFormatter(fmt)
     root.addHandler(handler)
     if output_dir and is_main:

@@ -6,8 +6,8 @@ from .classify import DistillConfig, FinetuneConfig, PostPretrainConfig
 from .flags import add_config_flags, given_flags, parse_config
 from .plan import PlanConfig
 from .pretrain import PretrainConfig
-from .tools import EvaluateConfig, ExportConfig, FeaturesConfig
+from .tools import EvaluateConfig, ExportConfig, FeaturesConfig, OnnxExportConfig, PredictConfig
 
 __all__ = ["RunConfig", "PretrainConfig", "FinetuneConfig", "PostPretrainConfig", "DistillConfig",
-           "EvaluateConfig", "FeaturesConfig", "ExportConfig", "PlanConfig", "replace", "parse_config",
-           "add_config_flags", "given_flags"]
+           "EvaluateConfig", "FeaturesConfig", "ExportConfig", "PredictConfig", "OnnxExportConfig",
+           "PlanConfig", "replace", "parse_config", "add_config_flags", "given_flags"]

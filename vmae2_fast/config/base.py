@@ -69,6 +69,8 @@ class RunConfig(ClipModel):
     opt_eps: float = 1e-8
     clip_grad: float | None = None
     precision: str = "auto"            # auto (bf16 on GPU, fp32 on CPU) | bf16 | fp16 | fp32
+    tf32: bool = True                  # CUDA: float32 matmuls (torch's and the fused ops' Triton
+                                       # dots) on TF32 tensor cores; --no-tf32: IEEE float32
     max_nonfinite: int = 20            # abort after this many non-finite losses in a row
     # run
     output_dir: str = "runs/out"
@@ -77,6 +79,8 @@ class RunConfig(ClipModel):
     save_every: int = 5                # epochs between numbered checkpoints (and the last one)
     save_every_steps: int = 0          # also checkpoint-last.pth every N optimiser steps (0: off)
     keep_last: int = 0                 # keep only the newest K numbered checkpoints (0: all)
+    async_checkpoint: bool = False     # write checkpoints in the background while training goes on
+    dist_timeout: float = 1800.0       # seconds a collective may wait for the other processes
     log_every: int = 20                # optimiser steps between log lines (the only host syncs)
     tensorboard: bool = False
     progress: bool = True
@@ -124,6 +128,8 @@ class RunConfig(ClipModel):
             raise ConfigError(f"--peak-tflops must be positive, got {self.peak_tflops}")
         if self.clip_grad is not None and self.clip_grad <= 0:
             raise ConfigError("--clip-grad must be positive (omit it to disable clipping)")
+        if self.dist_timeout <= 0:
+            raise ConfigError(f"--dist-timeout must be a positive number of seconds, got {self.dist_timeout:g}")
         if not 0 <= self.max_bad_fraction <= 1:
             raise ConfigError(f"--max-bad-fraction must be in [0, 1], got {self.max_bad_fraction}")
         for name in ("num_workers", "keep_last", "save_every_steps", "max_steps", "warmup_epochs",

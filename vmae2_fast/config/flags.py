@@ -16,7 +16,8 @@ __all__ = ["add_config_flags", "common_help", "given_flags", "parse_config"]
 
 
 def add_config_flags(parser: argparse.ArgumentParser, cls, help_text: dict[str, str] | None = None):
-    """One `--field-name` flag per dataclass field; defaults are suppressed so that only the
+    """One `--field-name` flag per dataclass field (a field with ``positional`` metadata, the
+    operands' metavar, takes the operands instead); defaults are suppressed so that only the
     flags a user typed override the preset."""
     hints = typing.get_type_hints(cls)
     help_text = help_text or {}
@@ -26,8 +27,11 @@ def add_config_flags(parser: argparse.ArgumentParser, cls, help_text: dict[str, 
         args = typing.get_args(kind)
         base = next((a for a in args if a is not type(None)), kind) if args and type(None) in args else kind
         default = f.default if f.default is not dataclasses.MISSING else None
-        h = help_text.get(f.name, "") + (f" (default: {default})" if default not in (None, "") else "")
-        if base is bool:
+        h = help_text.get(f.name, "") + (f" (default: {default})" if default not in (None, "", ()) else "")
+        if "positional" in f.metadata:  # the operands of a command (predict's INPUT...), not a flag
+            parser.add_argument(f.name, nargs="*", metavar=f.metadata["positional"],
+                                default=argparse.SUPPRESS, help=h)
+        elif base is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=h)
         elif typing.get_origin(base) is tuple:
             parser.add_argument(flag, type=float, nargs=len(typing.get_args(base)), default=argparse.SUPPRESS,
@@ -53,6 +57,10 @@ def common_help() -> dict[str, str]:
         "keep_last": "keep only the newest K numbered checkpoints (0: all); checkpoint-best.pth "
                      "is kept apart",
         "max_bad_fraction": "stop when more than this fraction of an epoch's videos cannot be read",
+        "async_checkpoint": "write checkpoints in the background (a host copy; FSDP: DCP async_save) "
+                            "while training goes on; at most one save in flight",
+        "dist_timeout": "seconds a collective may wait for the other processes before the run "
+                        "stops naming the late rank; keep it above a checkpoint write",
     }
 
 
@@ -87,7 +95,9 @@ def parse_config(cls, argv=None, *, prog: str, description: str | None = None,
     add_config_flags(parser, cls, help_text)
     parser.add_argument("--print-config", action="store_true",
                         help="print the resolved config (preset, then flags) as JSON and exit")
-    ns = parser.parse_args(argv)
+    # operands may sit between flags (`predict a.mp4 --top-k 3 b.mp4`)
+    operands = any("positional" in f.metadata for f in dataclasses.fields(cls))
+    ns = parser.parse_intermixed_args(argv) if operands else parser.parse_args(argv)
     show = ns.print_config
     del ns.print_config
     flags = given_flags(ns)

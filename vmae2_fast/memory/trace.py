@@ -13,7 +13,7 @@ size it divides grows with the batch and one that it does not divide is the same
 one trace gives the memory at every batch size (`StepTrace.live`).
 
 A dispatcher-level trace does not see what a kernel allocates and frees inside one op; the ones
-that matter are added from `kernel_workspace` (the fused ops' faces, the CPU's uint8 conversion,
+that matter are added from `kernel_workspace` (the fused ops' backends, the CPU's uint8 conversion,
 FlashAttention-2's backward accumulators). Left out, and stated by the plan: cuBLAS's workspace
 (allocated once per process), the CUDA caching allocator's rounding of each block to 512 bytes,
 and what torch.compile would save or fuse (the trace is of the eager step).
@@ -161,8 +161,8 @@ def _elt(dtype: torch.dtype) -> int:
 
 def kernel_workspace(op: str, args: tuple, device: str) -> tuple[int, ...]:
     """Bytes a kernel allocates and frees inside one op besides its outputs, which a trace at
-    the dispatcher cannot see: the fused ops' faces (Triton on CUDA, C++ on the CPU; the shared
-    backward code in kernels/rules.py), the CPU's dtype-converting copy of a uint8 input, and
+    the dispatcher cannot see: the fused ops' backends (Triton on CUDA, C++ on the CPU; the shared
+    backward code in each ops/<op>.py), the CPU's dtype-converting copy of a uint8 input, and
     FlashAttention-2's backward accumulators on CUDA. Terms that grow with the batch and terms
     that do not come apart (see `PROBE_BATCH`)."""
     return tuple(_workspace(op, args, device) or ())
@@ -170,11 +170,13 @@ def kernel_workspace(op: str, args: tuple, device: str) -> tuple[int, ...]:
 
 def _workspace(op: str, args: tuple, device: str):
     if op == "vmae2_fast::masked_mse_per_token" and device == "cpu":
-        pred = args[0]                   # the C++ face reads float32 predictions (ops/cpp.py)
+        pred = args[0]                   # the C++ loops read float32 predictions (ops/masked_loss.py)
         return (pred.numel() * 4,) if pred.dtype != torch.float32 else None
     if op == "vmae2_fast::masked_mse_per_token_backward" and device == "cpu":
-        pred = args[1]                   # float32 copy of pred + float32 gradient, then cast
-        return (2 * pred.numel() * 4,) if pred.dtype != torch.float32 else None
+        pred = args[1]                   # float32 copy of pred + float32 gradient; the copy is
+        if pred.dtype == torch.float32:  # freed before the gradient is cast to pred's dtype
+            return None
+        return (2 * pred.numel() * 4 - pred.numel() * pred.element_size(),)
     if op == "vmae2_fast::visible_patch_embed" and device == "cpu":
         video, weight, out_dtype = args[0], args[1], args[6]
         rows = args[4].numel() * weight[0].numel()          # the gathered cubes, video dtype
@@ -189,7 +191,7 @@ def _workspace(op: str, args: tuple, device: str):
         return (z.numel() * _elt(out_dtype), w.numel() * _elt(out_dtype)) if z.dtype != out_dtype else None
     if op == "vmae2_fast::decoder_input_backward":
         grad, z, w, out_dtype, need_z, need_w = args[0], args[1], args[2], args[7], args[8], args[9]
-        rows = z.shape[0] * z.shape[1]   # kernels/rules.decoder_grads: its casts and one copy
+        rows = z.shape[0] * z.shape[1]   # ops/decoder_assembly._grads: its casts and one copy
         cast = _elt(out_dtype) if z.dtype != out_dtype else 0
         gz = rows * w.shape[1] * cast if need_z else 0
         gw = rows * (w.shape[0] * grad.element_size() + w.shape[1] * cast) if need_w else 0

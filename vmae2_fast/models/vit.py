@@ -31,21 +31,31 @@ def sinusoid_table(n_position: int, dim: int, device=None, dtype=torch.float32) 
 
 
 class DropPath(nn.Module):
-    """Stochastic depth per sample (identity when p == 0 or in eval mode)."""
+    """Stochastic depth per sample: in training each sample's branch is dropped with probability
+    ``p`` and the kept ones are scaled by 1 / (1 - p); the identity in eval mode and when off.
 
-    def __init__(self, p: float = 0.0):
+    ``p`` is a tensor (a buffer outside the state dict), not a float, because torch.compile guards
+    on a float attribute's value: the blocks of a stack, whose rates rise linearly, would each
+    compile their own graph, and past `torch._dynamo.config.recompile_limit` run uncompiled. What
+    the graph does depend on is ``on``: `make_blocks` turns it on for every block of a stack with
+    drop path, rate 0 included (that block draws a mask of ones, x * 1 / 1 = x exactly), so that
+    one graph serves the whole stack."""
+
+    def __init__(self, p: float = 0.0, on: bool | None = None):
         super().__init__()
-        self.p = p
+        self.rate = float(p)
+        self.on = self.rate > 0 if on is None else bool(on)
+        self.register_buffer("p", torch.tensor(self.rate), persistent=False)
 
     def forward(self, x):
-        if self.p == 0.0 or not self.training:
+        if not self.on or not self.training:
             return x
         keep = 1.0 - self.p
         mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
         return x * mask / keep
 
     def extra_repr(self):
-        return f"p={self.p}"
+        return f"p={self.rate}" + ("" if self.on == (self.rate > 0) else f", on={self.on}")
 
 
 class PatchEmbed(nn.Module):
@@ -96,12 +106,13 @@ class Block(nn.Module):
     ``cos_attn`` go to the attention (`attention.Attention`)."""
 
     def __init__(self, dim, num_heads, mlp_ratio=4.0, qkv_bias=True, drop=0.0, attn_drop=0.0,
-                 drop_path=0.0, norm_eps=1e-6, init_values=0.0, qk_scale=None, cos_attn=False):
+                 drop_path=0.0, norm_eps=1e-6, init_values=0.0, qk_scale=None, cos_attn=False,
+                 drop_path_on=None):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
         self.attn = Attention(dim, num_heads, qkv_bias, attn_drop, drop, qk_scale=qk_scale,
                               cos_attn=cos_attn)
-        self.drop_path = DropPath(drop_path)
+        self.drop_path = DropPath(drop_path, drop_path_on)
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
         if init_values and init_values > 0:
@@ -121,10 +132,12 @@ class Block(nn.Module):
 def make_blocks(depth, dim, num_heads, mlp_ratio, qkv_bias, drop_path_rate, norm_eps,
                 drop=0.0, attn_drop=0.0, **options) -> nn.ModuleList:
     """``depth`` blocks with drop path rising linearly to ``drop_path_rate``; ``options``:
-    ``init_values``, ``qk_scale``, ``cos_attn`` (see `Block`)."""
+    ``init_values``, ``qk_scale``, ``cos_attn`` (see `Block`). Drop path is on in every block or
+    in none (`DropPath`): the blocks differ only in their weights and rate tensors, so a compiled
+    block's graph serves them all."""
     rates = [r.item() for r in torch.linspace(0, drop_path_rate, depth, device="cpu")] if depth else []
     return nn.ModuleList(Block(dim, num_heads, mlp_ratio, qkv_bias, drop, attn_drop, rates[i], norm_eps,
-                               **options) for i in range(depth))
+                               drop_path_on=drop_path_rate > 0, **options) for i in range(depth))
 
 
 _OFF = ("none", "false", "off", "no", "")

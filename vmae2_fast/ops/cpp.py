@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import logging
 import os
 import sys
@@ -43,8 +44,15 @@ def _sources() -> list[Path] | None:
 
 
 def build_dir() -> Path:
+    """One folder per torch, Python and source text: two checkouts of different versions (a
+    clone and its worktree, two installs) never rebuild over each other's module."""
     root = Path(os.environ.get("VMAE2_FAST_CACHE", Path.home() / ".cache" / "vmae2_fast"))
-    tag = f"torch{torch.__version__}-py{sys.version_info.major}{sys.version_info.minor}"
+    sources = _sources() or []
+    digest = hashlib.sha256()
+    for f in sources + (sorted(sources[0].parent.glob("*.h")) if sources else []):
+        digest.update(f.name.encode() + b"\0" + f.read_bytes())
+    tag = (f"torch{torch.__version__}-py{sys.version_info.major}{sys.version_info.minor}"
+           f"-{digest.hexdigest()[:12]}")
     return root / "torch_extensions" / tag.replace("+", "_")
 
 

@@ -51,14 +51,14 @@ def _weight_grad(backend, grad, video, weight, vis_idx, tubelet_size, out_dtype)
     if backend == "triton":
         return triton_kernels("patch_embed").weight_grad(grad, video, weight, vis_idx, out_dtype,
                                                          matmul_precision(video.device))
-    p = weight.shape[-1]
-    if backend == "cpp":
-        cubes = cpp.load().gather_cubes(video, vis_idx, p, tubelet_size)
-    else:
+    def cubes():            # gathered again from the video, never kept from the forward
+        p = weight.shape[-1]
+        if backend == "cpp":
+            return cpp.load().gather_cubes(video, vis_idx, p, tubelet_size)
         rows = patchify(video, p, tubelet_size)
-        cubes = gather_tokens(rows, vis_idx).reshape(-1, rows.shape[-1])
+        return gather_tokens(rows, vis_idx).reshape(-1, rows.shape[-1])
     g = grad.reshape(-1, weight.shape[0]).to(out_dtype)
-    return (g.t() @ cubes.to(out_dtype)).view_as(weight).to(weight.dtype)
+    return (g.t() @ cubes().to(out_dtype)).view_as(weight).to(weight.dtype)
 
 
 # --------------------------------------------------------------------------- the registered op

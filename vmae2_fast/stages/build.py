@@ -18,17 +18,19 @@ import torch
 
 from ..logs import setup_logging
 from ..errors import ConfigError
-from ..train.distributed import DistInfo, barrier, cleanup, init_distributed
+from ..train.distributed import DEFAULT_TIMEOUT_S, DistInfo, barrier, cleanup, init_distributed
 from ..train.loop import LoopSettings, Trainer, resolve_precision
 from ..train.optim import build_adamw
 from ..train.parallelize import parallelize
+from ..train.run_lock import hold_output_dir
 from ..train.schedule import run_schedules
 from .estimate import log_step_estimate
 
 log = logging.getLogger("vmae2_fast")
 
 __all__ = ["pick_device", "session", "seed_everything", "rank0_first", "build_trainer",
-           "embedded_dataset", "apply_attention", "resolve_checkpointing", "model_checkpointing"]
+           "embedded_dataset", "apply_attention", "resolve_checkpointing", "model_checkpointing",
+           "set_float32_matmul"]
 
 
 def pick_device(name: str, dist: DistInfo | None = None) -> torch.device:
@@ -44,15 +46,23 @@ def pick_device(name: str, dist: DistInfo | None = None) -> torch.device:
 
 
 @contextlib.contextmanager
-def session(device_name: str, output_dir: str | None):
-    """The device, the process group torchrun describes (none alone) and logging, for one run;
-    the process group is torn down however the run ends. Yields ``(device, dist)``."""
-    dist = init_distributed(pick_device(device_name).type)
+def session(device_name: str, output_dir: str | None, *, exclusive: bool = False,
+            dist_timeout: float = DEFAULT_TIMEOUT_S):
+    """The device, the process group torchrun describes (none alone, collectives timing out after
+    `dist_timeout` s) and logging, for one run; with `exclusive` (training), the output folder
+    held for the run (`train.run_lock`: a second run on it is refused before any compute). The
+    lock and the process group are released however the run ends. Yields ``(device, dist)``."""
+    dist = init_distributed(pick_device(device_name).type, dist_timeout)
+    lock = None
     try:
         device = pick_device(device_name, dist)
         setup_logging(output_dir, dist.is_main)
+        if exclusive and output_dir:
+            lock = hold_output_dir(output_dir, dist)
         yield device, dist
     finally:
+        if lock is not None:
+            lock.release()
         cleanup(dist)
 
 
@@ -111,6 +121,23 @@ def resolve_checkpointing(cfg, device: torch.device, dist: DistInfo, num_classes
                  "" if policy == "none" else
                  f"; without checkpointing the peak would be {tried['none'].peak_bytes / gib:.1f} GiB")
     return replace(cfg, activation_checkpointing=policy)
+
+
+def set_float32_matmul(device: torch.device, tf32: bool) -> str:
+    """On CUDA, whether float32 matmuls and convolutions run on TF32 tensor cores (10-bit
+    mantissa products, float32 accumulation; about 7x the IEEE float32 rate on an H100) or in
+    IEEE float32. torch's flag is the one switch: the fused ops' Triton kernels read it
+    (`ops.common.matmul_precision`) and so does inductor. The CPU is left as it is. Returns the
+    log line that says which."""
+    if device.type != "cuda":
+        return "float32 matmuls: IEEE float32 (TF32 is a CUDA setting)"
+    # torch's legacy flags, not `fp32_precision`: torch refuses to read a flag that the two APIs
+    # set differently, and the fused ops read `allow_tf32`
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+    if tf32:
+        return "float32 matmuls: TF32 tensor cores, torch's and the fused ops' (--no-tf32 turns them off)"
+    return "float32 matmuls: IEEE float32 (--no-tf32)"
 
 
 def seed_everything(seed: int, rank: int = 0, threads: int = 0) -> None:
@@ -172,6 +199,7 @@ def build_trainer(cfg, stage, model: torch.nn.Module, loader, device: torch.devi
     Returns the trainer and what the stage logs: peak lr, total batch, optimiser steps per epoch.
     """
     precision = resolve_precision(cfg.precision, device)
+    log.info(set_float32_matmul(device, cfg.tf32))
     steps_per_epoch = loader.steps_per_epoch // cfg.accum_steps
     if steps_per_epoch == 0:
         raise ConfigError(f"{loader.steps_per_epoch} micro-batches per epoch is fewer than "
@@ -183,6 +211,7 @@ def build_trainer(cfg, stage, model: torch.nn.Module, loader, device: torch.devi
         log_every=cfg.log_every, save_every=cfg.save_every, save_every_steps=cfg.save_every_steps,
         keep_last=cfg.keep_last, max_bad_fraction=cfg.max_bad_fraction, output_dir=cfg.output_dir, progress=cfg.progress,
         tensorboard=cfg.tensorboard, max_steps=cfg.max_steps, sharded=cfg.parallelism == "fsdp",
+        async_checkpoint=cfg.async_checkpoint, dist_timeout=cfg.dist_timeout,
         **_flops_and_peak(cfg, model, device, precision, dist))
     # a large model on a CPU: say how long before step 1 (from the model before FSDP shards it:
     # reading a sharded weight's shape on one process alone would wait for the others)

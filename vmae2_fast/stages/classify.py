@@ -244,7 +244,8 @@ def run(cfg: FinetuneConfig) -> dict:
     """Train the classification stage of `cfg` (its class says which: `post_pretrain`,
     `finetune` or `distill`)."""
     stage = cfg.STAGE
-    with session(cfg.device, cfg.output_dir) as (device, dist):
+    with session(cfg.device, cfg.output_dir, exclusive=True,
+                 dist_timeout=cfg.dist_timeout) as (device, dist):
         t0 = time.time()
         seed_everything(cfg.seed, dist.rank, cfg.threads)
         precision = resolve_precision(cfg.precision, device)

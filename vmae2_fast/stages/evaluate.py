@@ -49,7 +49,7 @@ def metrics(probs: np.ndarray, labels: np.ndarray) -> dict:
             "mean_class_accuracy": 100 * float(np.mean(per_class)), "videos": int(len(labels))}
 
 
-def _view_settings(cfg: EvaluateConfig, ckpt: dict) -> SimpleNamespace:
+def view_settings(cfg: EvaluateConfig, ckpt: dict) -> SimpleNamespace:
     """Clip settings: the flag where given, else the checkpoint's training config, else the default."""
     def get(name, default):
         value = getattr(cfg, name)
@@ -69,10 +69,17 @@ def _view_settings(cfg: EvaluateConfig, ckpt: dict) -> SimpleNamespace:
         use_mean_pooling=ckpt.get("use_mean_pooling", True))
 
 
+def classifier_for(view: SimpleNamespace, num_classes: int):
+    """The classifier the clip settings of `view_settings` describe (weights not loaded)."""
+    return build_classifier(view.model, num_classes, img_size=view.input_size,
+                            num_frames=view.num_frames, tubelet_size=view.tubelet_size,
+                            use_mean_pooling=view.use_mean_pooling, **view.options)
+
+
 def run(cfg: EvaluateConfig) -> dict:
     """Evaluate ``cfg.checkpoint`` on the list; writes metrics.json and predictions.jsonl."""
     raw = read_checkpoint(cfg.checkpoint, trust_code=cfg.trust_checkpoint)
-    view = _view_settings(cfg, raw.get("config") if isinstance(raw.get("config"), dict) else {})
+    view = view_settings(cfg, raw.get("config") if isinstance(raw.get("config"), dict) else {})
     if not view.model:
         raise ConfigError(f"{cfg.checkpoint} does not record its model; pass --model")
     with session(cfg.device, cfg.output_dir) as (device, dist):
@@ -90,9 +97,7 @@ def run(cfg: EvaluateConfig) -> dict:
         if bad:
             raise DataError(f"{list_file}: label {bad[0].label} of {bad[0].path} is outside the model's "
                              f"{num_classes} classes")
-        model = build_classifier(view.model, num_classes, img_size=view.input_size,
-                                 num_frames=view.num_frames, tubelet_size=view.tubelet_size,
-                                 use_mean_pooling=view.use_mean_pooling, **view.options)
+        model = classifier_for(view, num_classes)
         report = load_classifier_weights(model, cfg.checkpoint, trust_code=cfg.trust_checkpoint)
         if report.head != "loaded":
             raise CheckpointMismatchError(f"{cfg.checkpoint} has no {num_classes}-class head; pass the "

@@ -132,7 +132,8 @@ def build_model(cfg: PretrainConfig, device: torch.device | None = None):
 
 def run(cfg: PretrainConfig) -> dict:
     """Train stage 1 as `cfg` says; returns a summary (final loss, steps, skipped videos, ...)."""
-    with session(cfg.device, cfg.output_dir) as (device, dist):
+    with session(cfg.device, cfg.output_dir, exclusive=True,
+                 dist_timeout=cfg.dist_timeout) as (device, dist):
         t_start = time.time()
         seed_everything(cfg.seed, dist.rank, cfg.threads)
         ops.use_backend(cfg.kernels)  # fused ops: logs which backend runs, once

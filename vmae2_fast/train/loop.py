@@ -19,21 +19,21 @@ from typing import Callable, Iterable, Protocol
 import torch
 import torch.nn as nn
 
-from ..errors import ConfigError, DataPlaneError, DiskFullError, RunStopped
+from ..errors import ConfigError, DataPlaneError, RunStopped
 from ..models.weights import CheckpointError, read_checkpoint
-from .checkpoint import (capture_rng_state, latest_checkpoint, link_or_copy, prune_checkpoints,
-                         restore_rng_state, save_checkpoint)
-from .distributed import DistInfo, all_gather_objects, all_reduce_sum
+from .checkpoint import capture_rng_state, restore_rng_state
+from .checkpoint_writer import LAST, CheckpointWriter
+from .distributed import (DEFAULT_TIMEOUT_S, DistInfo, Progress, all_gather_objects, all_reduce_sum,
+                          collective_failure)
 from .metrics import JsonlLogger, TensorBoardLogger, describe_interval, memory_record, throughput_record
 from .optim import set_lr_and_wd
 from .parallelize import full_tensor, grad_sync, is_sharded
-from .sharded_checkpoint import (FORMAT, full_model_state, load_full_model_state, load_optimizer,
-                                 load_optimizer_by_name, remove_stale_shards, save_optimizer)
+from .sharded_checkpoint import (full_model_state, load_full_model_state, load_optimizer,
+                                 load_optimizer_by_name)
 from .records import METRICS, SkippedVideos, offsets, rewind
 
 log = logging.getLogger("vmae2_fast")
 
-LAST = "checkpoint-last.pth"
 MAX_RECOVERIES = 3                         # data-plane faults resumed in-process per run
 
 
@@ -69,6 +69,8 @@ class LoopSettings:
     tensorboard: bool = False
     max_steps: int = 0
     sharded: bool = False                  # FSDP: optimiser state saved by DCP (sharded_checkpoint.py)
+    async_checkpoint: bool = False         # write checkpoints in the background (checkpoint_writer.py)
+    dist_timeout: float = DEFAULT_TIMEOUT_S  # the process group's collective timeout (for its message)
     flops_per_clip: tuple | None = None    # (model, hardware) training FLOPs per clip: TFLOP/s, MFU, HFU
     peak_flops: float | None = None        # FLOP/s of one device: MFU and HFU in the log
 
@@ -115,9 +117,12 @@ class Trainer:
         self.skipped_total = torch.zeros((), dtype=torch.int64, device=device)
         self.skips = SkippedVideos(self.out, dist_info, getattr(make_loader, "num_videos", 0),
                                    settings.max_bad_fraction)
-        self.saved_step: int | None = None      # global step of the newest checkpoint written or read
+        self.writer = CheckpointWriter(self.out, dist_info, device, background=settings.async_checkpoint,
+                                       sharded=settings.sharded, keep_last=settings.keep_last,
+                                       model=stage.model, optimizer=optimizer,
+                                       timeout_s=settings.dist_timeout)
+        self.progress = Progress(dist_info)     # where each rank is: names a rank that hangs
         self.recoveries, self._failed_at = 0, -1
-        self._warned_copy = False
         self.metrics = JsonlLogger(self.out / METRICS) if dist_info.is_main else None
         if dist_info.is_main:   # partial writes of a killed run: never read, only taking space
             for tmp in self.out.glob(".checkpoint-*.tmp"):
@@ -147,51 +152,16 @@ class Trainer:
 
     def newest_checkpoint(self) -> Path | None:
         """What `--resume auto` picks: checkpoint-last.pth, else the highest checkpoint-N.pth."""
-        return self.out / LAST if (self.out / LAST).exists() else latest_checkpoint(self.out)
+        return self.writer.newest()
 
     def save(self, numbered: bool) -> None:
         """Write the checkpoint (numbered: checkpoint-N.pth, with checkpoint-last.pth a hard link
-        to it). A full disk removes the partial file, keeps the previous checkpoint and stops
-        every rank with `DiskFullError`; any other failure is a bug and keeps its traceback."""
-        state = self.checkpoint_state()          # collective: every rank takes part
-        failure = None
-        if self.s.sharded:                       # collective too; the .pth below commits it
-            name = f"checkpoint-{self.epoch}.pth" if numbered else LAST
-            folder = save_optimizer(self.stage.model, self.optimizer, self.out, name, self.global_step, self.dist)
-            state["sharded"] = {"format": FORMAT, "folder": folder, "world_size": self.dist.world_size}
-        if self.dist.is_main:
-            try:
-                self._write(state, numbered)
-                if self.s.sharded:
-                    remove_stale_shards(self.out, {state["sharded"]["folder"]})
-            except DiskFullError:
-                prev = (f"{self.newest_checkpoint()} (global step {self.saved_step})"
-                        if self.saved_step is not None else "none: no checkpoint was written yet")
-                failure = DiskFullError(
-                    f"no space left on the device of {self.out} while writing the checkpoint of "
-                    f"global step {self.global_step}; the partial file was removed and the previous "
-                    f"checkpoint is intact: {prev}. Free some space (--keep-last K keeps only the "
-                    "newest K numbered checkpoints), then run the same command again to resume.")
-        if self.dist.enabled:                    # also the barrier that ends a save
-            flag = torch.tensor([float(failure is not None)], device=self.device)
-            if all_reduce_sum(flag, self.dist).item():
-                raise failure or RunStopped("rank 0 could not write the checkpoint (no space left "
-                                            "on its device); see its log for how to resume")
-        elif failure is not None:
-            raise failure
-        self.saved_step = self.global_step
-
-    def _write(self, state: dict, numbered: bool) -> None:
-        if not numbered:
-            save_checkpoint(self.out / LAST, state)
-            return
-        path = save_checkpoint(self.out / f"checkpoint-{self.epoch}.pth", state)
-        if link_or_copy(path, self.out / LAST) == "copy" and not self._warned_copy:
-            self._warned_copy = True
-            log.warning("%s has no hard links: %s is a full copy of the newest numbered checkpoint "
-                        "(twice the disk space)", self.out, LAST)
-        if self.s.keep_last:
-            prune_checkpoints(self.out, self.s.keep_last)
+        to it), in the background with --async-checkpoint (`CheckpointWriter`). A full disk
+        removes the partial file, keeps the previous checkpoint and stops every rank with
+        `DiskFullError`; any other failure is a bug and keeps its traceback."""
+        name = f"checkpoint-{self.epoch}.pth" if numbered else LAST
+        self.progress.mark(f"saving {name} of global step {self.global_step}")
+        self.writer.save(self.checkpoint_state, name, numbered, self.global_step)   # collective
 
     def resume(self, how: str, trust_code: bool = False) -> bool:
         """`auto`: the newest checkpoint in the output dir if any; a path: that file; `none`.
@@ -229,7 +199,7 @@ class Trainer:
         if self.scaler and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.epoch_step = state["epoch"], state["epoch_step"]
-        self.global_step = self.saved_step = state["global_step"]
+        self.global_step = self.writer.saved_step = state["global_step"]
         records = state.get("records") or {}
         self.skips.load_state_dict(records.get("skipped", {}))
         if self.epoch_step >= self.s.steps_per_epoch:   # saved at the end of an epoch
@@ -253,6 +223,8 @@ class Trainer:
         this process, or stop cleanly with the command that resumes (under torchrun, where one
         process cannot rewind alone; with no checkpoint yet; when it fails again at the same
         step; after `MAX_RECOVERIES`)."""
+        if not self.dist.enabled:               # (a collective: alone only, where it is used)
+            self.writer.settle()                # a save in flight is the newest checkpoint
         last = self.newest_checkpoint()
         repeat = self.global_step <= self._failed_at
         self._failed_at = max(self._failed_at, self.global_step)
@@ -325,20 +297,29 @@ class Trainer:
         """Train to the end (or `max_steps`); a data-plane fault resumes from the newest
         checkpoint (`_recover`)."""
         last_record: dict = {}
-        while self.epoch < self.s.epochs:
-            try:
-                last_record, stopped = self._epoch(last_record)
-            except DataPlaneError as exc:
-                self._recover(exc)
-                continue
-            except RuntimeError as exc:         # a worker's death, raised wherever we were
-                fault = getattr(self.make_loader, "data_plane_error", lambda e: None)(exc)
-                if fault is None:
-                    raise
-                self._recover(fault)
-                continue
-            if stopped:
-                break
+        try:
+            while self.epoch < self.s.epochs:
+                try:
+                    last_record, stopped = self._epoch(last_record)
+                except DataPlaneError as exc:
+                    self._recover(exc)
+                    continue
+                except RuntimeError as exc:         # a worker's death, raised wherever we were
+                    fault = getattr(self.make_loader, "data_plane_error", lambda e: None)(exc)
+                    if fault is None:
+                        failed = collective_failure(exc) if self.dist.enabled else None
+                        if failed == "timeout":     # a rank hangs: say which
+                            raise self.progress.timeout_error(exc, self.s.dist_timeout) from exc
+                        if failed == "peer gone":
+                            raise self.progress.peer_gone_error(exc) from exc
+                        raise
+                    self._recover(fault)
+                    continue
+                if stopped:
+                    break
+            self.writer.settle()                    # the last save, written and agreed on
+        finally:
+            self.writer.close()
         return last_record
 
     def _next_batches(self, loader) -> list:
@@ -371,8 +352,10 @@ class Trainer:
             win_steps, win_clips, win_data, t0 = 0, 0, 0.0, time.perf_counter()
             while self.epoch_step < s.steps_per_epoch:
                 td = time.perf_counter()
+                self.progress.mark(f"reading the batches of global step {self.global_step + 1}")
                 batches = self._next_batches(loader)
                 win_data += time.perf_counter() - td
+                self.progress.mark(f"global step {self.global_step + 1}: forward, backward, update")
                 loss, gnorm, clips = self.train_step(batches)
                 win_loss += loss
                 win_norm += gnorm
@@ -426,7 +409,8 @@ class Trainer:
                "skipped_updates": int(skipped), "skipped_videos": len(self.skips.epoch),
                "skipped_videos_run": self.skipped_videos,
                "clips_per_s": clips * self.dist.world_size / max(wall, 1e-9),
-               "data_wait_frac": data_time / max(wall, 1e-9)}
+               "data_wait_frac": data_time / max(wall, 1e-9),
+               "ckpt_wait_s": self.writer.take_waited()}
         rec.update(throughput_record(clips, wall, self.s.flops_per_clip, self.s.peak_flops))
         rec.update(memory_record(self.device))
         if self.dist.is_main:

@@ -1,17 +1,27 @@
 """The only place a model is wrapped for training: data parallelism (DDP or FSDP2) and torch.compile.
 
-DDP (`--parallelism ddp`, the default): DDP first, torch.compile over it. Compiling the model
-inside DDP's wrapper (the old order) hands DDP one graph whose gradients all become ready at the
-end of the backward pass, so the all-reduce cannot overlap it; compiling the DDP module lets
-TorchDynamo's DDP optimizer split the graph at DDP's bucket boundaries, so buckets are reduced
-while the rest of the backward runs.
+torch.compile (`--compile`), under every parallelism, compiles each transformer block's
+`forward` as a region (torchtitan's and PyTorch's "regional compilation" recipe), with static
+shapes. The blocks of a stack share one code object (`Block.forward`) and differ only in their
+weights and drop-path rate tensors (`models/vit.DropPath`), which Dynamo takes as graph inputs:
+the first block compiles a graph and every other block of the same shape and options reuses it,
+so a 40-block encoder and its decoder cost two compilations, not one over 44 unrolled blocks.
+Compiling `forward` only (not the module's call) keeps module hooks (FSDP's) outside the graphs
+and the state-dict keys official (no `_orig_mod.`); what lies between the blocks (the fused
+embedding, decoder assembly and loss ops, the norms and heads) runs eagerly. Activation
+checkpointing wraps the call of a compiled block (`models/vit.run_blocks`): its recompute in
+the backward pass runs the same graph again.
+
+DDP (`--parallelism ddp`, the default): the blocks are compiled, then DDP wraps the model. DDP's
+gradient hooks stay outside the graphs, so a block's gradients are ready when its backward graph
+ends and their buckets are reduced while the blocks before it run their backward (one graph over
+the whole model would make every gradient ready at the end of the backward pass).
 
 FSDP2 (`--parallelism fsdp`, for ViT-L/H/g: each process keeps 1/N of the weights, gradients and
 AdamW state instead of all of them), in torchtitan's order:
 1. activation checkpointing: the model's own policy (`models/vit.run_blocks` checkpoints the
    call of a block, so the recompute re-enters the block's FSDP hooks and gathers it again);
-2. torch.compile per transformer block (its `forward` only: the FSDP hooks stay outside the
-   graph, and the state-dict keys keep their official names, no `_orig_mod.`);
+2. torch.compile per transformer block, as above;
 3. `fully_shard` on every block, then on the root (which holds the embedding, the
    encoder-to-decoder bridge, the mask token, the norms and the head). The module stays the same
    object: `model` and what this returns are one module, and the optimiser must be built after
@@ -35,6 +45,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import types
 import warnings
 
 import torch
@@ -43,8 +54,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..errors import ConfigError, MissingPackageError
 
-__all__ = ["parallelize", "grad_sync", "is_sharded", "full_tensor", "float8_encoder", "PARALLELISMS",
-           "FSDP_PARAM_DTYPES"]
+__all__ = ["parallelize", "compile_blocks", "grad_sync", "is_sharded", "full_tensor", "float8_encoder",
+           "PARALLELISMS", "FSDP_PARAM_DTYPES"]
 
 log = logging.getLogger("vmae2_fast")
 
@@ -52,23 +63,23 @@ PARALLELISMS = ("ddp", "fsdp")
 FSDP_PARAM_DTYPES = ("fp32", "bf16")
 
 
-def parallelize(model: nn.Module, device: torch.device, dist, *, compile: bool = False,
+def parallelize(model: nn.Module, device: torch.device, dist, *, compile: bool | str = False,
                 parallelism: str = "ddp", fsdp_param_dtype: str = "fp32", fp8: bool = False) -> nn.Module:
     """The module the training step calls. `model` itself stays the one checkpoints hold (under
     FSDP they are the same object). Alone (one process) nothing is wrapped, whatever
-    `parallelism` says: a single process has nothing to shard or reduce."""
+    `parallelism` says: a single process has nothing to shard or reduce. `compile`: True compiles
+    each block with inductor, a string names another torch.compile backend (e.g. "aot_eager")."""
     if parallelism not in PARALLELISMS:
         raise ConfigError(f"--parallelism must be one of {', '.join(PARALLELISMS)}, got {parallelism!r}")
     if fp8:
         float8_encoder(model, device, log_choice=dist.is_main)
-    if parallelism == "fsdp" and dist.enabled:
-        return _fsdp(model, device, compile, fsdp_param_dtype)
-    wrapped = model
-    if dist.enabled:
-        wrapped = DistributedDataParallel(wrapped, device_ids=[device.index] if device.type == "cuda" else None)
     if compile:
-        wrapped = torch.compile(wrapped)
-    return wrapped
+        compile_blocks(model, backend=compile if isinstance(compile, str) else "inductor")
+    if parallelism == "fsdp" and dist.enabled:
+        return _fsdp(model, device, fsdp_param_dtype)
+    if dist.enabled:
+        return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    return model
 
 
 FP8_LAYERS = (".attn.proj", ".mlp.fc1", ".mlp.fc2")
@@ -117,7 +128,28 @@ def _blocks(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(m, Block)]
 
 
-def _fsdp(model: nn.Module, device: torch.device, compile: bool, param_dtype: str) -> nn.Module:
+def compile_blocks(model: nn.Module, backend: str = "inductor") -> int:
+    """Compile every transformer block's `forward` in place, static shapes; returns how many.
+
+    One compiled function per block class, bound to each block as its `forward`: Dynamo keeps
+    its graphs on the code object the blocks share, so blocks of one shape and configuration
+    share one graph. Bound methods (not closures over each block) keep `copy.deepcopy` right:
+    a copy (an EMA of the model) calls the compiled code with its own weights. Blocks compiled
+    already are left alone."""
+    compiled: dict[type, object] = {}
+    blocks = [blk for blk in _blocks(model) if "forward" not in vars(blk)]
+    for blk in blocks:
+        cls = type(blk)
+        if cls not in compiled:
+            compiled[cls] = torch.compile(cls.forward, backend=backend, dynamic=False)
+        blk.forward = types.MethodType(compiled[cls], blk)
+    if blocks:
+        log.info("torch.compile (%s): %d transformer blocks compiled as regions, one graph per "
+                 "distinct block shape, shared by the blocks of that shape", backend, len(blocks))
+    return len(blocks)
+
+
+def _fsdp(model: nn.Module, device: torch.device, param_dtype: str) -> nn.Module:
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
     if param_dtype not in FSDP_PARAM_DTYPES:
@@ -131,9 +163,6 @@ def _fsdp(model: nn.Module, device: torch.device, compile: bool, param_dtype: st
         for t in [*model.parameters(), *model.buffers()]:
             torch.distributed.broadcast(t, src=0)
     blocks = _blocks(model)
-    if compile:
-        for blk in blocks:      # the forward only: hooks and parameter names are left as they are
-            blk.forward = torch.compile(blk.forward)
     for blk in blocks:
         fully_shard(blk, mesh=mesh, mp_policy=policy)
     fully_shard(model, mesh=mesh, mp_policy=policy)
@@ -141,8 +170,7 @@ def _fsdp(model: nn.Module, device: torch.device, compile: bool, param_dtype: st
     # that an in-place op on it would skip a hook. Nothing here writes into a model output.
     warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")
     log.info("FSDP2: %d blocks and the root sharded over %d processes, parameters in %s, gradients "
-             "reduced in fp32%s", len(blocks), mesh.size(), param_dtype,
-             ", each block's forward compiled" if compile else "")
+             "reduced in fp32", len(blocks), mesh.size(), param_dtype)
     return model
 
 
@@ -160,11 +188,6 @@ def full_tensor(t: torch.Tensor) -> torch.Tensor:
     return t.full_tensor() if isinstance(t, DTensor) else t
 
 
-def _ddp(wrapped: nn.Module):
-    inner = getattr(wrapped, "_orig_mod", wrapped)          # under torch.compile
-    return inner if isinstance(inner, DistributedDataParallel) else None
-
-
 @contextlib.contextmanager
 def _fsdp_sync(module, sync: bool):
     module.set_requires_gradient_sync(sync)
@@ -180,7 +203,6 @@ def grad_sync(wrapped: nn.Module, sync: bool):
     locally until the micro-batch that syncs)."""
     if is_sharded(wrapped):
         return _fsdp_sync(wrapped, sync)
-    ddp = _ddp(wrapped)
-    if sync or ddp is None:
+    if sync or not isinstance(wrapped, DistributedDataParallel):
         return contextlib.nullcontext()
-    return ddp.no_sync()
+    return wrapped.no_sync()

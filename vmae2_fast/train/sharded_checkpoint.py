@@ -7,7 +7,8 @@ What a save writes, for ``checkpoint-7.pth`` at global step 420:
   writing its own shards (DCP's files plus its ``.metadata``). Written under a hidden temporary
   name and renamed when every process has finished;
 - ``checkpoint-7.pth``, written by rank 0 as every other checkpoint (atomic, `save_checkpoint`)
-  and only after the folder is complete: the consolidated model under ``model`` (official key
+  and only after the folder is complete (with ``--async-checkpoint`` both are written in the
+  background, in that order: `ShardedSave`): the consolidated model under ``model`` (official key
   names, full fp32 tensors: `models.weights.read_checkpoint`, ``--init``, ``evaluate`` and the
   Hugging Face export read it like a DDP checkpoint), the run state (epoch, RNG, stage, records),
   and under ``sharded`` the folder's name. The ``.pth`` is the commit point: a kill before it
@@ -34,7 +35,7 @@ from ..errors import DiskFullError
 from .parallelize import is_sharded
 from .storage import is_no_space
 
-__all__ = ["FORMAT", "full_model_state", "load_full_model_state", "save_optimizer", "load_optimizer",
+__all__ = ["FORMAT", "full_model_state", "load_full_model_state", "save_optimizer", "ShardedSave", "load_optimizer",
            "load_optimizer_by_name", "remove_stale_shards"]
 
 FORMAT = "torch.distributed.checkpoint"
@@ -76,11 +77,44 @@ def _folder_name(pth_name: str, global_step: int) -> str:
     return f"{Path(pth_name).stem}.g{global_step}.optim"
 
 
+class ShardedSave:
+    """The optimiser shards of one checkpoint being written; `finish` waits for every process's
+    part and, on rank 0, gives the folder its final name."""
+
+    def __init__(self, name: str, tmp: Path, out_dir: Path, dist, future=None):
+        self.name, self.tmp, self.out_dir, self.dist, self.future = name, tmp, out_dir, dist, future
+
+    def finish(self) -> str:
+        """The folder's name, once complete; a failure removes the partial folder and a full
+        disk is raised as `DiskFullError` (on every process)."""
+        if self.future is not None:
+            try:
+                self.future.result()
+            except Exception as exc:
+                self._failed(exc)
+        if self.dist.is_main:  # DCP's save ends on rank 0 once every process has written its part
+            final = self.out_dir / self.name
+            if final.exists():            # the same step saved again (a run resumed from earlier)
+                shutil.rmtree(final)
+            self.tmp.rename(final)
+        return self.name
+
+    def _failed(self, exc: Exception):
+        if self.dist.is_main:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+        if _any_no_space(exc):
+            raise DiskFullError(f"no space left on the device of {self.out_dir} while writing the "
+                                f"optimiser shards {self.name}; the partial folder was removed") from None
+        raise exc
+
+
 def save_optimizer(model: nn.Module, optimizer: torch.optim.Optimizer, out_dir: Path, pth_name: str,
-                   global_step: int, dist) -> str:
+                   global_step: int, dist, background_group=None) -> ShardedSave:
     """Write the optimiser's shards for the checkpoint file `pth_name` (every process calls it);
-    returns the folder's name, to be recorded in that file. A full disk removes the partial
-    folder and raises `DiskFullError` on every process."""
+    the returned `ShardedSave` gives the folder's name, to be recorded in that file, once
+    finished. With `background_group` (``--async-checkpoint``: a gloo group of its own, so that
+    the writers' collectives never interleave with training's) the shards are copied to host
+    memory here and written by DCP's thread (`dcp.async_save`); call `finish` before the next."""
     import torch.distributed as tdist
     import torch.distributed.checkpoint as dcp
     name = _folder_name(pth_name, global_step)
@@ -89,22 +123,17 @@ def save_optimizer(model: nn.Module, optimizer: torch.optim.Optimizer, out_dir: 
         shutil.rmtree(tmp, ignore_errors=True)           # left by a killed save
     if dist.enabled:
         tdist.barrier()
+    state = {"optimizer": _optimizer_state(model, optimizer)}
+    pending = ShardedSave(name, tmp, out_dir, dist)
     try:
-        dcp.save({"optimizer": _optimizer_state(model, optimizer)}, checkpoint_id=str(tmp),
-                 no_dist=not dist.enabled)
+        if background_group is None:
+            dcp.save(state, checkpoint_id=str(tmp), no_dist=not dist.enabled)
+        else:
+            pending.future = dcp.async_save(state, checkpoint_id=str(tmp), no_dist=not dist.enabled,
+                                            process_group=background_group if dist.enabled else None)
     except Exception as exc:
-        if dist.is_main:
-            shutil.rmtree(tmp, ignore_errors=True)
-        if _any_no_space(exc):
-            raise DiskFullError(f"no space left on the device of {out_dir} while writing the optimiser "
-                                f"shards {name}; the partial folder was removed") from None
-        raise
-    if dist.is_main:      # DCP's save returns on rank 0 once every process has written its part
-        final = out_dir / name
-        if final.exists():            # the same step saved again (a run resumed from earlier)
-            shutil.rmtree(final)
-        tmp.rename(final)
-    return name
+        pending._failed(exc)
+    return pending
 
 
 def _any_no_space(exc: BaseException) -> bool:
