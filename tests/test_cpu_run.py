@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from cli_runs import micro_flags
+from vmae2_fast import ops
 from vmae2_fast.cli import config_for, main_for
 from vmae2_fast.data import loaders
 from vmae2_fast.stages import estimate
@@ -64,7 +65,11 @@ def test_a_cpu_run_logs_the_estimate_before_its_first_step(tiny_synthetic, tmp_p
     out = tmp_path / "run"
     argv = micro_flags(tiny_synthetic, out, epochs=1, batch_size=2, num_sample=3, accum_steps=2,
                        no_progress=True, kernels="reference")
-    assert main_for("pretrain", argv) == 0
+    before = ops.active_backend()
+    try:
+        assert main_for("pretrain", argv) == 0
+    finally:
+        ops.use_backend(before)      # the run sets the process's ops backend (--kernels reference)
     log = (out / "log.txt").read_text()
     cfg = config_for("pretrain", argv)
     per_clip = train_flops(build_model(cfg), 0.75, cfg.decoder_mask_ratio).hardware
