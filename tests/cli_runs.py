@@ -1,5 +1,6 @@
 """Helpers for tests that drive the stage CLIs on the tiny synthetic set and check what a real run
-did: the flags of a seconds-long run, its metrics, and the first batch its loss saw."""
+did: the flags of a seconds-long run, its metrics, the first batch its loss saw, and the weights
+its first step started from."""
 from __future__ import annotations
 
 import json
@@ -61,3 +62,23 @@ class FirstBatchSpy:
             return original(stage, model, batch)
 
         monkeypatch.setattr(stage_cls, "compute_loss", spy)
+
+
+class StartingWeights:
+    """The classifier's weights when its first step begins (before any update): what --init loaded."""
+
+    def __init__(self, monkeypatch):
+        from vmae2_fast.stages.classify import ClassifyStage
+        self.weights = None
+        original = ClassifyStage.compute_loss
+
+        def spy(stage, model, batch):
+            if self.weights is None:
+                self.weights = {k: v.detach().clone() for k, v in stage.model.state_dict().items()}
+            return original(stage, model, batch)
+
+        monkeypatch.setattr(ClassifyStage, "compute_loss", spy)
+
+    def take(self):
+        out, self.weights = self.weights, None
+        return out

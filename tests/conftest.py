@@ -54,6 +54,13 @@ def tiny_classifier(tiny_synthetic, tmp_path_factory):
     return out / "checkpoint-best.pth"
 
 
+@pytest.fixture(scope="session")
+def official_repo():
+    """The checkout of the official code (needs.official_checkout) for the tests marked
+    `official_checkout`, which run only when asked for (`pytest -m official_checkout`)."""
+    return needs.official_checkout()
+
+
 def pytest_collection_modifyitems(config, items):
     """GPU tests skip cleanly, with a reason, where no CUDA device exists."""
     if torch.cuda.is_available():

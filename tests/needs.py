@@ -117,3 +117,32 @@ def network_namespaces() -> None:
         unavailable("network namespaces", f"`ip netns add` failed: {res.stderr.strip()}", missing=True,
                     install="a machine or container that allows network namespaces (CAP_SYS_ADMIN)")
     subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=60)
+
+
+# A checkout of the official code is never part of the repository (its licence and size), so CI
+# has none: the tests that run it are marked `official_checkout` and are deselected unless asked
+# for (`pytest -m official_checkout`, pyproject addopts). They look for a checkout here or at
+# $VMAE2_FAST_OFFICIAL_REPO; asked for where there is none, they skip with the clone command, and
+# on CI that skip fails like any skip of a test not marked `gpu` (conftest.py).
+OFFICIAL_REPO_ENV = "VMAE2_FAST_OFFICIAL_REPO"
+NO_OFFICIAL_CHECKOUT = "no checkout of the official code (OpenGVLab/VideoMAEv2)"
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def official_checkout(repo_root: str = REPO_ROOT):
+    """The checkout of github.com/OpenGVLab/VideoMAEv2 the official-code tests run (a Path), from
+    ${VMAE2_FAST_OFFICIAL_REPO} or <repo>/.official/VideoMAEv2. None there: skip with the clone
+    command (a failure on CI, as any skip of a test not marked `gpu`); a variable naming a folder
+    that is not a checkout: fail (a set-up mistake); einops missing beside one: as any package of
+    the suite."""
+    from pathlib import Path
+    named = os.environ.get(OFFICIAL_REPO_ENV)
+    repo = Path(named) if named else Path(repo_root) / ".official" / "VideoMAEv2"
+    if not (repo / "engine_for_pretraining.py").is_file():
+        if named:
+            pytest.fail(f"{OFFICIAL_REPO_ENV}={named} is not a checkout of OpenGVLab/VideoMAEv2 "
+                        "(no engine_for_pretraining.py there)", pytrace=False)
+        pytest.skip(f"{NO_OFFICIAL_CHECKOUT} at {repo} or ${OFFICIAL_REPO_ENV}: `git clone "
+                    f"https://github.com/OpenGVLab/VideoMAEv2 {repo}` to run it", allow_module_level=True)
+    module("einops")
+    return repo

@@ -44,7 +44,14 @@ def test_throughput_bench_smoke(tmp_path):
     assert r["bench"] == "throughput" and r["baseline"] == "re-statement" and r["official_code"] is None
     assert [row["name"] for row in r["rows"]] == ["re-statement", "fast"]      # never called "official"
     assert r["base"] == "re-statement"
-    assert r["results"]["fast"]["clips_per_s"] > 0 and r["speedup"] > 0
+    # the numbers follow from the step times they summarise
+    for row in r["rows"]:
+        times = row["step_s"]
+        assert len(times) == 3 and row["median_step_s"] == pytest.approx(statistics.median(times))
+        assert row["min_step_s"] == min(times) <= row["median_step_s"] <= row["max_step_s"] == max(times)
+        assert row["clips_per_s"] == pytest.approx(row["batch"] / row["median_step_s"])
+    fast, base = r["results"]["fast"], r["results"]["re-statement"]
+    assert r["speedup"] == pytest.approx(base["median_step_s"] / fast["median_step_s"])
     assert r["peak_tflops"] is None and r["results"]["fast"]["mfu"] is None   # a CPU has no peak
     md = next(tmp_path.glob("*.md")).read_text()
     assert "Speed-up" in md and "re-statement of the official code" in md.splitlines()[0]
@@ -232,6 +239,24 @@ def test_data_flag_points_to_the_fed_step(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         throughput.main([*TINY, "--out", str(tmp_path), "--data", "list.csv"])
     assert exc.value.code == 2 and "bench/fed_step.py" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.official_checkout
+def test_throughput_bench_times_the_real_official_checkout(tmp_path, official_repo):
+    """The bench's official path on the user's real files (not the stand-in above): the engine
+    slice cut from the real engine_for_pretraining.py runs a full step on the real model."""
+    assert throughput.main([*TINY, "--out", str(tmp_path / "out"), "--official-repo", str(official_repo),
+                            "--impl", "official", "fast"]) == 0
+    report = the_report(tmp_path / "out")
+    assert report["baseline"] == "official-code"
+    assert report["official_code"]["repo"] == str(official_repo.resolve())
+    head = subprocess.run(["git", "-C", str(official_repo), "rev-parse", "HEAD"], capture_output=True, text=True)
+    if head.returncode == 0:
+        assert report["official_code"]["commit"] == head.stdout.strip()
+    assert [r["name"] for r in report["rows"]] == ["official", "re-statement", "fast"]
+    official = next(r for r in report["rows"] if r["name"] == "official")
+    assert official["clips_per_s"] > 0
 
 
 def test_fp8_rows_run_the_encoder_in_fp8(tmp_path, monkeypatch):

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from cli_runs import StartingWeights
 from vmae2_fast import distill, finetune, post_pretrain
 from vmae2_fast.cli import config_for, run_command
 from vmae2_fast.data.clip_sampling import spread_offsets
@@ -44,14 +45,24 @@ def test_presets_resolve():
     assert (g.num_classes, g.clip_grad, g.weight_decay, g.drop_path, g.layer_decay) == (710, 5.0, 0.1, 0.3, 0.9)
 
 
-def test_post_pretrain_then_finetune_then_evaluate(tiny_synthetic, tmp_path, stage1):
+def test_post_pretrain_then_finetune_then_evaluate(tiny_synthetic, tmp_path, stage1, monkeypatch):
+    start = StartingWeights(monkeypatch)
     assert post_pretrain.main(flags(tiny_synthetic, tmp_path / "s2", init=stage1)) == 0
+    # stage 2 started from the stage-1 encoder: every block and the embedding, as the file holds them
+    s1 = torch.load(stage1, weights_only=True)["model"]
+    began = start.take()
+    encoder = [k for k in began if k.startswith(("blocks.", "patch_embed."))]
+    assert len(encoder) > 10 and all(torch.equal(began[k], s1["encoder." + k]) for k in encoder)
     best = tmp_path / "s2" / "checkpoint-best.pth"
     ck = load_checkpoint(best)                          # ours: no pickled code
     assert ck["config"]["class_names"] == list(tiny_synthetic.class_names)
     recs = [json.loads(x) for x in (tmp_path / "s2" / "metrics.jsonl").read_text().splitlines()]
     assert any("val_top1" in r for r in recs)
     assert finetune.main(flags(tiny_synthetic, tmp_path / "s3", init=best, clip_grad=1.0)) == 0
+    # stage 3 started from stage 2's best classifier, head included (the same six classes)
+    began = start.take()
+    assert began.keys() == ck["model"].keys()
+    assert all(torch.equal(began[k], ck["model"][k]) for k in began)
     best3 = tmp_path / "s3" / "checkpoint-best.pth"
     res = run_command("evaluate", ["--checkpoint", str(best3), "--data", tiny_synthetic.val_list, "--data-root",
                         tiny_synthetic.root, "--num-segments", "2", "--num-crops", "3",

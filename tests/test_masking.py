@@ -107,10 +107,15 @@ def test_boolean_round_trip_and_errors():
         as_indices(torch.zeros(3, 32))
 
 
-def test_masks_are_made_on_the_requested_device():
-    m = DualMasking((2, 4, 4), 0.5, 0.5, device="cpu")
+@pytest.mark.parametrize("decoder_ratio", [0.5, 0.0])
+def test_masks_are_made_on_the_requested_device(decoder_ratio):
+    """On the meta device, which every machine has and which is not where tensors land by default:
+    a tensor of the masking made without the requested device (on the CPU) would either raise
+    when it meets the others or pull the result onto the CPU."""
+    m = DualMasking((2, 4, 4), 0.5, decoder_ratio, device="meta")
     vis, dec = m(2)
-    assert vis.device.type == "cpu" and dec.device.type == "cpu"
+    assert vis.device.type == "meta" and dec.device.type == "meta"
+    assert vis.shape == (2, 16) and dec.shape == (2, 16) and vis.dtype == dec.dtype == torch.int64
 
 
 @pytest.mark.gpu

@@ -11,6 +11,7 @@ import torch
 
 from bench_scripts import script
 from fake_official_checkout import make_fake_checkout
+from vmae2_fast.masking import DualMasking
 from vmae2_fast.models import build_pretrain_model
 from vmae2_fast.models.zoo import model_spec
 
@@ -167,3 +168,39 @@ def test_a_checkout_that_cannot_run_here_is_reported(tmp_path, monkeypatch, vari
     root = make_fake_checkout(tmp_path / "VideoMAEv2", **variant)
     with pytest.raises(ValueError, match=message):
         oc.load_official_code(root)
+
+
+# ------------------------------------------------------------------ the real checkout
+# The tests above run a stand-in built from our own model, so they check the loader, never the
+# official arithmetic. These run the user's real files (models, mask generators, and the slice of
+# engine_for_pretraining.py) where a checkout exists (`needs.official_checkout`; CI has none and
+# says so in its summary).
+
+
+@pytest.mark.official_checkout
+def test_the_real_official_code_computes_our_loss_and_every_gradient(official_repo):
+    code = oc.load_official_code(official_repo)
+    assert code.repo == official_repo.resolve()
+    torch.manual_seed(0)
+    ours = build_pretrain_model("vit_micro", img_size=32, num_frames=4).double()
+    with torch.no_grad():                  # every parameter away from its init (norms at 1, biases at 0)
+        for p in ours.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    off = oc.build_official_model(code, "vit_micro", img_size=32, num_frames=4).double()
+    off.load_state_dict(ours.state_dict(), strict=True)
+    enc, dec = oc.OfficialMasks(code, ours.grid, 0.75, 0.5, seed=3)(3)
+    # the official generators at these ratios keep what our masking keeps (visible, decoded)
+    ref = DualMasking(ours.grid, 0.75, 0.5)
+    assert ((enc.flatten(1) == 0).sum(1) == ref.num_visible).all()
+    assert ((dec.flatten(1) == 0).sum(1) == ref.num_decoded).all()
+    video = torch.randn(3, 3, 4, 32, 32, dtype=torch.float64)
+    loss, outputs, labels = code.forward_loss(off, (video, enc, dec), torch.device("cpu"), 16)
+    expected, pred = ours.forward_loss(video, enc.flatten(1).bool(), dec.flatten(1).bool())
+    assert abs(loss.item() - expected.item()) <= 1e-10 * abs(expected.item())
+    assert ((outputs - pred).norm() / pred.norm()).item() < 1e-10
+    loss.backward()
+    expected.backward()
+    theirs = dict(off.named_parameters())
+    for name, p in ours.named_parameters():
+        g = theirs[name].grad
+        assert ((p.grad - g).norm() / g.norm()).item() < 1e-10, name

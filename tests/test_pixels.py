@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-from vmae2_fast.constants import IMAGENET_MEAN, IMAGENET_STD
 from vmae2_fast.data.batches import ClassifyBatch
 from vmae2_fast.data.clip_sampling import random_erasing_box
 from vmae2_fast.data.lists import read_cls_list
@@ -21,9 +20,16 @@ from vmae2_fast.data.lists import read_list
 from vmae2_fast.data.transforms import crop_resize, normalize
 
 
+# The official engine's statistics (timm.data.constants IMAGENET_DEFAULT_MEAN / _STD), written out
+# here rather than read from vmae2_fast.constants: a wrong constant there must not be its own truth.
+OFFICIAL_MEAN = (0.485, 0.456, 0.406)
+OFFICIAL_STD = (0.229, 0.224, 0.225)
+
+
 def float64_truth(x: torch.Tensor) -> torch.Tensor:
-    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float64).view(1, 3, 1, 1, 1)
-    std = torch.tensor(IMAGENET_STD, dtype=torch.float64).view(1, 3, 1, 1, 1)
+    """ToTensor (x / 255) then Normalize, in float64."""
+    mean = torch.tensor(OFFICIAL_MEAN, dtype=torch.float64).view(1, 3, 1, 1, 1)
+    std = torch.tensor(OFFICIAL_STD, dtype=torch.float64).view(1, 3, 1, 1, 1)
     return (x.double() / 255 - mean) / std
 
 

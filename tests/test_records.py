@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from test_pretrain_loop import micro_flags
 from vmae2_fast.cli import main_for
@@ -110,3 +111,63 @@ def test_no_readable_video_stops_cleanly(tiny_synthetic, tmp_path, capsys):
     assert main_for("pretrain", argv) == 2
     err = capsys.readouterr().err
     assert "no readable video found" in err and "Traceback" not in err
+
+
+def issue_corpus(ds, tmp_path):
+    """The list of the report: 16 lines, 4 bad (a missing FIRST line, an empty file, a file cut
+    to its header, a text file named .mp4), the good videos repeated to make up the count."""
+    good = [str(Path(ds.root) / line.split()[0]) for line in Path(ds.pretrain_list).read_text().splitlines()]
+    empty, cut, text = tmp_path / "empty.webm", tmp_path / "cut.webm", tmp_path / "notes.mp4"
+    empty.write_bytes(b"")
+    cut.write_bytes(Path(good[0]).read_bytes()[:300])
+    text.write_text("these are notes, not a video\n" * 20)
+    bad = [str(tmp_path / "missing.webm"), str(empty), str(cut), str(text)]
+    lines = [bad[0]] + [good[i % len(good)] for i in range(12)]
+    for at, path in zip((4, 9, 13), bad[1:]):
+        lines.insert(at, path)
+    path = tmp_path / "corpus.txt"
+    path.write_text("".join(f"{p} 0 -1\n" for p in lines))
+    return path, bad, lines
+
+
+def test_a_list_whose_first_video_is_missing_ends_with_a_preview_of_a_readable_one(tiny_synthetic, tmp_path):
+    """The first line is missing: training skips it, and the end-of-epoch preview must show the
+    first READABLE video of the list (it used to decode line 1 alone, get None and crash)."""
+    import numpy as np
+    from PIL import Image
+    from vmae2_fast.constants import IMAGENET_MEAN, IMAGENET_STD
+    from vmae2_fast.data.lists import read_list
+    from vmae2_fast.data.pyav.pretrain import PretrainVideoDataset
+    corpus, bad, lines = issue_corpus(tiny_synthetic, tmp_path)
+    out = tmp_path / "run"
+    argv = flags(tiny_synthetic, out, data=corpus, data_root="", epochs=1, batch_size=4, preview_every=1)
+    assert main_for("pretrain", argv) == 0
+    png = out / "preview-epoch0.png"
+    assert png.exists()
+    listed = {json.loads(x)["path"] for x in (out / "skipped.jsonl").read_text().splitlines()}
+    assert bad[0] in listed                                    # the first line was a bad file
+    # The preview's top row is its input clip: line 2 of the list (the first readable one),
+    # decoded with the run's sampling at its index in the list.
+    entries = read_list(str(corpus), "")
+    clip, _ = PretrainVideoDataset(entries, num_frames=4, sampling_rate=2, input_size=32, seed=3,
+                                   max_retries=0)[1]
+    assert entries[1].path == lines[1] and lines[1] not in bad
+    img = np.asarray(Image.open(png).convert("RGB")).astype(np.int64)
+    first_frame = clip[0, :, 0].permute(1, 2, 0).numpy().astype(np.int64)       # (S, S, 3) 0..255
+    assert np.abs(img[:32, :32] - first_frame).max() <= 1
+
+
+def test_the_preview_passes_over_unreadable_lines_and_says_when_none_is_readable(tiny_synthetic, tmp_path):
+    from vmae2_fast.config import PretrainConfig
+    from vmae2_fast.data.lists import read_list
+    from vmae2_fast.stages.pretrain import PreviewClip
+    corpus, bad, lines = issue_corpus(tiny_synthetic, tmp_path)
+    entries = read_list(str(corpus), "")
+    cfg = PretrainConfig(model="vit_micro", input_size=32, num_frames=4, sampling_rate=2, seed=3)
+    src = PreviewClip(entries, cfg)
+    clips = src()
+    assert clips is not None and clips.shape[-3:] == (4, 32, 32) and src.found == 1
+    assert torch.equal(src(), clips)                           # the same video every epoch
+    only_bad = [e for e in entries if e.path in bad]
+    none = PreviewClip(only_bad, cfg)
+    assert none() is None and f"none of the first {len(only_bad)} videos" in none.why_none

@@ -5,6 +5,8 @@ test files with this suite's conftest loaded, once as on CI and once as on a lap
 - a package that is installed but raises on import: fail everywhere;
 - any other skip of a test not marked `gpu`: allowed locally, a failure on CI (no CUDA here);
 - a whole module skipped at collection: the CI run still exits non-zero;
+- the tests marked `official_checkout` are deselected unless asked for (CI has no checkout);
+  asked for without one they skip with the clone command, a failure on CI like any other skip;
 - the closing summary counts the skips, gpu-marked and other.
 """
 import os
@@ -32,7 +34,7 @@ FILES = {
 MODULE_SKIP = {"test_module_skip.py": "import pytest\npytest.skip('whole module', allow_module_level=True)\n"}
 
 
-def run_pytest(tmp_path, files, ci: bool):
+def run_pytest(tmp_path, files, ci: bool, plugins=()):
     for name, text in files.items():
         (tmp_path / name).write_text(text)
     (tmp_path / "broken_pkg_x1").mkdir(exist_ok=True)
@@ -43,6 +45,7 @@ def run_pytest(tmp_path, files, ci: bool):
         env["CI"] = "true"
     xml = tmp_path / f"report-{ci}.xml"
     res = subprocess.run([sys.executable, "-m", "pytest", "-p", "conftest", "-p", "no:cacheprovider",
+                          *[a for p in plugins for a in ("-p", p)],
                           "--rootdir", str(tmp_path), "-c", os.devnull, "-rs", f"--junitxml={xml}",
                           *files], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     outcomes = {}
@@ -81,3 +84,45 @@ def test_on_ci_only_gpu_tests_may_skip(tmp_path):
 def test_on_ci_a_module_skipped_at_collection_fails_the_run(tmp_path):
     res, _ = run_pytest(tmp_path, {**MODULE_SKIP, "test_fine.py": FILES["test_fine.py"]}, ci=True)
     assert "1 OTHER" in res.stdout and res.returncode == 1, res.stdout[-2000:]
+
+
+OFFICIAL_ABSENT = {
+    # the test looks for a checkout in an empty folder
+    "test_official_absent.py": "import pytest, needs\n\n@pytest.mark.official_checkout\n"
+                               "def test_official_absent(tmp_path):\n    needs.official_checkout(str(tmp_path))\n",
+    "pytest_markers.py": "def pytest_configure(config):\n"
+                         "    config.addinivalue_line('markers', 'official_checkout: runs the official code')\n",
+}
+
+
+def test_without_a_checkout_an_official_test_skips_locally_and_fails_on_ci(tmp_path, monkeypatch):
+    monkeypatch.delenv("VMAE2_FAST_OFFICIAL_REPO", raising=False)
+    res, got = run_pytest(tmp_path, OFFICIAL_ABSENT, ci=False, plugins=("pytest_markers",))
+    assert got["test_official_absent"][0] == "skipped", res.stdout[-2000:]
+    assert "no checkout of the official code (OpenGVLab/VideoMAEv2)" in got["test_official_absent"][1]
+    assert "git clone https://github.com/OpenGVLab/VideoMAEv2" in got["test_official_absent"][1]
+    res, got = run_pytest(tmp_path, OFFICIAL_ABSENT, ci=True, plugins=("pytest_markers",))
+    assert got["test_official_absent"][0] == "failure"
+    assert "only tests marked `gpu` may skip" in got["test_official_absent"][1]
+    assert res.returncode == 1
+
+
+def test_a_variable_naming_a_folder_that_is_no_checkout_fails(tmp_path, monkeypatch):
+    monkeypatch.setenv("VMAE2_FAST_OFFICIAL_REPO", str(tmp_path / "nothing-here"))
+    res, got = run_pytest(tmp_path, OFFICIAL_ABSENT, ci=False, plugins=("pytest_markers",))
+    assert got["test_official_absent"][0] == "failure"
+    assert "is not a checkout of OpenGVLab/VideoMAEv2" in got["test_official_absent"][1]
+
+
+def test_the_official_checkout_tests_run_only_when_asked_for():
+    """The project's own settings (pyproject addopts): a plain run, CI's, leaves them out."""
+    def collected(*args):
+        res = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
+                              *args, "tests/test_official_code.py"], cwd=TESTS.parent, capture_output=True,
+                             text=True, timeout=300)
+        assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+        return {ln for ln in res.stdout.splitlines() if "::" in ln}
+    real = "tests/test_official_code.py::test_the_real_official_code_computes_our_loss_and_every_gradient"
+    plain, asked = collected(), collected("-m", "official_checkout")
+    assert real not in plain and len(plain) > 1      # the stand-in checkout's tests still run
+    assert asked == {real}

@@ -136,6 +136,26 @@ def require_some_video(entries: List[VideoEntry], list_file: str, data_root: str
                        f"{entries[0].path}); is --data-root ({data_root or 'not set'}) right?")
 
 
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:                   # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def capped_workers(requested: int) -> int:
+    """`--num-workers`, at most the cores this process may use (torch warns past that, and the
+    extra workers only compete with each other and with the model for the same cores); says so
+    when it caps."""
+    cores = usable_cores()
+    if requested <= cores:
+        return requested
+    log.info("--num-workers %d is more than the %d CPU cores this process may use: %d DataLoader "
+             "workers", requested, cores, cores)
+    return cores
+
+
 _DEAD_WORKER = re.compile(r"DataLoader worker \(pids?(?:\(s\))? ([\d, ]+)\)")
 
 
@@ -191,7 +211,7 @@ class PyAVLoader:
         self.sampler = GlobalBatchSampler(len(dataset), cfg.batch_size, dist.world_size, dist.rank, cfg.seed)
         self.steps_per_epoch = self.sampler.steps_per_epoch
         self.num_videos = len(dataset)
-        self.num_workers, self.pin = cfg.num_workers, device.type == "cuda"
+        self.num_workers, self.pin = capped_workers(cfg.num_workers), device.type == "cuda"
         self.device = device
         self.board = _board(dataset, self.num_workers)
 
@@ -215,6 +235,7 @@ class PyAVEvalLoader:
         from .pyav.classify import eval_collate
         per_rank = -(-len(dataset) // dist.world_size)
         shard = range(dist.rank * per_rank, min(len(dataset), (dist.rank + 1) * per_rank))
+        num_workers = capped_workers(num_workers)
         self.board = _board(dataset, num_workers)
         self.dataset = torch.utils.data.Subset(dataset, list(shard))
         self.batch_size, self.num_workers, self.collate = batch_size, num_workers, eval_collate
@@ -246,7 +267,7 @@ def _dali(index: VideoIndex, mode: str, cfg, dist, device: torch.device, **kw):
         index.videos, mode=mode, num_frames=cfg.num_frames, sampling_rate=cfg.sampling_rate,
         input_size=cfg.input_size, seed=cfg.seed, world_size=dist.world_size, rank=dist.rank,
         device=_dali_dev(device), device_id=device.index if device.type == "cuda" else None,
-        target_device=device, num_threads=max(1, min(cfg.num_workers, os.cpu_count() or 1)),
+        target_device=device, num_threads=max(1, min(cfg.num_workers, usable_cores())),
         decoder_instances=cfg.dali_instances, fname_tmpl=frame_layout(cfg).template,
         fallback=getattr(cfg, "decoder", "dali") == "auto",
         reencode_hint=reencode_hint(index.list_file, index.data_root), **kw)

@@ -24,6 +24,7 @@ from ..train.optim import build_adamw
 from ..train.parallelize import parallelize
 from ..train.run_lock import hold_output_dir
 from ..train.schedule import run_schedules
+from .estimate import log_step_estimate
 
 log = logging.getLogger("vmae2_fast")
 
@@ -212,6 +213,10 @@ def build_trainer(cfg, stage, model: torch.nn.Module, loader, device: torch.devi
         tensorboard=cfg.tensorboard, max_steps=cfg.max_steps, sharded=cfg.parallelism == "fsdp",
         async_checkpoint=cfg.async_checkpoint, dist_timeout=cfg.dist_timeout,
         **_flops_and_peak(cfg, model, device, precision, dist))
+    # a large model on a CPU: say how long before step 1 (from the model before FSDP shards it:
+    # reading a sharded weight's shape on one process alone would wait for the others)
+    if device.type == "cpu" and dist.is_main:
+        log_step_estimate(model, cfg, steps_per_epoch, torch.bfloat16 if precision == "bf16" else torch.float32)
     wrapped = parallelize(model, device, dist, compile=cfg.compile, parallelism=cfg.parallelism,
                           fsdp_param_dtype=cfg.fsdp_param_dtype, fp8=cfg.fp8)
     # after the wrapping: FSDP replaces the parameters with sharded ones

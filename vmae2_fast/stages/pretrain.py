@@ -71,7 +71,10 @@ class PretrainStage:
         if (epoch + 1) % every and epoch + 1 != self.cfg.epochs:
             return {}
         from .preview import save_reconstruction_preview
-        clips, _ = self.preview_source()
+        clips = self.preview_source()
+        if clips is None:
+            log.warning("no reconstruction preview for epoch %d: %s", epoch, self.preview_source.why_none)
+            return {}
         video = normalize_on_device(clips[:1].to(self.device), self.input_dtype)
         vis, dec = self.masking(1, torch.Generator(device=self.device).manual_seed(1234))
         was_training = self.model.training
@@ -85,6 +88,35 @@ class PretrainStage:
                                     patch_size=self.model.patch_size, tubelet_size=self.model.tubelet_size)
         log.info("reconstruction preview: %s", path)
         return {"preview": str(path)}
+
+
+class PreviewClip:
+    """The clip the preview shows: decoded on the CPU (whatever the training decoder) from the
+    first readable video among the list's first `limit` lines, the same video every epoch. The
+    list may begin with bad files that training skipped; they are passed over here too, and when
+    none of those lines is readable the call returns None (`why_none` says why) instead of
+    failing a run that trained to the end."""
+
+    def __init__(self, entries, cfg: PretrainConfig, limit: int = 32):
+        from ..data.pyav.pretrain import PretrainVideoDataset
+        # max_retries 0: an unreadable line gives None here instead of a random replacement, so
+        # the search below decides which video is shown, in list order
+        self.dataset = PretrainVideoDataset(entries[:limit], num_frames=cfg.num_frames,
+                                            sampling_rate=cfg.sampling_rate, input_size=cfg.input_size,
+                                            seed=cfg.seed, max_retries=0, layout=frame_layout(cfg))
+        self.found: int | None = None
+        self.why_none = ""
+
+    def __call__(self) -> torch.Tensor | None:
+        n = len(self.dataset)
+        order = range(n) if self.found is None else [self.found, *range(n)]
+        for i in order:
+            clips, _ = self.dataset[i]
+            if clips is not None:
+                self.found = i
+                return clips
+        self.why_none = f"none of the first {n} videos of the list could be read (see skipped.jsonl)"
+        return None
 
 
 def build_model(cfg: PretrainConfig, device: torch.device | None = None):
@@ -119,12 +151,7 @@ def run(cfg: PretrainConfig) -> dict:
         # cfg.decoder stays as requested: "auto" lets DALI hand the files it cannot decode to PyAV
         loader = pretrain_loader(entries, index, cfg, dist, device, decoder)
 
-        def preview_source():                  # one CPU-decoded clip, whatever the decoder
-            from ..data.pyav.pretrain import PretrainVideoDataset
-            return PretrainVideoDataset(entries[:1], num_frames=cfg.num_frames, sampling_rate=cfg.sampling_rate,
-                                        input_size=cfg.input_size, seed=cfg.seed, layout=frame_layout(cfg))[0]
-
-        stage = PretrainStage(model, cfg, device, dist, preview_source)
+        stage = PretrainStage(model, cfg, device, dist, PreviewClip(entries, cfg))
         trainer, info = build_trainer(cfg, stage, model, loader, device, dist, cfg.to_dict())
         if dist.is_main:
             log.info("model %s: %.3fM parameters, %d tokens (%d visible, %d decoded) on %s, precision %s, "

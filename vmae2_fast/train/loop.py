@@ -1,8 +1,9 @@
 """The one training loop every stage shares: a stage is a model, a loss and a data source.
 
 What the loop owns: precision (autocast, optional fp16 scaler), gradient accumulation, clipping,
-the per-iteration lr / weight-decay schedule, skipping non-finite updates on the device, atomic
-checkpoints and exact resume, logging. The step itself makes no host syncs: losses, gradient
+the per-iteration lr / weight-decay schedule, skipping non-finite updates (on the device with a
+fused torch optimiser, one decision for every process), atomic checkpoints and exact resume,
+logging. The step itself makes no host syncs: losses, gradient
 norms and skip counters stay on the device and are read only every `log_every` steps.
 """
 from __future__ import annotations
@@ -103,6 +104,14 @@ class Trainer:
         self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(settings.precision)
         self.scaler = torch.amp.GradScaler("cuda") if settings.precision == "fp16" else None
         self.params = [p for p in stage.model.parameters() if p.requires_grad]
+        # A non-finite update is skipped on the device by an optimiser whose step reads
+        # `found_inf` (torch's fused Adam/AdamW/SGD/Adagrad: the flag GradScaler relies on too);
+        # any other optimiser would ignore it, so the step is then skipped from the host.
+        self.skip_on_device = bool(getattr(optimizer, "_step_supports_amp_scaling", False))
+        if not self.skip_on_device and settings.precision != "fp16" and dist_info.is_main:
+            log.warning("the optimiser (%s) cannot skip a non-finite update on the device (not a fused "
+                        "torch optimiser): each step reads one flag on the host to skip it",
+                        type(optimizer).__name__)
         # device-side counters, read only when logging
         self.nonfinite_run = torch.zeros((), dtype=torch.int64, device=device)
         self.skipped_total = torch.zeros((), dtype=torch.int64, device=device)
@@ -268,10 +277,14 @@ class Trainer:
             self.scaler.update()
         else:
             finite = finite & torch.isfinite(gnorm)
-            # AdamW (fused) skips the update on the device when found_inf is 1: no host sync.
-            self.optimizer.found_inf = (~finite).float()
-            self.optimizer.step()
-            del self.optimizer.found_inf
+            if self.dist.enabled:      # one decision for all: a rank's inf loss may leave finite gradients
+                finite = all_reduce_sum((~finite).float(), self.dist) == 0
+            if self.skip_on_device:    # the fused step skips when found_inf is 1: no host sync
+                self.optimizer.found_inf = (~finite).float()
+                self.optimizer.step()
+                del self.optimizer.found_inf
+            elif finite.item():
+                self.optimizer.step()
         if self.ema is not None:       # after every optimiser step, as the official engine
             self.ema.update(self.stage.model)
         self.optimizer.zero_grad(set_to_none=True)

@@ -39,7 +39,9 @@ which file, which frames and which crop boxes, and feeds them through ``external
   exception is fine-tuning with RandAugment, whose op choice is drawn by DALI's own per-pipeline
   random generator: it differs with N, as it already differs across a resume.)
 * Host to device: see :mod:`.transfer` (CPU decode for CUDA training goes through pinned memory
-  and a non-blocking copy on a side stream, one batch ahead: `device_feed.to_device_ahead`).
+  and a non-blocking copy on a side stream, one batch ahead: `device_feed.to_device_ahead`; a GPU
+  decode is copied on the compute stream and its DALI output held until that copy has run:
+  `transfer.HeldOutputs`).
 * Frame folders (index codec ``rawframes``): the host reads the clip's frame files (named by
   ``fname_tmpl`` from the folder's start number) and DALI's image decoder decodes each one
   (``device="mixed"``: nvJPEG on the GPU; ``"cpu"`` on the host), stacked into the same
@@ -65,7 +67,7 @@ from ..sampler import GlobalBatchSampler
 from .fallback import PyAVFallback, route
 from .graph import build_pipeline
 from .samples import EVAL_MODES, MODES, InFlight, Sample, SamplePlanner
-from .transfer import pinned_copy, transfer_plan
+from .transfer import HeldOutputs, device_copy, pinned_copy, transfer_plan
 
 __all__ = ["dali_status", "DaliVideoLoader", "MODES"]
 
@@ -170,6 +172,7 @@ class DaliVideoLoader:
         self.instances = int(decoder_instances)
         self._pipes: List = [None] * self.instances
         self.transfer = transfer_plan(device, target_device)
+        self.held = HeldOutputs(limit=self.prefetch * self.instances + 2)   # outputs whose copy is queued
         self.target_device = torch.device(target_device) if target_device is not None else None
         self.decoded = collections.Counter()          # videos decoded by "dali" / "pyav", this run
         host_or_device = (torch.device("cuda", device_id or 0) if self.transfer == "device"
@@ -280,13 +283,9 @@ class DaliVideoLoader:
         return [s for s in fresh if s is not None], dropped
 
     def _to_torch(self, out) -> torch.Tensor:
+        if self.transfer == "device":           # queued on the compute stream; `out` held until it ran
+            return device_copy(out, self.target_device or torch.device("cuda", self.device_id or 0), self.held)
         t = out.as_tensor()
-        if self.transfer == "device":
-            from nvidia.dali.plugin.pytorch import feed_ndarray
-            dev = torch.device("cuda", self.device_id or 0)
-            dst = torch.empty(t.shape(), dtype=torch.uint8, device=dev)
-            feed_ndarray(t, dst, cuda_stream=torch.cuda.current_stream(dev))
-            return dst
         if self.transfer == "pinned":          # DALI buffer -> pinned memory (copied ahead later)
             return pinned_copy(np.asarray(t))
         return torch.from_numpy(np.array(t))   # a copy: DALI reuses its buffers
@@ -331,6 +330,7 @@ class DaliVideoLoader:
             yield from self._drain(state)
         finally:
             if state.pending:     # left mid-epoch: drop the pipelines' stale work, rebuild next time
+                self.held.release_all()
                 self._pipes = [None] * self.instances
 
     def _fill(self, state: EpochState) -> None:
