@@ -183,7 +183,7 @@ def test_throughput_bench_rejects_a_folder_that_is_not_a_checkout(tmp_path, caps
 def test_bad_compile_value_is_a_usage_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         throughput.main([*TINY, "--out", str(tmp_path), "--compile", "yes"])
-    assert exc.value.code == 2 and "--compile takes on and/or off" in capsys.readouterr().err
+    assert exc.value.code == 2 and "--compile: takes on and/or off" in capsys.readouterr().err
 
 
 def test_without_pyav_the_step_report_runs(tmp_path):
