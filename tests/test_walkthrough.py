@@ -20,30 +20,35 @@ def cli(module, *args):
 
 
 @pytest.mark.slow
-def test_pretrain_then_finetune_beats_chance(tmp_path_factory):
+@pytest.mark.timeout(1500)     # four CLI runs: about 3 minutes on 2 idle cores, more under load
+def test_the_walkthrough_commands_learn_the_motion_classes(tmp_path_factory):
+    """The walk-through as docs/walkthrough.md writes it (stage 1 -> 2 -> 3 -> 2x3 evaluation,
+    seed 0): it measured 85.4 % best single-view top-1 and 81.2 % with 2 x 3 views (77-88 % over
+    three seeds). The bar is three times chance, far below those and far above what a broken
+    stage, a lost --init or a shuffled label map gives (chance: 8 of 48)."""
     root = tmp_path_factory.mktemp("walk") / "synthetic"
     ds = ensure_synthetic_dataset(str(root), progress=False)       # the default embedded set
     out = tmp_path_factory.mktemp("runs")
     common = ["--model", "vit_micro", "--preset", "cpu_demo", "--no-progress", "--seed", "0"]
-    cli("pretrain", *common, "--data", ds.pretrain_list, "--data-root", ds.root,
-        "--output-dir", out / "pt")
+    data = ["--data-root", ds.root]
+    cli("pretrain", *common, "--data", ds.pretrain_list, *data, "--output-dir", out / "pt")
     # the quick start's promise: 3 epochs with --preview-every 4 still leave the last epoch's picture
     assert (out / "pt" / "preview-epoch2.png").is_file()
-    cli("finetune", *common, "--data", ds.root, "--data-root", ds.root,
-        "--init", out / "pt" / "checkpoint-last.pth", "--output-dir", out / "ft")
+    cli("post_pretrain", *common, "--data", ds.root, *data, "--init", out / "pt" / "checkpoint-last.pth",
+        "--output-dir", out / "k710")
+    cli("finetune", *common, "--data", ds.root, *data, "--init", out / "k710" / "checkpoint-best.pth",
+        "--output-dir", out / "ft")
     vals = [json.loads(x) for x in (out / "ft" / "metrics.jsonl").read_text().splitlines()
             if '"val_top1"' in x]
-    # counted in videos: 16 of the 48 is exactly twice chance, which a float comparison of the
-    # percentages decides by rounding luck (this path measures 16/48 single view, 17/48 with 2 x 3)
-    correct = round(max(v["val_top1"] for v in vals) * 48 / 100)
-    assert correct >= 2 * CHANCE * 48, f"best single-view top-1 {correct}/48 is not clearly above chance"
+    correct = round(max(v["val_top1"] for v in vals) * 48 / 100)     # counted in videos
+    assert correct >= 3 * CHANCE * 48, f"best single-view top-1 {correct}/48"
     cli("evaluate", "--checkpoint", out / "ft" / "checkpoint-best.pth", "--model", "vit_micro",
-        "--data", ds.root, "--data-root", ds.root, "--num-segments", 2, "--num-crops", 3,
+        "--data", ds.root, *data, "--num-segments", 2, "--num-crops", 3,
         "--input-size", 64, "--num-frames", 8, "--sampling-rate", 2, "--short-side-size", 64,
         "--output-dir", out / "eval")
     report = json.loads((out / "eval" / "metrics.json").read_text())
     assert report["views"] == "2x3" and report["videos"] == 48
-    assert round(report["top1"] * 48 / 100) >= 2 * CHANCE * 48
+    assert round(report["top1"] * 48 / 100) >= 3 * CHANCE * 48, report
 
 
 # what a record measures of the machine (times, rates, memory), not of the run's arithmetic
