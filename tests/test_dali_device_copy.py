@@ -18,7 +18,6 @@ import pytest
 import torch
 
 import needs
-from vmae2_fast.data.dali import transfer
 from vmae2_fast.data.dali.pipeline import DaliVideoLoader
 from vmae2_fast.data.index import build_index
 

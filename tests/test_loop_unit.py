@@ -7,7 +7,6 @@ import torch
 import torch.nn as nn
 
 from vmae2_fast.data.batches import PretrainBatch
-from vmae2_fast.masking import DualMasking
 from vmae2_fast.models import build_pretrain_model
 from vmae2_fast.train.distributed import DistInfo
 from vmae2_fast.train.loop import LoopSettings, NonFiniteLossError, Trainer

@@ -135,7 +135,6 @@ def test_a_list_whose_first_video_is_missing_ends_with_a_preview_of_a_readable_o
     first READABLE video of the list (it used to decode line 1 alone, get None and crash)."""
     import numpy as np
     from PIL import Image
-    from vmae2_fast.constants import IMAGENET_MEAN, IMAGENET_STD
     from vmae2_fast.data.lists import read_list
     from vmae2_fast.data.pyav.pretrain import PretrainVideoDataset
     corpus, bad, lines = issue_corpus(tiny_synthetic, tmp_path)
