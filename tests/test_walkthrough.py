@@ -23,7 +23,7 @@ def cli(module, *args):
 @pytest.mark.timeout(1500)     # four CLI runs: about 3 minutes on 2 idle cores, more under load
 def test_the_walkthrough_commands_learn_the_motion_classes(tmp_path_factory):
     """The walk-through as docs/walkthrough.md writes it (stage 1 -> 2 -> 3 -> 2x3 evaluation,
-    seed 0): it measured 85.4 % best single-view top-1 and 81.2 % with 2 x 3 views (77-88 % over
+    seed 0): it measured 85.4 % best single-view top-1 and 81.2 % with 2 x 3 views (81-90 % over
     three seeds). The bar is three times chance, far below those and far above what a broken
     stage, a lost --init or a shuffled label map gives (chance: 8 of 48)."""
     root = tmp_path_factory.mktemp("walk") / "synthetic"
