@@ -179,3 +179,9 @@ def replace(cfg, **overrides):
     if unknown:
         raise ConfigError(f"unknown config field(s) {unknown}; valid: {sorted(names)}")
     return dataclasses.replace(cfg, **overrides)
+
+
+def model_checkpointing(cfg) -> str:
+    """The policy a model is built with: `auto` not resolved yet (a model built outside a run)
+    checkpoints nothing."""
+    return "none" if cfg.activation_checkpointing == "auto" else cfg.activation_checkpointing

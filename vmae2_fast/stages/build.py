@@ -24,6 +24,7 @@ from ..train.optim import build_adamw
 from ..train.parallelize import parallelize
 from ..train.run_lock import hold_output_dir
 from ..train.schedule import run_schedules
+from ..config.base import model_checkpointing
 from .estimate import log_step_estimate
 
 log = logging.getLogger("vmae2_fast")
@@ -74,12 +75,6 @@ def apply_attention(model: torch.nn.Module, backend: str, device: torch.device, 
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(resolve_precision(precision, device),
                                                               torch.float32)
     return set_attention_backend(model, backend, device, dtype)
-
-
-def model_checkpointing(cfg) -> str:
-    """The policy a model is built with: `auto` not resolved yet (a model built outside a run)
-    checkpoints nothing."""
-    return "none" if cfg.activation_checkpointing == "auto" else cfg.activation_checkpointing
 
 
 def resolve_checkpointing(cfg, device: torch.device, dist: DistInfo, num_classes: int | None = None):

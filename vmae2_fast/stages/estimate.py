@@ -17,6 +17,7 @@ import time
 
 import torch
 
+from ..config.base import model_checkpointing
 from ..flops import train_flops
 
 log = logging.getLogger("vmae2_fast")
@@ -45,7 +46,6 @@ def step_estimate(model, cfg, steps_per_epoch: int, rate: float) -> dict:
     """Seconds per optimiser step and per epoch of `model` (built) under `cfg` at `rate` FLOP/s:
     training FLOPs per clip (with the recompute of activation checkpointing) x clips per step
     (batch_size x num_sample views x accum_steps)."""
-    from .build import model_checkpointing      # build.py imports this module
     per_clip = train_flops(model, getattr(cfg, "mask_ratio", None), getattr(cfg, "decoder_mask_ratio", None),
                            checkpointing=model_checkpointing(cfg)).hardware
     clips = cfg.batch_size * cfg.num_sample * cfg.accum_steps
