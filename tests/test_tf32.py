@@ -47,7 +47,7 @@ def test_a_run_passes_its_flag_and_logs_its_float32_matmul_arithmetic(tiny_synth
     run(config_for("pretrain", micro_flags(tiny_synthetic, tmp_path, max_steps=1, epochs=1, no_progress=True,
                                            device="cpu", tf32=False)))
     assert calls == [("cpu", False)]
-    lines = [ln for ln in (tmp_path / "log.txt").read_text().splitlines() if "float32 matmuls" in ln]
+    lines = [ln for ln in (tmp_path / "log.txt").read_text().splitlines() if "float32 matmuls:" in ln]
     assert len(lines) == 1 and lines[0].endswith("float32 matmuls: IEEE float32 (TF32 is a CUDA setting)")
 
 
