@@ -12,7 +12,6 @@ background writer and trains on while it is written.
 import json
 import os
 import random
-import signal
 import threading
 import time
 
@@ -20,13 +19,12 @@ import pytest
 import torch
 
 from cli_runs import micro_flags, train_records
-from test_checkpoint_kill import Driver, newest
+from test_checkpoint_kill import Driver, kill_during_saves
 from test_pretrain_loop import assert_same_weights, final_weights
 from vmae2_fast.cli import config_for
 from vmae2_fast.models.weights import read_checkpoint
 from vmae2_fast.stages.pretrain import run
 from vmae2_fast.train import checkpoint as ckpt
-from vmae2_fast.train.checkpoint import numbered_checkpoints
 from vmae2_fast.train.loop import Trainer
 
 
@@ -109,19 +107,7 @@ def test_kills_during_background_saves_always_leave_a_loadable_checkpoint(tiny_s
         out = tmp_path / "killed"
         argv = micro_flags(tiny_synthetic, out, save_every_steps=1, async_checkpoint=True, **common)
         rng = random.Random(int(os.environ.get("VMAE2_KILL_SEED", "24")))
-        steps, inside = [], 0
-        for _ in range(KILLS):
-            status, landed_inside = driver.run(argv, slow=True, kill_at_save=2, rng=rng)
-            assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
-            inside += bool(landed_inside)
-            state = read_checkpoint(newest(out))                 # always loads
-            for _, path in numbered_checkpoints(out):
-                read_checkpoint(path)
-            steps.append(state["global_step"])
-        print(f"{inside} of {KILLS} kills landed inside a background write; newest checkpoint after "
-              f"each kill at global steps {steps}")
-        assert steps == sorted(steps) and steps[0] >= 1, steps
-        assert inside >= KILLS // 2, f"only {inside} of {KILLS} kills landed inside a write"
+        kill_during_saves(driver, argv, out, KILLS, rng)
         status, _ = driver.run(argv)                             # resume to the end
         assert status == 0
     finally:

@@ -70,6 +70,27 @@ def newest(out: Path) -> Path:
     return last if last.exists() else numbered_checkpoints(out)[-1][1]
 
 
+def kill_during_saves(driver, argv, out: Path, kills: int, rng, keep_last: int | None = None) -> None:
+    """Run `argv` `kills` times, each killed (SIGKILL) during its second checkpoint write (the
+    first completes: progress); after each kill the newest checkpoint and every numbered one load.
+    The runs must progress, and at least half the kills must land inside a write."""
+    steps, inside = [], 0
+    for _ in range(kills):
+        status, landed_inside = driver.run(argv, slow=True, kill_at_save=2, rng=rng)
+        assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+        inside += bool(landed_inside)
+        state = read_checkpoint(newest(out))                     # always loads
+        for _, path in numbered_checkpoints(out):
+            read_checkpoint(path)                                # so does every numbered one
+        if keep_last is not None:
+            assert len(numbered_checkpoints(out)) <= keep_last
+        steps.append(state["global_step"])
+    print(f"{inside} of {kills} kills landed inside a write; newest checkpoint after each kill at "
+          f"global steps {steps}")
+    assert steps == sorted(steps) and steps[0] >= 1, steps       # every run resumed and progressed
+    assert inside >= kills // 2, f"only {inside} of {kills} kills landed inside a write"
+
+
 @pytest.mark.slow
 def test_twenty_kills_during_saves_always_leave_a_loadable_checkpoint(tiny_synthetic, tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
@@ -83,21 +104,7 @@ def test_twenty_kills_during_saves_always_leave_a_loadable_checkpoint(tiny_synth
         out = tmp_path / "killed"
         argv = micro_flags(tiny_synthetic, out, save_every_steps=1, **common)
         rng = random.Random(int(os.environ.get("VMAE2_KILL_SEED", "20")))   # to repeat with others
-        steps, inside = [], 0
-        for _ in range(KILLS):
-            # the first write of each run completes (progress); the second one is killed
-            status, landed_inside = driver.run(argv, slow=True, kill_at_save=2, rng=rng)
-            assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
-            inside += bool(landed_inside)
-            state = read_checkpoint(newest(out))                 # always loads
-            for _, path in numbered_checkpoints(out):
-                read_checkpoint(path)                            # so does every numbered one
-            assert len(numbered_checkpoints(out)) <= 2           # --keep-last 2
-            steps.append(state["global_step"])
-        print(f"{inside} of {KILLS} kills landed inside a write; newest checkpoint after each "
-              f"kill at global steps {steps}")
-        assert steps == sorted(steps) and steps[0] >= 1, steps   # every run resumed and progressed
-        assert inside >= KILLS // 2, f"only {inside} of {KILLS} kills landed inside a write"
+        kill_during_saves(driver, argv, out, KILLS, rng, keep_last=2)
         status, _ = driver.run(argv)                             # resume to the end
         assert status == 0
     finally:
