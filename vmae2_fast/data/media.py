@@ -12,8 +12,8 @@ import os
 from dataclasses import dataclass
 from typing import List
 
-__all__ = ["VideoDecodeError", "DEFAULT_TEMPLATE", "DEFAULT_START", "FrameLayout", "frame_file",
-           "scan_frame_folder"]
+__all__ = ["VideoDecodeError", "EncodedVideo", "DEFAULT_TEMPLATE", "DEFAULT_START", "FrameLayout",
+           "frame_file", "scan_frame_folder"]
 
 DEFAULT_TEMPLATE = "img_{:05}.jpg"
 DEFAULT_START = 1
@@ -22,6 +22,20 @@ DEFAULT_START = 1
 class VideoDecodeError(RuntimeError):
     """A video or frame folder could not be opened, decoded, or has fewer frames than requested;
     the message names the file. Datasets catch this one type to skip and count a bad clip."""
+
+
+class EncodedVideo(str):
+    """A video held in memory (a record of a shard): the string is the name every message and
+    `skipped.jsonl` line uses (``shard-url#key``), ``data`` the encoded file's bytes. Being a
+    string, it travels through the datasets wherever a path does; the PyAV opener reads ``data``
+    instead of a file."""
+
+    data: bytes
+
+    def __new__(cls, name: str, data) -> "EncodedVideo":
+        self = super().__new__(cls, name)
+        self.data = data
+        return self
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from ..config import FinetuneConfig
 from ..data.label_maps import kinetics_head_map
 from ..data.loaders import choose_decoder, eval_loader, finetune_loader, frame_layout, load_list
+from ..data.shard_store import ShardSet, is_shard_location, join
 from ..data.pixels import normalize_on_device
 from ..errors import CheckpointMismatchError, ConfigError, DataError
 from ..models import build_classifier, count_parameters
@@ -47,6 +48,9 @@ def resolve_lists(cfg, dist: DistInfo) -> tuple[str, str, str, list | None]:
             raise ConfigError("pass both --train-list and --val-list (or --data FOLDER with train.csv "
                              "and val.csv)")
         train, val, folder = cfg.train_list, cfg.val_list, os.path.dirname(cfg.train_list)
+    elif is_shard_location(cfg.data):
+        # shard sets: DATA/train and DATA/val; the class names travel in the manifest
+        return join(cfg.data, "train"), join(cfg.data, "val"), root, None
     elif cfg.data:
         train, val, folder = os.path.join(cfg.data, "train.csv"), os.path.join(cfg.data, "val.csv"), cfg.data
     else:
@@ -256,9 +260,11 @@ def run(cfg: FinetuneConfig) -> dict:
         build = decoder == "dali" and not (cfg.data or cfg.train_list)   # index the embedded lists
         layout = frame_layout(cfg)
         train_items, train_index = load_list(train_path, root, decoder=decoder, labels=True, build=build,
-                                             layout=layout)
+                                             layout=layout, storage_options=cfg.storage_options)
         val_items, val_index = load_list(val_path, root, decoder=decoder, labels=True, build=build,
-                                         layout=layout)
+                                         layout=layout, storage_options=cfg.storage_options)
+        if names is None and isinstance(train_index, ShardSet):
+            names = train_index.classes
         num_classes = check_lists(train_items, val_items, cfg.num_classes, names, train_path, val_path)
         cfg = resolve_checkpointing(cfg, device, dist, num_classes)
         model = build_model(cfg, num_classes, device=device)

@@ -19,6 +19,7 @@ import torch
 from ..config import EvaluateConfig
 from ..config.datasets import DATASETS
 from ..data.loaders import choose_decoder, eval_loader, frame_layout, load_list
+from ..data.shard_store import is_shard_location, parse_storage_options, shard_set_in
 from ..data.pixels import normalize_on_device
 from ..errors import BadDataError, ConfigError, DataError, DataPlaneError, RunStopped
 from ..models import build_classifier
@@ -86,12 +87,16 @@ def run(cfg: EvaluateConfig) -> dict:
         if cfg.data is None:
             synth = embedded_dataset(dist)
             list_file, root = synth.val_list, synth.root
+        elif is_shard_location(cfg.data):                # a set, or a folder with val/
+            list_file = shard_set_in(cfg.data, "val", parse_storage_options(cfg.storage_options))
+            root = cfg.data_root
         else:
             list_file = str(Path(cfg.data) / "val.csv") if Path(cfg.data).is_dir() else cfg.data
             root = cfg.data_root
         decoder = choose_decoder(cfg.decoder, device, log_choice=dist.is_main)
         entries, index = load_list(list_file, root, decoder=decoder, labels=True, layout=frame_layout(view),
-                                   build=decoder == "dali" and cfg.data is None)
+                                   build=decoder == "dali" and cfg.data is None,
+                                   storage_options=cfg.storage_options)
         num_classes = view.num_classes or max(e.label for e in entries) + 1
         bad = [e for e in entries if e.label >= num_classes]
         if bad:

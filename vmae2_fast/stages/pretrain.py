@@ -6,6 +6,7 @@ else is the shared set-up (`build.py`) and loop (`train/loop.py`).
 """
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from pathlib import Path
@@ -15,6 +16,8 @@ import torch
 from .. import ops
 from ..config import PretrainConfig
 from ..data.loaders import choose_decoder, frame_layout, load_list, pretrain_loader
+from ..data.shard_loader import head_entries
+from ..data.shard_store import ShardSet
 from ..data.pixels import normalize_on_device
 from ..masking import DualMasking
 from ..models import build_pretrain_model, count_parameters
@@ -98,16 +101,26 @@ class PreviewClip:
     failing a run that trained to the end."""
 
     def __init__(self, entries, cfg: PretrainConfig, limit: int = 32):
-        from ..data.pyav.pretrain import PretrainVideoDataset
-        # max_retries 0: an unreadable line gives None here instead of a random replacement, so
-        # the search below decides which video is shown, in list order
-        self.dataset = PretrainVideoDataset(entries[:limit], num_frames=cfg.num_frames,
-                                            sampling_rate=cfg.sampling_rate, input_size=cfg.input_size,
-                                            seed=cfg.seed, max_retries=0, layout=frame_layout(cfg))
+        """``entries``: the list's entries, or a function of ``limit`` that gives them (a shard
+        set's first records, fetched at the first preview)."""
+        self.entries, self.cfg, self.limit = entries, cfg, limit
+        self.dataset = None
         self.found: int | None = None
         self.why_none = ""
 
+    def _dataset(self):
+        from ..data.pyav.pretrain import PretrainVideoDataset
+        cfg = self.cfg
+        entries = self.entries(self.limit) if callable(self.entries) else self.entries[:self.limit]
+        # max_retries 0: an unreadable line gives None here instead of a random replacement, so
+        # the search below decides which video is shown, in list order
+        return PretrainVideoDataset(entries, num_frames=cfg.num_frames, sampling_rate=cfg.sampling_rate,
+                                    input_size=cfg.input_size, seed=cfg.seed, max_retries=0,
+                                    layout=frame_layout(cfg))
+
     def __call__(self) -> torch.Tensor | None:
+        if self.dataset is None:
+            self.dataset = self._dataset()
         n = len(self.dataset)
         order = range(n) if self.found is None else [self.found, *range(n)]
         for i in order:
@@ -147,11 +160,13 @@ def run(cfg: PretrainConfig) -> dict:
             synth = embedded_dataset(dist)
             list_file, root = synth.pretrain_list, synth.root
         entries, index = load_list(list_file, root, decoder=decoder, labels=False, layout=frame_layout(cfg),
-                                   build=cfg.data is None)
+                                   build=cfg.data is None, storage_options=cfg.storage_options)
         # cfg.decoder stays as requested: "auto" lets DALI hand the files it cannot decode to PyAV
         loader = pretrain_loader(entries, index, cfg, dist, device, decoder)
 
-        stage = PretrainStage(model, cfg, device, dist, PreviewClip(entries, cfg))
+        preview = (PreviewClip(entries, cfg) if not isinstance(index, ShardSet) else
+                   PreviewClip(functools.partial(head_entries, index), cfg))
+        stage = PretrainStage(model, cfg, device, dist, preview)
         trainer, info = build_trainer(cfg, stage, model, loader, device, dist, cfg.to_dict())
         if dist.is_main:
             log.info("model %s: %.3fM parameters, %d tokens (%d visible, %d decoded) on %s, precision %s, "

@@ -100,9 +100,11 @@ class VideoClsDataset(VideoDataset):
         return _cthw(x)
 
     def _train_item(self, current: int, rng):
+        return self.train_item_of(self.items[current], rng)
+
+    def train_item_of(self, item, rng):
         """The clips, the label of the video actually loaded (a replacement has its own) and the
         views' erasures."""
-        item = self.items[current]
         frames = decode_clip(item.path, self._indices(item, rng), self.layout, item.start)
         views = [self._train_view(frames, rng) for _ in range(self.num_sample)]
         erasures = [(k,) + box for k, (_, box) in enumerate(views) if box is not None]

@@ -50,7 +50,10 @@ class PretrainVideoDataset(VideoDataset):
         self.num_sample = int(num_sample)
 
     def _load(self, current: int, rng: np.random.Generator) -> torch.Tensor:
-        item = self.items[current]
+        return self.clips_of(self.items[current], rng)
+
+    def clips_of(self, item: VideoEntry, rng: np.random.Generator) -> torch.Tensor:
+        """The views of one entry (a file, a frame folder or an `EncodedVideo`)."""
         n_frames = self.frame_count(item)
         indices = pretrain_frame_indices(n_frames, self.num_frames, self.sampling_rate, rng)
         # (T, H, W, 3) uint8, decoded once; a frame folder starts at its list line's start_idx

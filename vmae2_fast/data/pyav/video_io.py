@@ -37,13 +37,14 @@ exactly which packet is which frame. They stay in memory for the one call (the f
 from __future__ import annotations
 
 import bisect
+import io
 import os
 from dataclasses import dataclass
 from typing import Iterator, Optional, Sequence
 
 import numpy as np
 
-from ..media import VideoDecodeError
+from ..media import EncodedVideo, VideoDecodeError
 
 __all__ = ["count_frames", "decode_frames", "open_video", "iter_frames", "DecodeStats"]
 
@@ -56,16 +57,20 @@ def _av():
 
 
 def open_video(path: str, threads: int):
-    """Open ``path`` and return ``(container, video_stream)``; raise VideoDecodeError on failure."""
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise VideoDecodeError(f"video file not found: {path}")
-    if os.path.isdir(path):
-        raise VideoDecodeError(f"{path} is a directory, not a video file (frame folders are read "
-                               "by data.pyav.frames)")
+    """Open ``path`` (a file, or an `EncodedVideo` in memory) and return ``(container,
+    video_stream)``; raise VideoDecodeError on failure."""
     av = _av()
+    if isinstance(path, EncodedVideo):
+        source = io.BytesIO(path.data)
+    else:
+        source = path = os.fspath(path)
+        if not os.path.exists(path):
+            raise VideoDecodeError(f"video file not found: {path}")
+        if os.path.isdir(path):
+            raise VideoDecodeError(f"{path} is a directory, not a video file (frame folders are read "
+                                   "by data.pyav.frames)")
     try:
-        container = av.open(path)
+        container = av.open(source)
     except (av.FFmpegError, OSError, ValueError) as exc:
         raise VideoDecodeError(f"cannot open video {path}: {exc}") from exc
     if not container.streams.video:
