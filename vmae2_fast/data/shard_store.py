@@ -36,6 +36,7 @@ __all__ = ["MANIFEST", "FORMAT", "Retry", "Store", "ShardSet", "is_shard_locatio
 log = logging.getLogger("vmae2_fast")
 MANIFEST = "shards.json"
 FORMAT = "vmae2_fast.shards/1"
+VIDEO_FIELDS = ("width", "height", "codec", "pix_fmt")
 
 
 def is_shard_location(loc: Optional[str]) -> bool:
@@ -204,6 +205,7 @@ class ShardSet:
     frames: np.ndarray                         # int64 per sample
     labels: np.ndarray                         # int64 per sample (-1: none)
     sources: List[str]                         # the path as the list wrote it
+    video: Dict[str, list]                     # per sample: width, height, codec, pix_fmt
     classes: Optional[List[str]] = None
     excluded: List[dict] = field(default_factory=list)
     store: Optional[Store] = None
@@ -239,6 +241,7 @@ class ShardSet:
     @classmethod
     def from_manifest(cls, doc: dict, location: str, store: Store | None = None) -> "ShardSet":
         shards, frames, labels, sources, first = [], [], [], [], 0
+        video = {k: [] for k in VIDEO_FIELDS}
         for s in doc["shards"]:
             n = len(s["offsets"])
             shards.append(Shard(s["name"], list(s["ext"]), np.asarray(s["offsets"], dtype=np.int64),
@@ -246,11 +249,13 @@ class ShardSet:
             frames += s["frames"]
             labels += s["labels"]
             sources += s["sources"]
+            for k in VIDEO_FIELDS:
+                video[k] += s[k]
             first += n
         if first == 0:
             raise DataError(f"the shard set at {location} holds no video")
         return cls(location, doc["kind"], shards, np.asarray(frames, dtype=np.int64),
-                   np.asarray(labels, dtype=np.int64), sources, doc.get("classes"),
+                   np.asarray(labels, dtype=np.int64), sources, video, doc.get("classes"),
                    doc.get("excluded", []), store)
 
 

@@ -97,7 +97,7 @@ class _ShardPacker:
     def _open(self) -> None:
         name = f"shard-{len(self.records):06d}.tar"
         self.cur = {"name": name, "ext": [], "offsets": [], "sizes": [], "frames": [], "labels": [],
-                    "sources": []}
+                    "sources": [], "width": [], "height": [], "codec": [], "pix_fmt": []}
         self.path = os.path.join(self.tmp_dir, name)
         self.tar = tarfile.open(self.path, "w", format=tarfile.USTAR_FORMAT)
 
@@ -106,7 +106,7 @@ class _ShardPacker:
         padded = -(-len(data) // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
         return self.tar.offset - padded           # where the member's data starts in the tar
 
-    def add(self, entry: VideoEntry, frames: int) -> None:
+    def add(self, entry: VideoEntry, probe: dict) -> None:
         if self.tar is None:
             self._open()
         key = f"{self.next_id:09d}"
@@ -114,16 +114,18 @@ class _ShardPacker:
         with open(entry.path, "rb") as f:
             data = f.read()
         offset = self._member(f"{key}.{ext}", data)
-        label = -1 if entry.label is None else int(entry.label)
-        meta = json.dumps({"label": label, "frames": int(frames), "source": entry.rel}).encode()
+        label, frames = -1 if entry.label is None else int(entry.label), int(probe["frames"])
+        meta = json.dumps({"label": label, "frames": frames, "source": entry.rel}).encode()
         self._member(f"{key}.json", meta)
         c = self.cur
         c["ext"].append(ext)
         c["offsets"].append(offset)
         c["sizes"].append(len(data))
-        c["frames"].append(int(frames))
+        c["frames"].append(frames)
         c["labels"].append(label)
         c["sources"].append(entry.rel)
+        for k in ("width", "height", "codec", "pix_fmt"):    # what DALI's sample planner needs
+            c[k].append(probe[k])
         self.next_id += 1
         if self.tar.offset >= self.limit:
             self.close()
@@ -195,7 +197,7 @@ def write_shards(list_file: str, data_root: str, out: str, *, shard_size: str | 
             if not rec["readable"]:
                 res.excluded.append({"source": e.rel, "reason": rec["reason"]})
                 continue
-            packer.add(e, rec["frames"])
+            packer.add(e, rec)
         packer.close()
         if not packer.records:
             raise DataError(f"none of the {len(entries)} videos of {list_file} could be read "
@@ -220,7 +222,7 @@ def _class_names(list_file: str) -> Optional[list]:
 
 
 def summarize(res: ShardResult) -> str:
-    lines = [f"wrote {res.samples} videos into {res.shards} shards ({res.bytes / 1e6:.1f} MB) at "
+    lines = [f"wrote {res.samples} videos into {res.shards} shard{'s' if res.shards != 1 else ''} ({res.bytes / 1e6:.1f} MB) at "
              f"{res.out} in {res.seconds:.1f} s; {len(res.excluded)} left out"]
     lines += [f"  left out: {x['source']}: {x['reason']}" for x in res.excluded[:20]]
     if len(res.excluded) > 20:
