@@ -269,11 +269,20 @@ def frame_layout(cfg) -> FrameLayout:
                        default.start_idx if start is None else start)
 
 
-def _dali(index: VideoIndex, mode: str, cfg, dist, device: torch.device, **kw):
+def _dali(index, mode: str, cfg, dist, device: torch.device, **kw):
     """The DALI loader of the list; with ``--decoder auto`` the files DALI cannot decode (codec,
     pixel format) are decoded by PyAV within it, with ``--decoder dali`` they are left out (the
-    warning names the re-encode command)."""
+    warning names the re-encode command). A shard set streams its records' bytes to DALI."""
     from .dali.pipeline import DaliVideoLoader
+    if isinstance(index, ShardSet):
+        from .shard_loader import ShardFeed
+        feed = ShardFeed(index, kw["batch_size"], dist.world_size, dist.rank)
+        return DaliVideoLoader(
+            feed.videos, mode=mode, num_frames=cfg.num_frames, sampling_rate=cfg.sampling_rate,
+            input_size=cfg.input_size, seed=cfg.seed, world_size=dist.world_size, rank=dist.rank,
+            device=_dali_dev(device), device_id=device.index if device.type == "cuda" else None,
+            target_device=device, num_threads=max(1, min(cfg.num_workers, usable_cores())),
+            decoder_instances=cfg.dali_instances, shard_feed=feed, **kw)
     return DaliVideoLoader(
         index.videos, mode=mode, num_frames=cfg.num_frames, sampling_rate=cfg.sampling_rate,
         input_size=cfg.input_size, seed=cfg.seed, world_size=dist.world_size, rank=dist.rank,
@@ -282,15 +291,6 @@ def _dali(index: VideoIndex, mode: str, cfg, dist, device: torch.device, **kw):
         decoder_instances=cfg.dali_instances, fname_tmpl=frame_layout(cfg).template,
         fallback=getattr(cfg, "decoder", "dali") == "auto",
         reencode_hint=reencode_hint(index.list_file, index.data_root), **kw)
-
-
-def _shard_decoder(cfg, device: torch.device) -> None:
-    """Shards are decoded from memory by PyAV; an explicit --decoder dali is refused."""
-    if getattr(cfg, "decoder", "auto") == "dali":
-        raise ConfigError("--decoder dali does not read shard sets yet (it decodes files); use "
-                          "--decoder auto or pyav, which decode shard records with PyAV")
-    if device.type == "cuda":
-        log.info("shard set: decoding with PyAV in the DataLoader workers (DALI reads files only)")
 
 
 def _pretrain_load(dataset, entry, rng):
@@ -311,7 +311,6 @@ def _classify_failed(skipped):
 
 def _shard_train(index: ShardSet, dataset, load, failed, collate, cfg, dist, device: torch.device):
     from .shard_loader import ShardTrainLoader
-    _shard_decoder(cfg, device)
     workers = capped_workers(cfg.num_workers)
     return ShardTrainLoader(index, dataset, load, failed, collate, cfg, dist, device, workers,
                             _board(dataset, workers))
@@ -319,7 +318,7 @@ def _shard_train(index: ShardSet, dataset, load, failed, collate, cfg, dist, dev
 
 def pretrain_loader(entries: List[VideoEntry], index, cfg, dist, device: torch.device, decoder: str):
     """Stage-1 clips: one decode per video, ``cfg.num_sample`` multi-scale crops of it."""
-    if decoder == "dali" and not isinstance(index, ShardSet):
+    if decoder == "dali":
         return _dali(index, "pretrain", cfg, dist, device, batch_size=cfg.batch_size,
                      num_views=cfg.num_sample)
     from .pyav.pretrain import PretrainVideoDataset, pretrain_collate
@@ -334,7 +333,7 @@ def pretrain_loader(entries: List[VideoEntry], index, cfg, dist, device: torch.d
 
 def finetune_loader(entries: List[VideoEntry], index, cfg, dist, device: torch.device, decoder: str):
     """Stages 2/3 training clips: official sampling and augmentation, ``cfg.num_sample`` views."""
-    if decoder == "dali" and not isinstance(index, ShardSet):
+    if decoder == "dali":
         from .pyav.randaugment import parse_policy
         policy = parse_policy(cfg.aa)
         if policy and policy.get("mstd"):
@@ -361,7 +360,7 @@ def eval_loader(entries: List[VideoEntry], index, cfg, dist, device: torch.devic
     ``segments x crops`` views of ``final_test`` from one decode."""
     if mode not in ("val", "test"):
         raise ValueError(f"mode must be 'val' or 'test', got {mode!r}")
-    if decoder == "dali" and not isinstance(index, ShardSet):
+    if decoder == "dali":
         extra = dict(num_views=crops, test_segments=segments) if mode == "test" else {}
         return _dali(index, mode, cfg, dist, device, batch_size=batch_size, sparse=cfg.sparse_sample,
                      short_side=cfg.short_side_size, **extra)
@@ -373,7 +372,6 @@ def eval_loader(entries: List[VideoEntry], index, cfg, dist, device: torch.devic
     if isinstance(index, ShardSet):
         from .pyav.classify import eval_collate
         from .shard_loader import ShardEvalLoader
-        _shard_decoder(cfg, device)
         workers = capped_workers(cfg.num_workers)
         _board(dataset, workers)
         return ShardEvalLoader(index, dataset, eval_collate, batch_size, workers, dist, device)

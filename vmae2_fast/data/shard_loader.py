@@ -268,3 +268,87 @@ class ShardEvalLoader:
     def __call__(self, epoch: int = 0, skip: int = 0):
         self.stream.skip = skip
         return to_device_ahead(_loader(self.stream, self.num_workers, self.device), self.device)
+
+
+# ------------------------------------------------------------------------------ the DALI path
+class ShardRecord(EncodedVideo):
+    """A sample whose bytes a `ShardBytes` fetches when they are first read: the DALI loader's
+    ``video.path`` (it feeds ``data`` to DALI's decoder; the PyAV fallback opens it like a file)."""
+
+    def __new__(cls, name: str, cache: "ShardBytes", sample: int) -> "ShardRecord":
+        self = str.__new__(cls, name)
+        self.cache, self.sample = cache, sample
+        return self
+
+    @property
+    def data(self):
+        return self.cache.bytes_of(self.sample)
+
+
+class ShardBytes:
+    """The bytes of one process's samples in the order it will read them (`plan`): one ranged GET
+    per run, the next run fetched in a thread while this one is read, two runs kept. A sample
+    outside the plan (a replacement for a bad one, a batch decoded again) is fetched alone."""
+
+    def __init__(self, shards: ShardSet):
+        import threading
+        self.source = _Source(shards)
+        self.lock = threading.Lock()
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="shard-fetch")
+        self.plan([])
+
+    def plan(self, ids) -> None:
+        ids = np.asarray(list(ids), dtype=np.int64)
+        with self.lock:
+            self.runs = _runs(ids, self.source.shard_of)
+            self.run_of = {int(i): k for k, r in enumerate(self.runs) for i in r.tolist()}
+            self.loaded: dict = {}                     # run number -> fetched bytes
+            self.ahead = None                          # (run number, future)
+            self.current = -1
+
+    def _load(self, k: int) -> dict:
+        if self.ahead is not None and self.ahead[0] == k:
+            fetched = self.ahead[1].result()
+        else:
+            fetched = self.source.fetch(self.runs[k])
+        self.loaded = {j: f for j, f in self.loaded.items() if j >= k - 1}
+        self.loaded[k], self.current = fetched, k
+        self.ahead = (k + 1, self.pool.submit(self.source.fetch, self.runs[k + 1])) if k + 1 < len(self.runs) else None
+        return fetched
+
+    def bytes_of(self, i: int):
+        with self.lock:
+            k = self.run_of.get(int(i))
+            if k is not None and k in self.loaded:
+                return self.loaded[k]["data"][i]
+            if k is not None and k > self.current:
+                return self._load(k)["data"][i]
+        return self.source.fetch(np.array([i]))["data"][i]      # outside the plan, or gone
+
+
+class ShardFeed:
+    """What the DALI loader needs of a shard set: its samples as `IndexedVideo` records whose
+    paths fetch their bytes, and the batches of an epoch in the streaming order (one stream per
+    process: DALI has no DataLoader workers), the bytes planned accordingly."""
+
+    def __init__(self, shards: ShardSet, batch: int, world: int, rank: int):
+        from .index import IndexedVideo
+        self.shards, self.batch, self.world, self.rank = shards, batch, world, rank
+        self.bytes = ShardBytes(shards)
+        v = shards.video
+        self.videos = [IndexedVideo(ShardRecord(src, self.bytes, i), src, int(shards.frames[i]), 0.0,
+                                    v["codec"][i], int(v["width"][i]), int(v["height"][i]),
+                                    None if shards.labels[i] < 0 else int(shards.labels[i]), 0,
+                                    v["pix_fmt"][i])
+                       for i, src in enumerate(shards.sources)]
+
+    def train_batches(self, seed: int, epoch: int, skip: int, steps: int) -> List[List[int]]:
+        seq = epoch_sequence(self.shards, seed, epoch)
+        first, _ = worker_stretch(steps, self.batch, self.rank, 1, 0)
+        ids = seq[first + skip * self.batch: first + steps * self.batch]
+        self.bytes.plan(ids)
+        return [ids[j: j + self.batch].tolist() for j in range(0, len(ids), self.batch)]
+
+    def eval_batches(self, batches: List[List[int]]) -> List[List[int]]:
+        self.bytes.plan([i for b in batches for i in b])
+        return batches

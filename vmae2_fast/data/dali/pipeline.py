@@ -62,7 +62,7 @@ from ...errors import DataError, DataPlaneError
 from ..batches import ClassifyBatch, EvalBatch, PretrainBatch
 from ..device_feed import to_device_ahead
 from ..index import RAWFRAMES, IndexedVideo
-from ..media import DEFAULT_TEMPLATE, frame_file
+from ..media import DEFAULT_TEMPLATE, EncodedVideo, frame_file
 from ..sampler import GlobalBatchSampler
 from .fallback import PyAVFallback, route
 from .graph import build_pipeline
@@ -72,6 +72,13 @@ from .transfer import HeldOutputs, device_copy, pinned_copy, transfer_plan
 __all__ = ["dali_status", "DaliVideoLoader", "MODES"]
 
 log = logging.getLogger("vmae2_fast")
+
+
+def _encoded(path) -> np.ndarray:
+    """A video's bytes for DALI's decoder: a file's, or those a shard record holds."""
+    if isinstance(path, EncodedVideo):
+        return np.frombuffer(path.data, dtype=np.uint8)
+    return np.fromfile(path, dtype=np.uint8)
 
 
 def dali_status():
@@ -130,9 +137,15 @@ class DaliVideoLoader:
                  sparse: bool = False, max_retries: int = 10, decoder_instances: int = 1,
                  target_device=None, min_crop_scale: float = 0.08, short_side: Optional[int] = None,
                  fname_tmpl: str = DEFAULT_TEMPLATE, fallback: bool = False,
-                 reencode_hint: Optional[str] = None):
+                 reencode_hint: Optional[str] = None, shard_feed=None):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        # a shard set (`shard_loader.ShardFeed`): its records' bytes instead of files, its
+        # streaming order instead of the sampler's; every record kept (PyAV decodes what DALI
+        # cannot), so that sample ids stay the manifest's
+        self.shard_feed = shard_feed
+        if shard_feed is not None:
+            videos, fallback = shard_feed.videos, True
         if device not in ("cpu", "gpu"):
             raise ValueError(f"device must be 'cpu' or 'gpu', got {device!r}")
         if int(decoder_instances) < 1:
@@ -194,8 +207,12 @@ class DaliVideoLoader:
         """The video indices of each batch of the epoch from batch ``skip`` on: this rank's part
         of the global order (training), or its shard in list order (evaluation)."""
         if self.mode in EVAL_MODES:
-            for s in range(skip, self.steps_per_epoch):
-                yield self.shard[s * self.batch_size:(s + 1) * self.batch_size]
+            batches = [self.shard[s * self.batch_size:(s + 1) * self.batch_size]
+                       for s in range(skip, self.steps_per_epoch)]
+            yield from (self.shard_feed.eval_batches(batches) if self.shard_feed else batches)
+            return
+        if self.shard_feed is not None:
+            yield from self.shard_feed.train_batches(self.seed, epoch, skip, self.steps_per_epoch)
             return
         self.sampler.set_epoch(epoch, skip)
         for batch in self.sampler:
@@ -214,7 +231,7 @@ class DaliVideoLoader:
             for j in range(self.T * self.segments):
                 pipe.feed_input(f"img{j}", [self._frame_bytes(s, j) for s in samples])
         else:
-            pipe.feed_input("enc", [np.fromfile(s.video.path, dtype=np.uint8) for s in samples])
+            pipe.feed_input("enc", [_encoded(s.video.path) for s in samples])
             pipe.feed_input("frames", [s.frames.astype(np.int32) for s in samples])
         for k in range(self.views):
             # resize's roi follows the (H, W) order of the frames
@@ -306,7 +323,7 @@ class DaliVideoLoader:
         labels = torch.tensor([s.video.label if s.video.label is not None else -1 for s in samples],
                               dtype=torch.int64)
         if self.mode in EVAL_MODES:
-            return EvalBatch(video, labels, [s.video.path for s in samples], skipped)
+            return EvalBatch(video, labels, [str(s.video.path) for s in samples], skipped)
         # per-pixel N(0, 1) noise drawn on the device, one rectangle for every frame (cube erasing)
         erasures = [(i * K + k, *box, None) for i, s in enumerate(samples)
                     for k, box in enumerate(s.erase) if box is not None]
