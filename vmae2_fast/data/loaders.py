@@ -187,6 +187,18 @@ def dead_worker_error(exc: BaseException, board=None) -> Optional[DataPlaneError
                           f"({str(exc).splitlines()[0].strip().rstrip('.')})", files)
 
 
+def worker_message(exc: BaseException) -> str:
+    """The message an exception was raised with in a DataLoader worker (torch re-raises it in
+    the main process as "Caught X in DataLoader worker process N. Original Traceback ...",
+    ending with the original ``X: message`` line)."""
+    text = str(exc)
+    if "DataLoader worker" not in text.split("\n", 1)[0]:
+        return text
+    name = type(exc).__name__ + ": "
+    last = [line for line in text.splitlines() if name in line]
+    return last[-1].split(name, 1)[1] if last else text.splitlines()[-1]
+
+
 def guarded(batches, board=None):
     """Iterate a DataLoader, a dead worker raised as `dead_worker_error`."""
     it = iter(batches)
@@ -195,6 +207,9 @@ def guarded(batches, board=None):
             batch = next(it)
         except StopIteration:
             return
+        except DataPlaneError as exc:            # raised in a worker (a store that stays down):
+            del it                               # torch re-raises it with the worker's traceback
+            raise DataPlaneError(worker_message(exc), exc.files) from None
         except RuntimeError as exc:
             err = dead_worker_error(exc, board)
             if err is None:

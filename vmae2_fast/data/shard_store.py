@@ -91,7 +91,7 @@ class Retry:
 
 
 # Errors that no retry cures: the object is not there, or we may not read it.
-_PERMANENT = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
+_MISSING = (FileNotFoundError, IsADirectoryError, NotADirectoryError)
 
 
 class Store:
@@ -140,8 +140,12 @@ class Store:
         for attempt in range(self.retry.tries):
             try:
                 return call()
-            except _PERMANENT as exc:
+            except _MISSING as exc:
                 raise MissingFileError(f"cannot read {url}: {type(exc).__name__}: {exc}") from exc
+            except PermissionError as exc:
+                raise ConfigError(f"access to {url} was refused ({type(exc).__name__}: {_first_line(exc)}); "
+                                  "check the credentials (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, "
+                                  "AWS_ENDPOINT_URL or --storage-options)") from exc
             except Exception as exc:              # network errors come in many types (OSError,
                 last = exc                        # aiohttp, botocore): retry any other
                 if attempt < len(waits):

@@ -40,7 +40,7 @@ from typing import List, Optional
 from ...errors import ConfigError, DataError, MissingFileError
 from ..index import probe_video
 from ..lists import VideoEntry, detect_kind, read_list
-from ..shard_store import MANIFEST, Store, is_shard_location, join, manifest_doc, parse_storage_options
+from ..shard_store import MANIFEST, Store, join, manifest_doc, parse_storage_options
 
 __all__ = ["ShardResult", "write_shards", "parse_size", "main"]
 
@@ -164,7 +164,7 @@ def write_shards(list_file: str, data_root: str, out: str, *, shard_size: str | 
     store = Store(out, storage_options)
     if "://" not in out:
         os.makedirs(out, exist_ok=True)
-    if is_shard_location(out) or store.exists(MANIFEST):
+    if store.exists(MANIFEST):
         raise ConfigError(f"{join(out, MANIFEST)} exists: {out} already holds a shard set; choose another "
                           "--out or delete it first")
     kind = detect_kind(list_file) if kind == "auto" else kind
