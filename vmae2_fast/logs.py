@@ -34,6 +34,10 @@ def setup_logging(output_dir: str | None, is_main: bool, to_stderr: bool = False
     handler = _TqdmHandler(to_stderr)
     handler.setFormatter(fmt)
     root.addHandler(handler)
+    # the object-store clients narrate every connection at INFO ("Found credentials in ..."):
+    # their warnings and errors are what a run's log needs
+    for name in ("botocore", "aiobotocore", "s3fs", "fsspec"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     if output_dir and is_main:
         from .train.storage import prepare_output_dir
         prepare_output_dir(output_dir)          # a folder problem is `error: ...` before compute
