@@ -1,6 +1,7 @@
 """Fed-step benchmark: the real pre-training step fed by the real loader, and how long it waits.
 
     python bench/fed_step.py --data LIST --data-root DIR --decoder pyav [--workers 2]
+    python bench/fed_step.py --data s3://bucket/shards --decoder pyav   # a shard set (make_shards)
     python bench/fed_step.py --data LIST --data-root DIR --decoder dali --device cuda \\
         --model vit_b --batch 32 --num-sample 4 --precision bf16
 
@@ -22,6 +23,12 @@ data. A clip is one view; a step has ``--batch`` videos x ``--num-sample`` views
 report gives MFU (`vmae2_fast.flops`). Needs PyAV (it reads videos). Writes
 bench/results/fed-step-<machine>-<model>-<precision>-<decoder>.jsonl (one record per phase,
 written when the phase is timed) and .md (render.py).
+
+``--data`` is what a run's ``--data`` is: a list, or a shard set (`python -m
+vmae2_fast.make_shards`: a folder holding shards.json, or a URL such as s3://bucket/prefix, read
+with the AWS_* variables or ``--storage-options``). The record says which (``data_source``:
+``list``, ``shards (local)``, ``shards (s3)``, ...), and a shard set's report names it in its file
+name: ``...-pyav-shards-local``, ``...-pyav-shards-s3``.
 """
 from __future__ import annotations
 
@@ -41,6 +48,7 @@ from step_common import add_step_flags
 from vmae2_fast import ops
 from vmae2_fast.config import PretrainConfig
 from vmae2_fast.data.loaders import DECODERS, choose_decoder, load_list, pretrain_loader
+from vmae2_fast.data.shard_store import is_shard_location
 from vmae2_fast.errors import MissingPackageError
 from vmae2_fast.models.vit import checkpoint_policy
 from vmae2_fast.stages.build import build_trainer
@@ -58,7 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=5, help="timed steps per phase")
     p.add_argument("--warmup", type=int, default=2)
     g = p.add_argument_group("data: the loader a pre-training run builds")
-    g.add_argument("--data", metavar="LIST", required=True, help="a pre-training list")
+    g.add_argument("--data", metavar="LIST_OR_SHARDS", required=True,
+                   help="a pre-training list, or a shard set: a folder holding shards.json, or a URL "
+                        "(s3://bucket/prefix)")
+    g.add_argument("--storage-options", default="", metavar="JSON",
+                   help="fsspec options for a shard set at a URL (default: the AWS_* variables)")
     g.add_argument("--data-root", default="", help="folder the list's paths are relative to")
     g.add_argument("--decoder", choices=DECODERS, default="auto")
     g.add_argument("--workers", type=int, default=os.cpu_count() or 2,
@@ -83,9 +95,27 @@ def _config(args, output_dir: str) -> PretrainConfig:
         decoder_mask_ratio=args.decoder_mask_ratio, precision=args.precision,
         num_workers=args.workers, dali_instances=args.dali_instances, device=args.device,
         activation_checkpointing=args.activation_checkpointing, output_dir=output_dir,
+        storage_options=args.storage_options,
         progress=False, epochs=1, warmup_epochs=0, log_every=10 ** 9)
     cfg.check()
     return cfg
+
+
+def data_source(data: str) -> tuple[str, str]:
+    """(what ``--data`` is: "list", "shards (local)", "shards (s3)", ...; a name for a report
+    file's name: "", "shards-local", "shards-s3", ...)."""
+    if not is_shard_location(data):
+        return "list", ""
+    scheme = data.split("://", 1)[0] if "://" in data and not data.startswith("file://") else "local"
+    return f"shards ({scheme})", f"shards-{scheme}"
+
+
+def _data_name(data: str) -> str:
+    """The last two parts of ``--data``'s path (a URL: the URL)."""
+    if "://" in data and not data.startswith("file://"):
+        return data
+    data = os.path.abspath(data.removeprefix("file://").rstrip("/"))
+    return os.path.join(os.path.basename(os.path.dirname(data)), os.path.basename(data))
 
 
 def _time_loader(loader, n: int, device) -> float:
@@ -153,7 +183,9 @@ def run(args):
         dist = DistInfo()
         ops.use_backend(cfg.kernels)
         decoder = choose_decoder(cfg.decoder, device)
-        entries, index = load_list(cfg.data, cfg.data_root, decoder=decoder, labels=False)
+        entries, index = load_list(cfg.data, cfg.data_root, decoder=decoder, labels=False,
+                                   storage_options=cfg.storage_options)
+        source, source_part = data_source(cfg.data)
         loader = pretrain_loader(entries, index, cfg, dist, device, decoder)
         torch.manual_seed(0)
         model = build_model(cfg).to(device)
@@ -167,10 +199,11 @@ def run(args):
             "precision": info["precision"], "fused_ops": ops.active_backend(), "decoder": decoder,
             "decoder_requested": args.decoder, "workers": args.workers,
             "dali_instances": args.dali_instances, "videos": len(entries),
-            "data": os.path.join(os.path.basename(os.path.dirname(os.path.abspath(args.data))),
-                                 os.path.basename(args.data)),
+            "data": _data_name(args.data) if source == "list" else f"{source} {_data_name(args.data)}",
+            "data_source": source,
             "steps": args.steps, "warmup": args.warmup}
-        stem = result_stem(args.out, "fed-step", env["machine"], args.model, info["precision"], decoder)
+        stem = result_stem(args.out, "fed-step", env["machine"], args.model, info["precision"], decoder,
+                           source_part)
         with Records(stem, "fed-step", header) as records:
             loader_s = _time_loader(loader, args.steps, device)
             records.add({"phase": "loader", "clips_per_s": rate(loader_s),

@@ -1,7 +1,7 @@
 """Pack a list's videos into WebDataset tar shards that every stage can stream (offline tool).
 
     python -m vmae2_fast.make_shards LIST --data-root DIR --out DIR_OR_URL \\
-        [--reencode [--codec h264 --short-side 320 --gop 16]] [--shard-size 256MB]
+        [--reencode [--codec h264 --short-side 320 --gop 16]] [--shard-size 64MB]
 
 Each usable video of LIST (a pre-training list, or a classification list: its labels go along)
 is stored as it is (or, with ``--reencode``, through the re-encoder first, see
@@ -148,7 +148,7 @@ def _probe_all(entries: List[VideoEntry], workers: int, progress: bool) -> List[
                          dynamic_ncols=True))
 
 
-def write_shards(list_file: str, data_root: str, out: str, *, shard_size: str | int = "256MB",
+def write_shards(list_file: str, data_root: str, out: str, *, shard_size: str | int = "64MB",
                  kind: str = "auto", storage_options: dict | None = None, workers: int = 4,
                  reencode: Optional[dict] = None, reencode_root: Optional[str] = None,
                  progress: bool = True) -> ShardResult:
@@ -239,7 +239,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("list_file", help="annotation list (any format vmae2_fast reads; video files)")
     p.add_argument("--data-root", default="", help="folder the list's paths are relative to")
     p.add_argument("--out", required=True, help="folder or URL of the shard set (s3://bucket/prefix, ...)")
-    p.add_argument("--shard-size", default="256MB", help="close a shard past this size (default 256MB)")
+    p.add_argument("--shard-size", default="64MB",
+                   help="close a shard past this size (default 64MB; a reading DataLoader worker holds "
+                        "up to two shards in memory)")
     p.add_argument("--kind", default="auto", help="list format: auto, pretrain, cls or csv")
     p.add_argument("--storage-options", default="",
                    help='fsspec options for --out as JSON, e.g. \'{"endpoint_url": "http://host:8333"}\' '
