@@ -234,3 +234,21 @@ def test_pretraining_labels_are_refused_for_finetuning(pre_shards, tmp_path):
         load_list(str(pre_shards), "", decoder="pyav", labels=True)
     with pytest.raises(ConfigError, match="JSON"):
         config_for("pretrain", ["--data", str(pre_shards), "--storage-options", "{nope"])
+
+
+def test_reencode_packs_the_transcoded_videos(tiny_synthetic, tmp_path):
+    """--reencode: the set holds the re-encoder's H.264 files (GOP 16), the same frames counted,
+    and trains."""
+    out = tmp_path / "re"
+    assert make_shards([tiny_synthetic.pretrain_list, "--data-root", tiny_synthetic.root, "--out", str(out),
+                        "--reencode", "--codec", "h264", "--gop", "16", "--workers", "2",
+                        "--no-progress"]) == 0
+    s = ShardSet.open(str(out))
+    listed = read_list(tiny_synthetic.pretrain_list, tiny_synthetic.root)
+    assert s.num_samples == len(listed) and set(s.video["codec"]) == {"h264"}
+    assert {e for sh in s.shards for e in sh.ext} == {"mp4"}
+    assert s.frames.tolist() == [tiny_synthetic.params["num_frames"]] * len(listed)
+    from vmae2_fast.stages.pretrain import run
+    summary = run(config_for("pretrain", micro_flags(tiny_synthetic, tmp_path / "run", data=str(out),
+                                                     epochs=1, no_progress=True)))
+    assert summary["global_step"] == 3 and summary["skipped_videos"] == 0
