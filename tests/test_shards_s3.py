@@ -211,3 +211,29 @@ def test_a_store_that_stays_down_stops_the_run_naming_the_url(tiny_synthetic, lo
     assert f"cannot read {server.url}/pre/shard-" in err and "6 tries over" in err
     assert "ClientConnectorError" in err and "run the same command again" in err
     assert 15 < took < 120                     # 0.5 + 1 + 2 + 4 + 8 s of backoff, then a clean stop
+
+
+_TWO_EPOCHS = """
+import sys, torch
+from vmae2_fast.cli import config_for
+from vmae2_fast.data.loaders import load_list, pretrain_loader
+from vmae2_fast.train.distributed import DistInfo
+cfg = config_for("pretrain", ["--model", "vit_micro", "--input-size", "32", "--num-frames", "4",
+                              "--sampling-rate", "2", "--num-workers", "2", "--batch-size", "2"])
+entries, index = load_list(sys.argv[1], "", decoder="pyav", labels=False)
+loader = pretrain_loader(entries, index, cfg, DistInfo(), torch.device("cpu"), "pyav")
+print([sum(1 for _ in loader(epoch)) for epoch in range(2)])
+"""
+
+
+def test_workers_leave_the_parents_s3_client_alone(s3, sets, tmp_path):
+    """A forked DataLoader worker makes its own client; collecting the parent's there would close
+    it on an event loop the worker does not have (aiobotocore's "Task exception was never
+    retrieved ... attached to a different loop" on stderr)."""
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-c", _TWO_EPOCHS, f"{sets}/pre"], capture_output=True, text=True,
+                         timeout=300, env={**os.environ, **aws_env(s3)})
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().endswith("[6, 6]")
+    assert "Task exception was never retrieved" not in out.stderr and "different loop" not in out.stderr

@@ -90,6 +90,8 @@ class Retry:
             wait = min(wait * 2, self.max_wait)
 
 
+_INHERITED: list = []
+
 # Errors that no retry cures: the object is not there, or we may not read it.
 _MISSING = (FileNotFoundError, IsADirectoryError, NotADirectoryError)
 
@@ -110,7 +112,13 @@ class Store:
 
     @property
     def fs(self):
-        if self._fs is None or self._pid != os.getpid():
+        if self._fs is not None and self._pid != os.getpid():
+            # a forked DataLoader worker: the parent's client is never used or collected here,
+            # since closing it would run its cleanup on the parent's event loop, which this
+            # process does not have ("attached to a different loop")
+            _INHERITED.append(self._fs)
+            self._fs = None
+        if self._fs is None:
             self._fs, self._pid = _filesystem(self.location, self.options), os.getpid()
         return self._fs
 
