@@ -585,6 +585,59 @@ def reencode_markdown(report: dict) -> str:
     return "\n".join(md) + "\n"
 
 
+# bench/shards.py: the readers' names in its report
+READER_NAMES = {"file": "file reader (list)", "local": "shards (local)", "s3": "shards (s3)"}
+
+
+def summarise(report: dict) -> list:
+    """One dict per row (reader x workers), in the order first measured: median and range of
+    clips/s and videos/s over its rounds."""
+    rows = {}
+    for r in report["rows"]:
+        if r.get("kind") == "epoch":
+            rows.setdefault(r["name"], []).append(r)
+    out = []
+    for name, rs in rows.items():
+        cps = [x["clips_per_s"] for x in rs]
+        out.append({"name": name, "reader": rs[0]["reader"], "workers": rs[0]["workers"], "rounds": len(rs),
+                    "clips_per_s": statistics.median(cps), "min": min(cps), "max": max(cps),
+                    "videos_per_s": statistics.median(x["videos_per_s"] for x in rs),
+                    "startup_s": statistics.median(x["startup_s"] for x in rs)})
+    return out
+
+
+def shards_markdown(report: dict) -> str:
+    s, facts, s3 = report["settings"], report["shard_set"], report["s3"]
+    rows = summarise(report)
+    file_rate = {r["workers"]: r["clips_per_s"] for r in rows if r["reader"] == "file"}
+    threads = f", {report['threads']} intra-op threads" if report.get("threads") else ""
+    where = (f"S3: SeaweedFS on loopback ({s3['endpoint']}; started in {s3['start_s']} s, upload "
+             f"{s3['upload_s']} s)" if s3.get("endpoint") else f"S3: {s3.get('skipped') or 'not asked for'}")
+    md = [f"# Shard reader against file reader on {report['machine']}", "",
+          f"Videos: {report['source']} ({facts['samples']} videos, {facts['videos_bytes'] / 2**20:.1f} MiB), "
+          f"list `{report['list']}`; shard set: {facts['shards']} shards of at most "
+          f"{facts['shard_size'] / 2**20:.1f} MiB. {where}. Pre-training loader (PyAV): "
+          f"{s['frames']} frames at rate {s['rate']}, {s['size']}x{s['size']}, {s['batch']} videos x "
+          f"{s['num_sample']} views a batch; {s['rounds']} rounds, rows rotating, one epoch each "
+          f"(its first batch untimed); torch {report['torch']}{threads}; 1-minute load average "
+          f"{report['load_avg_1m'][0]} before / {report['load_avg_1m'][1]} after.", "",
+          "| reader | workers | clips/s (median) | min - max | videos/s | vs file reader | first batch (s) |",
+          "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        base = file_rate.get(r["workers"])
+        ratio = f"{r['clips_per_s'] / base:.2f}x" if base else "-"
+        md.append(f"| {READER_NAMES[r['reader']]} | {r['workers']} | **{r['clips_per_s']:.1f}** | "
+                  f"{r['min']:.1f} - {r['max']:.1f} | {r['videos_per_s']:.2f} | {ratio} | {r['startup_s']:.2f} |")
+    fed = [r for r in report["rows"] if r.get("kind") == "fed-step"]
+    if fed:
+        md += ["", "Fed step (bench/fed_step.py, the same clips, the largest worker count):", "",
+               "| data | fed clips/s | waiting for data | report |", "|---|---|---|---|"]
+        for r in fed:
+            md.append(f"| {READER_NAMES[r['reader']]} | {r['fed_clips_per_s']:.2f} | "
+                      f"{100 * r['data_wait_frac']:.1f} % | `{r['records'][:-6]}.md` |")
+    return "\n".join(md) + "\n"
+
+
 # bench name (the run record's `bench`, the result files' first word) -> (Markdown, chart or None)
 LAYOUTS = {
     "throughput": (throughput_markdown, throughput_chart),
@@ -597,6 +650,7 @@ LAYOUTS = {
     "pytest": (pytest_markdown, None),
     "gpu-suite": (gpu_suite_markdown, None),
     "decode": (decode_markdown, None),
+    "shards": (shards_markdown, None),
 }
 
 
