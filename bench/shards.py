@@ -32,7 +32,7 @@ S3 shards) with the same clip settings and the largest ``--workers``, writing it
 ``fed-step-<machine>-<model>-<precision>-pyav[-shards-local|-shards-s3]`` reports.
 
 Writes bench/results/shards-<machine>.jsonl (one record per measurement, written when it is
-measured) and .md (the layout below, registered with render.py).
+measured) and .md (`render.shards_markdown`).
 """
 from __future__ import annotations
 
