@@ -105,15 +105,23 @@ def test_pretraining_from_s3_resumes_mid_epoch_to_the_same_losses(tiny_synthetic
     assert _losses(tmp_path / "local") == a                               # the order is the manifest's
 
 
-def test_finetuning_and_evaluating_from_s3(tiny_synthetic, sets, env, tmp_path):
+def test_finetuning_from_s3_resumes_mid_epoch_to_the_same_losses_and_evaluates(tiny_synthetic, sets, env,
+                                                                                tmp_path):
     from vmae2_fast import evaluate, finetune
-    out = tmp_path / "ft"
-    assert finetune.main(["--model", "vit_micro", "--preset", "cpu_demo", "--data", f"{sets}/cls",
-                          "--output-dir", str(out), "--input-size", "32", "--num-frames", "4",
-                          "--sampling-rate", "2", "--batch-size", "4", "--epochs", "2",
-                          "--warmup-epochs", "0", "--num-workers", "2", "--aa", "none",
-                          "--no-progress", "--log-every", "1", "--max-steps", "4"]) == 0
-    assert [r["global_step"] for r in train_records(out)] == [1, 2, 3, 4]
+
+    def finetune_run(out, *extra):
+        assert finetune.main(["--model", "vit_micro", "--preset", "cpu_demo", "--data", f"{sets}/cls",
+                              "--output-dir", str(out), "--input-size", "32", "--num-frames", "4",
+                              "--sampling-rate", "2", "--batch-size", "4", "--epochs", "2",
+                              "--warmup-epochs", "0", "--num-workers", "2", "--no-progress",
+                              "--log-every", "1", "--save-every-steps", "2", *extra]) == 0
+    finetune_run(tmp_path / "a")
+    finetune_run(tmp_path / "b", "--max-steps", "4")
+    finetune_run(tmp_path / "b")                                          # resumes at step 4 of 6
+    a = _losses(tmp_path / "a")
+    assert [s for s, _ in a] == list(range(1, 7))
+    assert _losses(tmp_path / "b") == a                                   # step 5 is mid-epoch 1
+    out = tmp_path / "a"
     ev = tmp_path / "ev"
     assert evaluate.main(["--checkpoint", str(out / "checkpoint-last.pth"), "--data", f"{sets}/cls",
                           "--output-dir", str(ev), "--num-workers", "2", "--batch-views", "6"]) == 0
