@@ -3,6 +3,8 @@ which decodes the tiny set's VP9): the same pixels as DALI decoding the files, t
 order, and exact resume."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -32,13 +34,18 @@ def sets(tiny_synthetic, tmp_path_factory):
     return out
 
 
-def _files(ds, lst, labels):
-    return load_list(lst, ds.root, decoder="dali", labels=labels, build=True)
+def _files(ds, lst, labels, tmp_path):
+    """The list's DALI loader input, its index built beside a copy of the list: an index beside
+    the session's shared list would change what later tests of that list see."""
+    import shutil
+    copy = tmp_path / Path(lst).name
+    shutil.copy(lst, copy)
+    return load_list(str(copy), ds.root, decoder="dali", labels=labels, build=True)
 
 
-def test_validation_batches_equal_dali_decoding_the_files(tiny_synthetic, sets):
+def test_validation_batches_equal_dali_decoding_the_files(tiny_synthetic, sets, tmp_path):
     cfg = config_for("finetune", CLIP)
-    e1, i1 = _files(tiny_synthetic, tiny_synthetic.val_list, True)
+    e1, i1 = _files(tiny_synthetic, tiny_synthetic.val_list, True, tmp_path)
     e2, i2 = load_list(str(sets / "val"), "", decoder="dali", labels=True)
     a = list(eval_loader(e1, i1, cfg, DistInfo(), CPU, "dali", batch_size=4, mode="val")(0))
     b = list(eval_loader(e2, i2, cfg, DistInfo(), CPU, "dali", batch_size=4, mode="val")(0))
@@ -49,7 +56,8 @@ def test_validation_batches_equal_dali_decoding_the_files(tiny_synthetic, sets):
 
 
 @pytest.mark.parametrize("stage", ["pretrain", "finetune"])
-def test_training_batches_are_the_files_in_the_streaming_order(tiny_synthetic, sets, monkeypatch, stage):
+def test_training_batches_are_the_files_in_the_streaming_order(tiny_synthetic, sets, monkeypatch, stage,
+                                                               tmp_path):
     """DALI from shards = DALI from the files when both are handed the same sample order (the
     shard stream's: shards and their samples permuted per epoch); and a resume gives the rest."""
     # no RandAugment: DALI draws its op choice from the pipeline's own generator, which a resume
@@ -63,7 +71,7 @@ def test_training_batches_are_the_files_in_the_streaming_order(tiny_synthetic, s
     streamed = list(shard_loader(1))
     seq = epoch_sequence(i2, 4, 1).tolist()
     order = [seq[j:j + 2] for j in range(0, 12, 2)]
-    e1, i1 = _files(tiny_synthetic, lst, stage != "pretrain")
+    e1, i1 = _files(tiny_synthetic, lst, stage != "pretrain", tmp_path)
     file_loader = make(e1, i1, cfg, DistInfo(), CPU, "dali")
     monkeypatch.setattr(file_loader, "batch_indices", lambda epoch, skip: iter(order[skip:]))
     from_files = list(file_loader(1))

@@ -190,7 +190,9 @@ def test_a_store_lost_for_seconds_mid_epoch_is_retried(tiny_synthetic, local_pre
         _before_first_step(monkeypatch, lose_the_store)
         _pretrain(tiny_synthetic, tmp_path / "run", data="s3://lost/pre", epochs=2, num_workers=0,
                   storage_options=json.dumps(ONE_ATTEMPT))
-        assert back.is_set()
+        # the run may finish before restart() returns: the reader's GET can succeed before the
+        # server's own readiness probe (a put and a get) does
+        assert back.wait(60)
         logged = "".join(capsys.readouterr())
         assert "reading s3://lost/pre/shard-" in logged and "try 2 of 6" in logged
     finally:
