@@ -226,6 +226,10 @@ def test_reading_a_location_without_a_set_names_the_command(tmp_path):
     (tmp_path / MANIFEST).write_text('{"format": "other"}')
     with pytest.raises(DataError, match="format"):
         ShardSet.open(str(tmp_path))
+    (tmp_path / MANIFEST).write_text('{"format": "vmae2_fast.shards/1", "kind": "pretrain", '
+                                     '"shards": [{"name": "shard-000000.tar"}]}')
+    with pytest.raises(DataError, match="damaged .*KeyError"):
+        ShardSet.open(str(tmp_path))
 
 
 def test_pretraining_labels_are_refused_for_finetuning(pre_shards, tmp_path):
@@ -252,3 +256,19 @@ def test_reencode_packs_the_transcoded_videos(tiny_synthetic, tmp_path):
     summary = run(config_for("pretrain", micro_flags(tiny_synthetic, tmp_path / "run", data=str(out),
                                                      epochs=1, no_progress=True)))
     assert summary["global_step"] == 3 and summary["skipped_videos"] == 0
+
+
+class _StoreDown(torch.utils.data.IterableDataset):
+    def __iter__(self):
+        from vmae2_fast.errors import DataPlaneError
+        raise DataPlaneError("cannot read s3://b/shard-000003.tar: 6 tries over 16 s failed")
+
+
+def test_a_workers_store_error_reaches_the_run_as_it_was_raised():
+    """torch re-raises a worker's exception with the worker's traceback in its message; the run's
+    error is the message the worker raised."""
+    from vmae2_fast.data.loaders import guarded
+    from vmae2_fast.errors import DataPlaneError
+    with pytest.raises(DataPlaneError) as err:
+        list(guarded(torch.utils.data.DataLoader(_StoreDown(), batch_size=None, num_workers=1)))
+    assert str(err.value) == "cannot read s3://b/shard-000003.tar: 6 tries over 16 s failed"

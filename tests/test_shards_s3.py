@@ -5,7 +5,6 @@ trains from them, a run stopped mid-epoch resumes to the same losses, a store th
 a few seconds is retried, and one that stays away stops the run with the URL and the tries."""
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import threading
@@ -25,20 +24,6 @@ needs.module("s3fs")            # of the `test` extra: skip locally, fail on CI
 
 ONE_ATTEMPT = {"config_kwargs": {"connect_timeout": 1, "retries": {"total_max_attempts": 1}}}
 SHARD = "12KB"                  # about 3 tiny videos a shard: 4-5 shards, so an epoch spans several
-
-
-@contextlib.contextmanager
-def environ(values: dict):
-    old = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def aws_env(server) -> dict:
@@ -62,7 +47,9 @@ def env(s3, monkeypatch):
 @pytest.fixture(scope="module")
 def sets(s3, tiny_synthetic):
     """The tiny set's lists written straight to s3://vmae/tiny/{pre,cls/train,cls/val}."""
-    with environ(aws_env(s3)):
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in aws_env(s3).items():
+            mp.setenv(k, v)
         for name, lst in (("pre", tiny_synthetic.pretrain_list), ("cls/train", tiny_synthetic.train_list),
                           ("cls/val", tiny_synthetic.val_list)):
             write_shards(lst, tiny_synthetic.root, f"s3://vmae/tiny/{name}", shard_size=SHARD, progress=False)

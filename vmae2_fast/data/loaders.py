@@ -292,20 +292,17 @@ def _dali(index, mode: str, cfg, dist, device: torch.device, **kw):
     if isinstance(index, ShardSet):
         from .shard_loader import ShardFeed
         feed = ShardFeed(index, kw["batch_size"], dist.world_size, dist.rank)
-        return DaliVideoLoader(
-            feed.videos, mode=mode, num_frames=cfg.num_frames, sampling_rate=cfg.sampling_rate,
-            input_size=cfg.input_size, seed=cfg.seed, world_size=dist.world_size, rank=dist.rank,
-            device=_dali_dev(device), device_id=device.index if device.type == "cuda" else None,
-            target_device=device, num_threads=max(1, min(cfg.num_workers, usable_cores())),
-            decoder_instances=cfg.dali_instances, shard_feed=feed, **kw)
+        videos, source = feed.videos, dict(shard_feed=feed)
+    else:
+        videos, source = index.videos, dict(
+            fname_tmpl=frame_layout(cfg).template, fallback=getattr(cfg, "decoder", "dali") == "auto",
+            reencode_hint=reencode_hint(index.list_file, index.data_root))
     return DaliVideoLoader(
-        index.videos, mode=mode, num_frames=cfg.num_frames, sampling_rate=cfg.sampling_rate,
+        videos, mode=mode, num_frames=cfg.num_frames, sampling_rate=cfg.sampling_rate,
         input_size=cfg.input_size, seed=cfg.seed, world_size=dist.world_size, rank=dist.rank,
         device=_dali_dev(device), device_id=device.index if device.type == "cuda" else None,
         target_device=device, num_threads=max(1, min(cfg.num_workers, usable_cores())),
-        decoder_instances=cfg.dali_instances, fname_tmpl=frame_layout(cfg).template,
-        fallback=getattr(cfg, "decoder", "dali") == "auto",
-        reencode_hint=reencode_hint(index.list_file, index.data_root), **kw)
+        decoder_instances=cfg.dali_instances, **source, **kw)
 
 
 def _pretrain_load(dataset, entry, rng):

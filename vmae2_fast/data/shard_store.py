@@ -245,10 +245,17 @@ class ShardSet:
             doc = json.loads(raw)
         except ValueError as exc:
             raise DataError(f"{store.url(MANIFEST)} is not JSON ({exc})") from None
-        if doc.get("format") != FORMAT:
-            raise DataError(f"{store.url(MANIFEST)} has format {doc.get('format')!r}, this version reads "
+        if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+            found = doc.get("format") if isinstance(doc, dict) else type(doc).__name__
+            raise DataError(f"{store.url(MANIFEST)} has format {found!r}, this version reads "
                             f"{FORMAT!r}; rewrite the set with this version's make_shards")
-        return cls.from_manifest(doc, location, store)
+        try:
+            return cls.from_manifest(doc, location, store)
+        except DataError:
+            raise
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DataError(f"{store.url(MANIFEST)} is damaged ({type(exc).__name__}: {exc}); rewrite "
+                            "the set with make_shards") from None
 
     @classmethod
     def from_manifest(cls, doc: dict, location: str, store: Store | None = None) -> "ShardSet":
